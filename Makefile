@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build), then everything else pinned.
+$(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bastion attack --model zoo:mnist-cnn --data mnist5k --attack pgd --eps 0.3 --n 1000
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+$(VENV)/.bench: $(STAMP) requirements/bench.txt
+	$(BIN)/pip install -q -c requirements/constraints.txt -r requirements/bench.txt
+	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
+	touch $(VENV)/.bench
+
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/evasion_peers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,23 @@
+"""bastion: security testing and hardening for machine-learning models.
+
+The public API is re-exported here; ``tests/test_api.py`` pins ``__all__``.
+"""
+
+from __future__ import annotations
+
+from . import attacks, data, models
+from ._version import __version__
+from .attacks import Attack, AttackResult, get_attack
+from .data import Dataset, load_dataset
+from .errors import BastionError, MissingExtraError, UnsafeModelError, UsageError
+from .models import Classifier, TorchClassifier
+from .threat import ThreatModel
+
+__all__ = [
+    "__version__", "attacks", "data", "models",
+    "Attack", "AttackResult", "get_attack",
+    "Dataset", "load_dataset",
+    "Classifier", "TorchClassifier",
+    "ThreatModel",
+    "BastionError", "MissingExtraError", "UnsafeModelError", "UsageError",
+]

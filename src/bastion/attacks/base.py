@@ -1,0 +1,255 @@
+"""The attack contract: configured at construction, called on a batch, pure w.r.t. the model.
+
+``attack(model, x, y, targets=None) -> AttackResult``. :class:`Attack.__call__` validates the
+inputs, puts the model in attack mode (eval) and restores it, splits the batch, calls the
+subclass's :meth:`Attack._attack`, then **projects every result onto the eps-ball and the bounds**
+and measures per-sample success. Subclasses only write the optimisation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..errors import UsageError
+from ..models.base import Classifier, validate_inputs
+from ..threat import ThreatModel, canonical_norm
+
+__all__ = ["Attack", "AttackResult", "Budget", "ATTACKS", "register", "get_attack", "is_adversarial"]
+
+
+@dataclass
+class Budget:
+    """Counts of backward passes (per input sample) made by an attack, and attack-specific details
+    (``extra``, copied into :attr:`AttackResult.extra`)."""
+
+    forward: int = 0
+    backward: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        x_adv: adversarial inputs, same shape as ``x``, inside the threat model.
+        success: (N,) bool — misclassified (untargeted) or classified as the target (targeted).
+        y: true labels; ``targets``: target labels or None.
+        pred_adv: (N,) predicted labels on ``x_adv``.
+        clean_correct: (N,) bool — the model was right on the clean input.
+        norms: (N,) perturbation norms of ``x_adv - x`` in ``threat.norm``.
+        queries: forward samples passed through the model; ``gradients``: backward samples.
+        seconds: wall time.
+        threat: the threat model the result was projected onto.
+        extra: attack-specific details (per-member robust accuracy for ensembles, ...).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    y: Tensor
+    pred_adv: Tensor
+    clean_correct: Tensor
+    norms: Tensor
+    queries: int
+    gradients: int
+    seconds: float
+    threat: ThreatModel
+    targets: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean()) if self.y.numel() else float("nan")
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of inputs still classified correctly after the attack."""
+        return float((self.pred_adv == self.y).float().mean()) if self.y.numel() else float("nan")
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of the clean-correct inputs the attack succeeded on."""
+        n = int(self.clean_correct.sum())
+        return float((self.success & self.clean_correct).sum()) / n if n else float("nan")
+
+    @property
+    def median_perturbation(self) -> float:
+        """Median perturbation norm over the successful, clean-correct inputs (nan if none)."""
+        mask = self.success & self.clean_correct
+        return float(self.norms[mask].median()) if bool(mask.any()) else float("nan")
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "success_rate": self.success_rate,
+            "median_perturbation": self.median_perturbation,
+            "queries": self.queries,
+            "seconds": self.seconds,
+        }
+
+
+def is_adversarial(scores: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
+    """Per-sample success criterion from model scores."""
+    pred = scores.argmax(dim=1)
+    return pred == targets if targets is not None else pred != y
+
+
+ATTACKS: dict[str, type[Attack]] = {}
+
+
+def register(name: str) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator adding an attack to the registry the CLI and audit resolve names from."""
+
+    def deco(cls: type[Attack]) -> type[Attack]:
+        ATTACKS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def get_attack(name: str, **kwargs: Any) -> Attack:
+    """Build a registered attack by name, e.g. ``get_attack('pgd', eps=0.3)``."""
+    key = name.strip().lower()
+    if key not in ATTACKS:
+        raise UsageError(f"unknown attack {name!r}: choose one of {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[key](**kwargs)
+
+
+class Attack:
+    """Base class of evasion attacks.
+
+    Subclasses set ``norms`` (supported norms), ``needs_gradients`` and implement
+    ``_attack(model, x, y, targets, threat, generator, budget) -> x_adv`` on one batch, with
+    the model already in attack mode. They may return points outside the threat model; the base
+    class projects.
+    """
+
+    name: ClassVar[str] = "attack"
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    needs_gradients: ClassVar[bool] = True
+    minimum_norm: ClassVar[bool] = False  # eps optional (C&W, DeepFool)
+
+    def __init__(
+        self,
+        *,
+        eps: float | None = 0.3,
+        norm: str = "linf",
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        self.norm = canonical_norm(norm)
+        if self.norm not in self.norms:
+            raise UsageError(f"{type(self).__name__} supports the norms {', '.join(self.norms)}, not {self.norm!r}")
+        if eps is None and not self.minimum_norm:
+            raise UsageError(f"{type(self).__name__} needs eps (the perturbation budget)")
+        if eps is not None:
+            if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+                raise UsageError(f"eps must be a finite number >= 0, got {eps!r}")
+            eps = float(eps)
+        if int(batch_size) < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        self.eps = eps
+        self.batch_size = int(batch_size)
+        self.generator = generator
+        self.seed = seed
+
+    # -- helpers for subclasses ---------------------------------------------------------
+    @staticmethod
+    def _positive(name: str, value: float, *, integer: bool = False, allow_zero: bool = False) -> None:
+        ok = (value >= 0 if allow_zero else value > 0) and math.isfinite(value)
+        if integer:
+            ok = ok and float(value).is_integer()
+        if not ok:
+            kind = "an integer" if integer else "a number"
+            raise UsageError(f"{name} must be {kind} {'>=' if allow_zero else '>'} 0, got {value!r}")
+
+    def _make_generator(self, device: torch.device) -> torch.Generator:
+        if self.generator is not None:
+            return self.generator
+        g = torch.Generator(device=device)
+        if self.seed is None:
+            g.seed()
+        else:
+            g.manual_seed(int(self.seed))
+        return g
+
+    def _attack(
+        self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
+        generator: torch.Generator, budget: Budget,
+    ) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None = None) -> AttackResult:
+        """Attack the batch ``x`` (N, *input_shape) with labels ``y`` (N,).
+
+        Passing ``targets`` (N,) makes the attack targeted: success means ``pred == targets``.
+        """
+        validate_inputs(model, x, y)
+        if targets is not None:
+            validate_inputs(model, x, targets)
+            if bool((targets == y).any()):
+                raise UsageError("targets must differ from the true labels for every sample")
+        if self.needs_gradients and not getattr(model, "white_box", False):
+            raise UsageError(
+                f"{type(self).__name__} needs gradients but {type(model).__name__} is a black-box model: "
+                "use a query-based attack instead"
+            )
+        threat = ThreatModel(self.norm, self.eps, model.bounds)
+        x = x.detach()
+        y = y.to(x.device)
+        targets = targets.to(x.device) if targets is not None else None
+        generator = self._make_generator(x.device)
+        budget = Budget()
+        q0 = model.n_queries
+        start = time.perf_counter()
+        with model.attack_mode():
+            advs = []
+            for i in range(0, x.shape[0], self.batch_size):
+                sl = slice(i, i + self.batch_size)
+                xb, yb = x[sl], y[sl]
+                tb = targets[sl] if targets is not None else None
+                adv = self._attack(model, xb, yb, tb, threat, generator, budget).detach()
+                advs.append(threat.project(xb, adv))
+            x_adv = torch.cat(advs) if advs else x.clone()
+            attack_queries = model.n_queries - q0
+            with torch.no_grad():
+                pred_clean = model.predict(x)
+                pred_adv = model.predict(x_adv)
+        seconds = time.perf_counter() - start
+        success = pred_adv == targets if targets is not None else pred_adv != y
+        clean_correct = pred_clean == y
+        if targets is None:
+            # an input the model already gets wrong needs no perturbation: report it unperturbed
+            keep = ~clean_correct
+            if bool(keep.any()):
+                x_adv = torch.where(keep.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
+                pred_adv = torch.where(keep, pred_clean, pred_adv)
+                success = success | keep
+        return AttackResult(
+            x_adv=x_adv, success=success, y=y, pred_adv=pred_adv, clean_correct=clean_correct,
+            norms=threat.norms(x, x_adv), queries=attack_queries, gradients=budget.backward,
+            seconds=seconds, threat=threat, targets=targets, extra=budget.extra,
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments, as given (for reports)."""
+        out = {}
+        for k, v in vars(self).items():
+            if k.startswith("_") or k == "generator" or k.endswith("_"):
+                continue
+            out[k] = v
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,62 @@
+"""Registered architectures: names that a safetensors weights file can be loaded into.
+
+Each entry builds an ``nn.Module`` mapping inputs in [0, 1] to logits; any normalisation is a layer
+inside the module, so eps stays in input space. Users add their own with :func:`register_architecture`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import UsageError
+
+__all__ = ["Architecture", "ARCHITECTURES", "register_architecture", "build_architecture"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    n_classes: int
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register_architecture(name: str, build: Callable[[], nn.Module], *, input_shape: tuple[int, ...],
+                          n_classes: int, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Make ``name`` loadable from a safetensors file (``--model weights.safetensors --arch name``)."""
+    ARCHITECTURES[name] = Architecture(name, build, tuple(input_shape), int(n_classes), bounds)
+
+
+def build_architecture(name: str) -> tuple[nn.Module, Architecture]:
+    if name not in ARCHITECTURES:
+        raise UsageError(f"unknown architecture {name!r}: choose one of {', '.join(sorted(ARCHITECTURES))}")
+    arch = ARCHITECTURES[name]
+    return arch.build(), arch
+
+
+def _digits_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _mnist_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),          # 32x13x13
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),         # 64x5x5
+        nn.Flatten(), nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+
+
+def _cancer_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+register_architecture("digits-mlp", _digits_mlp, input_shape=(1, 8, 8), n_classes=10)
+register_architecture("mnist-cnn", _mnist_cnn, input_shape=(1, 28, 28), n_classes=10)
+register_architecture("cancer-mlp", _cancer_mlp, input_shape=(30,), n_classes=2)
