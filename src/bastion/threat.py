@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import UsageError
+
 __all__ = ["NORMS", "ThreatModel", "project", "perturbation_norm", "project_l1_ball"]
 
 NORMS = ("linf", "l2", "l1")
@@ -23,7 +25,7 @@ def canonical_norm(norm: str) -> str:
     """Return the canonical name of ``norm`` ('linf', 'l2', 'l1') or raise a clear ValueError."""
     key = str(norm).strip().lower()
     if key not in _ALIASES:
-        raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
+        raise UsageError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
     return _ALIASES[key]
 
 
@@ -123,11 +125,17 @@ def project(x: Tensor, x_adv: Tensor, norm: str, eps: float | None, bounds: tupl
     delta = _project_ball(x_adv - x, norm, eps)
     out = (x + delta).clamp(lo, hi)
     if norm != "linf":
-        for _ in range(3):  # a few ulps of rounding at most; converge in one or two rounds
+        # x + delta rounds each coordinate by up to half an ulp, which adds up over many coordinates:
+        # shrink offending rows below eps by a slack of the size of that rounding, doubling until it holds
+        ulp = torch.finfo(x.dtype).eps * max(1.0, abs(lo), abs(hi))
+        for k in range(8):
             n = perturbation_norm(out - x, norm)
             over = n > eps
             if not bool(over.any()):
                 break
-            shrink = torch.where(over, (eps / n.clamp_min(1e-30)) * (1 - 4e-7), torch.ones_like(n))
+            nnz = ((out - x).reshape(x.shape[0], -1) != 0).sum(dim=1).to(x.dtype)
+            slack = ulp * (nnz if norm == "l1" else nnz.sqrt()) * 2.0**k
+            target = (eps - slack).clamp_min(0.0)
+            shrink = torch.where(over, target / n.clamp_min(1e-30), torch.ones_like(n))
             out = (x + (out - x) * shrink.view(-1, *([1] * (x.dim() - 1)))).clamp(lo, hi)
     return out

@@ -189,10 +189,12 @@ class Attack:
     ) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None = None) -> AttackResult:
+    def __call__(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None = None, *,
+                 progress: Callable[[int, int], None] | None = None) -> AttackResult:
         """Attack the batch ``x`` (N, *input_shape) with labels ``y`` (N,).
 
         Passing ``targets`` (N,) makes the attack targeted: success means ``pred == targets``.
+        ``progress(done, total)`` is called after each internal batch (the CLI draws a bar with it).
         """
         validate_inputs(model, x, y)
         if targets is not None:
@@ -220,6 +222,8 @@ class Attack:
                 tb = targets[sl] if targets is not None else None
                 adv = self._attack(model, xb, yb, tb, threat, generator, budget).detach()
                 advs.append(threat.project(xb, adv))
+                if progress is not None:
+                    progress(min(i + self.batch_size, x.shape[0]), x.shape[0])
             x_adv = torch.cat(advs) if advs else x.clone()
             attack_queries = model.n_queries - q0
             with torch.no_grad():

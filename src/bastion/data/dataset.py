@@ -71,4 +71,5 @@ def stratified_split(y: Tensor, test_size: int, seed: int) -> tuple[Tensor, Tens
         mask[pick] = diff > 0
     test = torch.nonzero(mask).flatten()
     train = torch.nonzero(~mask).flatten()
-    return train[torch.randperm(train.numel(), generator=g)], test
+    train = train[torch.randperm(train.numel(), generator=g)]
+    return train, test[torch.randperm(test.numel(), generator=g)]

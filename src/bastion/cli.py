@@ -1,0 +1,226 @@
+"""The ``bastion`` command line: one Typer app.
+
+Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
+Every command has ``--json``; the library never prints, this module decides what is shown.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import sys
+from typing import Any, NoReturn
+
+import typer
+
+from .errors import BastionError, UsageError
+
+app = typer.Typer(
+    name="bastion",
+    help="Security testing and hardening for machine-learning models: attack, audit, harden, protect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    return str(o)
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+@app.command()
+def attack(
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL."),
+    data: str = typer.Option(..., "--data", "-d", help="digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder."),
+    attack_name: str = typer.Option("pgd", "--attack", "-a", help="Attack name (see `bastion attack --help` list below)."),
+    eps: float | None = typer.Option(None, "--eps", help="Perturbation budget in input space (default 0.3 for linf, 2.0 for l2, 10 for l1; none for cw/deepfool)."),
+    norm: str = typer.Option("linf", "--norm", help="linf, l2 or l1 (l1: pgd only)."),
+    n: int = typer.Option(1000, "--n", help="Number of test samples to attack (the first n)."),
+    steps: int | None = typer.Option(None, "--steps", help="Iterations, for iterative attacks."),
+    step_size: float | None = typer.Option(None, "--step-size", help="Step size, for PGD-style attacks."),
+    restarts: int | None = typer.Option(None, "--restarts", help="Random restarts, where supported."),
+    targeted: bool = typer.Option(False, "--targeted", help="Attack random target labels (seeded) instead of any wrong label."),
+    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop attacking a sample once it is misclassified."),
+    arch: str | None = typer.Option(None, "--arch", help="Architecture name for a weights-only model file."),
+    batch_size: int = typer.Option(250, "--batch-size", help="Samples per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the attack's random generator."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
+) -> None:
+    """Attack a model on a dataset and print clean/robust accuracy, success rate, median norm, queries and seconds.
+
+    Attacks: fgsm, pgd, mifgsm, apgd-ce, apgd-dlr, apgd-t, cw, deepfool, ensemble.
+    """
+    import torch
+
+    from .attacks import ATTACKS, get_attack
+    from .data import load_dataset
+    from .models.loading import load_model
+    from .threat import canonical_norm
+
+    name = attack_name.strip().lower()
+    if name not in ATTACKS:
+        _fail(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(sorted(ATTACKS))}")
+    try:
+        norm = canonical_norm(norm)
+    except ValueError as exc:
+        _fail(f"--norm: {exc}")
+    if eps is not None and (not math.isfinite(eps) or eps < 0):
+        _fail(f"--eps must be a finite number >= 0, got {eps}")
+    if n < 1:
+        _fail(f"--n must be >= 1, got {n}")
+    cls = ATTACKS[name]
+    params = inspect.signature(cls.__init__).parameters
+    kwargs: dict[str, Any] = {"norm": norm, "batch_size": batch_size, "seed": seed}
+    if eps is not None:
+        kwargs["eps"] = eps
+    elif not getattr(cls, "minimum_norm", False):
+        kwargs["eps"] = {"linf": 0.3, "l2": 2.0, "l1": 10.0}[norm]
+    for opt, key, value in (("--steps", "steps", steps), ("--step-size", "step_size", step_size),
+                            ("--restarts", "restarts", restarts)):
+        if value is not None:
+            if key not in params:
+                _fail(f"{opt} does not apply to the {name} attack")
+            kwargs[key] = value
+    if "early_stop" in params:
+        kwargs["early_stop"] = early_stop
+    kwargs = {k: v for k, v in kwargs.items() if k in params}
+    atk = get_attack(name, **kwargs)
+
+    clf = load_model(model, arch=arch, log=None if as_json else _log)
+    ds = load_dataset(data)
+    x, y = ds.x_test[:n], ds.y_test[:n]
+    if tuple(x.shape[1:]) != tuple(clf.input_shape):
+        _fail(f"--data: {data} has inputs of shape {tuple(x.shape[1:])} but the model expects {tuple(clf.input_shape)}")
+    targets = None
+    if targeted:
+        g = torch.Generator().manual_seed(seed)
+        shift = torch.randint(1, clf.n_classes, y.shape, generator=g)
+        targets = (y + shift) % clf.n_classes
+
+    show_bar = not as_json and sys.stderr.isatty()
+    if show_bar:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"{name} on {n} samples", total=x.shape[0])
+            result = atk(clf, x, y, targets, progress=lambda done, total: bar.update(task, completed=done))
+    else:
+        result = atk(clf, x, y, targets)
+    summary = {k: _clean(v) for k, v in result.summary().items()}
+    if as_json:
+        typer.echo(json.dumps(summary, default=_json_default))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{atk!r}", title_justify="left")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("model", model)
+    t.add_row("data", f"{data} (first {x.shape[0]} test samples)")
+    t.add_row("threat", f"{result.threat.norm}, eps={result.threat.eps}, bounds={result.threat.bounds}" + (", targeted" if targeted else ""))
+    t.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
+    t.add_row("robust accuracy", f"{result.robust_accuracy:.4f}")
+    t.add_row("attack success rate", f"{result.success_rate:.4f}")
+    med = result.median_perturbation
+    t.add_row(f"median perturbation ({result.threat.norm})", "n/a" if math.isnan(med) else f"{med:.4f}")
+    t.add_row("model queries", f"{result.queries}")
+    t.add_row("gradient passes", f"{result.gradients}")
+    t.add_row("seconds", f"{result.seconds:.2f}")
+    Console().print(t)
+
+
+@app.command()
+def zoo(as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object.")) -> None:
+    """List the built-in models and datasets (nothing is downloaded: models train on first use)."""
+    from .data import DATASETS
+    from .models.zoo import ZOO
+
+    models = {k: {"dataset": e.dataset, "kind": e.kind, "description": e.description} for k, e in ZOO.items()}
+    datasets = {k: v[1] for k, v in DATASETS.items()}
+    if as_json:
+        typer.echo(json.dumps({"models": models, "datasets": datasets}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="models (use as --model zoo:NAME)", title_justify="left")
+    for c in ("name", "dataset", "kind", "description"):
+        t.add_column(c)
+    for k, m in models.items():
+        t.add_row(k, m["dataset"], m["kind"], m["description"])
+    d = Table(title="datasets (use as --data NAME)", title_justify="left")
+    d.add_column("name")
+    d.add_column("description")
+    for k, v in datasets.items():
+        d.add_row(k, v)
+    c = Console()
+    c.print(t)
+    c.print(d)
+
+
+@app.command()
+def train(
+    arch: str = typer.Option(..., "--arch", help="Registered architecture: digits-mlp, mnist-cnn, cancer-mlp."),
+    data: str = typer.Option(..., "--data", "-d", help="Built-in dataset name or a .npz/.csv file or image folder."),
+    out: str = typer.Option(..., "--out", "-o", help="Output .safetensors file (architecture name stored in its metadata)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override the recipe's number of epochs."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation and shuffling."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
+) -> None:
+    """Train a registered architecture the same deterministic way the zoo does, and save it as safetensors."""
+    import dataclasses
+
+    from .data import load_dataset
+    from .models.loading import save_model
+    from .models.training import TRAIN_CONFIGS, TrainConfig, train_architecture
+
+    if not out.endswith(".safetensors"):
+        _fail(f"--out must end with .safetensors, got {out!r}")
+    if epochs is not None and epochs < 1:
+        _fail(f"--epochs must be >= 1, got {epochs}")
+    config = TRAIN_CONFIGS.get(arch, TrainConfig())
+    config = dataclasses.replace(config, seed=seed, **({"epochs": epochs} if epochs else {}))
+    ds = load_dataset(data)
+    module, record = train_architecture(arch, ds, config, on_epoch=None if as_json else
+                                        (lambda e, loss: _log(f"epoch {e + 1}/{config.epochs}  loss {loss:.4f}")))
+    save_model(module, out, arch=arch, metadata={"bastion_record": json.dumps(record)})
+    record["out"] = out
+    if as_json:
+        typer.echo(json.dumps(record))
+    else:
+        typer.echo(f"saved {out}: test accuracy {record['test_accuracy']:.4f} in {record['seconds']} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: maps bastion's usage errors to exit code 2 with a one-line message."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit:
+        raise
+    except (UsageError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except BastionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
