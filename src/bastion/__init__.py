@@ -10,14 +10,14 @@ from ._version import __version__
 from .attacks import Attack, AttackResult, get_attack
 from .data import Dataset, load_dataset
 from .errors import BastionError, MissingExtraError, UnsafeModelError, UsageError
-from .models import Classifier, TorchClassifier
+from .models import Classifier, TorchClassifier, load_model, save_model
 from .threat import ThreatModel
 
 __all__ = [
     "__version__", "attacks", "data", "models",
     "Attack", "AttackResult", "get_attack",
     "Dataset", "load_dataset",
-    "Classifier", "TorchClassifier",
+    "Classifier", "TorchClassifier", "load_model", "save_model",
     "ThreatModel",
     "BastionError", "MissingExtraError", "UnsafeModelError", "UsageError",
 ]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from .architectures import ARCHITECTURES, register_architecture
 from .base import BaseClassifier, Classifier, validate_inputs
+from .loading import load_model, save_model
+from .onnx import OnnxClassifier
+from .remote import RemoteClassifier
 from .sklearn import SklearnClassifier
 from .torch import TorchClassifier
 from .zoo import ZOO, load_zoo
 
 __all__ = [
     "Classifier", "BaseClassifier", "validate_inputs", "TorchClassifier", "SklearnClassifier",
+    "OnnxClassifier", "RemoteClassifier", "load_model", "save_model",
     "ARCHITECTURES", "register_architecture", "ZOO", "load_zoo",
 ]

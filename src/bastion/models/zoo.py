@@ -55,7 +55,10 @@ def _train_torch(name: str, log: Callable[[str], None] | None) -> Classifier:
     meta = {"bastion_arch": name, "bastion_data": entry.dataset, "bastion_recipe": RECIPE_VERSION,
             "bastion_train": json.dumps(config.__dict__, sort_keys=True)}
     path = bastion_home() / "zoo" / f"{name}.safetensors"
-    module, arch = build_architecture(name)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+        module, arch = build_architecture(name)
     cached = False
     if path.exists():
         from safetensors import safe_open

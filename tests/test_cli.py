@@ -1,0 +1,76 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BASTION = str(Path(sys.executable).parent / "bastion")
+KEYS = {"clean_accuracy", "robust_accuracy", "success_rate", "median_perturbation", "queries", "seconds"}
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([BASTION, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_attack_json_is_one_object_with_the_documented_keys():
+    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--eps", "0.3", "--n", "100", "--json")
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert set(out) == KEYS
+    assert out["clean_accuracy"] > 0.9 and out["robust_accuracy"] <= 0.02 and out["success_rate"] >= 0.98
+    assert 0.2 < out["median_perturbation"] <= 0.3 + 1e-6 and out["queries"] > 100
+
+
+def test_attack_table_on_a_terminal_free_run():
+    p = run("attack", "--model", "zoo:digits-mlp", "--data", "digits", "--attack", "fgsm", "--eps", "0.1", "--n", "50")
+    assert p.returncode == 0, p.stderr
+    for word in ("clean accuracy", "robust accuracy", "attack success rate", "median perturbation", "model queries", "seconds"):
+        assert word in p.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--eps", "-0.1"], "--eps"),
+    (["--attack", "nope"], "--attack"),
+    (["--norm", "l3"], "--norm"),
+    (["--data", "/nonexistent.npz"], "nonexistent"),
+    (["--data", "digits"], "shape"),
+    (["--model", "zoo:resnet"], "resnet"),
+    (["--attack", "fgsm", "--steps", "3"], "--steps"),
+    (["--n", "0"], "--n"),
+])
+def test_usage_errors_exit_2_with_one_line(args, needle):
+    base = {"--model": "zoo:mnist-cnn", "--data": "mnist5k", "--attack": "pgd", "--n": "10"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    argv = ["attack"] + [t for kv in base.items() for t in kv]
+    p = run(*argv)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 2
+
+
+def test_zoo_lists_models_and_datasets():
+    p = run("zoo", "--json")
+    assert p.returncode == 0
+    out = json.loads(p.stdout)
+    assert {"digits-mlp", "mnist-cnn", "cancer-mlp", "cancer-gbt"} <= set(out["models"])
+    assert {"digits", "mnist5k", "breast-cancer"} <= set(out["datasets"])
+
+
+def test_train_then_attack_the_saved_model(tmp_path):
+    out = tmp_path / "m.safetensors"
+    p = run("train", "--arch", "digits-mlp", "--data", "digits", "--out", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["test_accuracy"] >= 0.95 and out.exists()
+    p = run("attack", "--model", str(out), "--data", "digits", "--attack", "pgd", "--eps", "0.2", "--n", "100", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["robust_accuracy"] < 0.2
+
+
+def test_help_lists_commands():
+    p = run("--help")
+    assert p.returncode == 0 and all(c in p.stdout for c in ("attack", "zoo", "train"))
