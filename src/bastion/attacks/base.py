@@ -137,6 +137,7 @@ class Attack:
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     needs_gradients: ClassVar[bool] = True
     minimum_norm: ClassVar[bool] = False  # eps optional (C&W, DeepFool)
+    supports_targets: ClassVar[bool] = True  # False: untargeted only (DeepFool)
 
     def __init__(
         self,
@@ -198,6 +199,9 @@ class Attack:
         """
         validate_inputs(model, x, y)
         if targets is not None:
+            if not self.supports_targets:
+                raise UsageError(f"{type(self).__name__} is untargeted: call it without targets "
+                                 "(use 'cw', 'pgd' or 'apgd-t' for targeted attacks)")
             validate_inputs(model, x, targets)
             if bool((targets == y).any()):
                 raise UsageError("targets must differ from the true labels for every sample")

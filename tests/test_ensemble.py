@@ -1,0 +1,72 @@
+"""The AutoAttack-style ensemble on the real mnist-cnn zoo model."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.attacks.base import get_attack
+from bastion.attacks.evasion.apgd import APGD, APGDT
+from bastion.attacks.evasion.ensemble import Ensemble
+from bastion.attacks.evasion.fgsm import FGSM
+from bastion.attacks.evasion.pgd import PGD
+from bastion.data import load_dataset
+from bastion.errors import UsageError
+from bastion.models.zoo import load_zoo
+
+EPS = 0.1
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_zoo("mnist-cnn")
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_dataset("mnist5k")
+    return d.x_test[:100], d.y_test[:100]
+
+
+def _members():
+    return [FGSM(eps=EPS), APGD(eps=EPS, steps=40), APGDT(eps=EPS, steps=40, n_target_classes=2)]
+
+
+def test_ensemble_is_the_worst_case_over_members(model, data):
+    x, y = data
+    # several batches: the trail in extra must accumulate over them
+    ens = Ensemble(members=_members(), eps=EPS, batch_size=40)(model, x, y)
+    alone = [m(model, x, y).robust_accuracy for m in _members()]
+    assert ens.robust_accuracy <= min(alone)
+    assert ens.robust_accuracy < ens.clean_accuracy - 0.2  # a no-op ensemble stays at ~0.97
+    assert float(ens.norms.max()) <= EPS + 1e-6
+
+    trail = ens.extra["robust_accuracy_after"]
+    assert [name for name, _ in trail] == ["fgsm", "apgd-ce", "apgd-t"]
+    accs = [acc for _, acc in trail]
+    assert all(a >= b for a, b in zip(accs, accs[1:]))
+    assert accs[0] < ens.extra["clean_accuracy"]  # FGSM alone breaks some
+    assert accs[1] < accs[0]  # APGD-CE breaks what FGSM missed
+    assert ens.extra["n_samples"] == 100
+    assert ens.extra["clean_accuracy"] == pytest.approx(ens.clean_accuracy)
+    assert accs[-1] == pytest.approx(ens.robust_accuracy, abs=0.011)
+
+
+def test_default_members_follow_autoattack_standard():
+    ens = get_attack("ensemble", eps=0.1, norm="l2")
+    names = [m.name for m in ens._members]
+    assert names == ["apgd-ce", "apgd-t"]
+    assert all(m.eps == 0.1 and m.norm == "l2" for m in ens._members)
+    assert "members=None" in repr(ens)
+
+
+def test_members_must_share_the_threat_model():
+    with pytest.raises(UsageError, match="threat model"):
+        Ensemble(members=[APGD(eps=0.1), PGD(eps=0.2)], eps=0.1)
+    with pytest.raises(UsageError, match="threat model"):
+        Ensemble(members=[APGD(eps=0.1, norm="l2")], eps=0.1)
+    with pytest.raises(UsageError, match="non-empty"):
+        Ensemble(members=[], eps=0.1)
+    with pytest.raises(UsageError, match="not an Attack"):
+        Ensemble(members=[APGD(eps=0.1), "pgd"], eps=0.1)
+    with pytest.raises(UsageError, match="norm"):
+        Ensemble(eps=1.0, norm="l1")
