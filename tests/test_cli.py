@@ -74,3 +74,14 @@ def test_train_then_attack_the_saved_model(tmp_path):
 def test_help_lists_commands():
     p = run("--help")
     assert p.returncode == 0 and all(c in p.stdout for c in ("attack", "zoo", "train"))
+
+
+def test_minimum_norm_attacks_use_their_own_norm_and_no_eps():
+    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "deepfool", "--n", "50", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["success_rate"] >= 0.95 and 0.5 < out["median_perturbation"] < 3.0  # an L2 norm, unbounded attack
+    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "cw", "--norm", "linf", "--n", "5")
+    assert p.returncode == 2 and "l2" in p.stderr
+    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "deepfool", "--targeted", "--n", "5")
+    assert p.returncode == 2 and "untargeted" in p.stderr

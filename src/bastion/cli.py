@@ -50,7 +50,7 @@ def attack(
     data: str = typer.Option(..., "--data", "-d", help="digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder."),
     attack_name: str = typer.Option("pgd", "--attack", "-a", help="Attack name (see `bastion attack --help` list below)."),
     eps: float | None = typer.Option(None, "--eps", help="Perturbation budget in input space (default 0.3 for linf, 2.0 for l2, 10 for l1; none for cw/deepfool)."),
-    norm: str = typer.Option("linf", "--norm", help="linf, l2 or l1 (l1: pgd only)."),
+    norm: str | None = typer.Option(None, "--norm", help="linf, l2 or l1 (l1: pgd only); default: the attack's own (linf; l2 for cw and deepfool)."),
     n: int = typer.Option(1000, "--n", help="Number of test samples to attack (the first n)."),
     steps: int | None = typer.Option(None, "--steps", help="Iterations, for iterative attacks."),
     step_size: float | None = typer.Option(None, "--step-size", help="Step size, for PGD-style attacks."),
@@ -76,16 +76,18 @@ def attack(
     name = attack_name.strip().lower()
     if name not in ATTACKS:
         _fail(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(sorted(ATTACKS))}")
+    cls = ATTACKS[name]
+    params = inspect.signature(cls.__init__).parameters
     try:
-        norm = canonical_norm(norm)
+        norm = canonical_norm(norm if norm is not None else params["norm"].default)
     except ValueError as exc:
         _fail(f"--norm: {exc}")
+    if norm not in cls.norms:
+        _fail(f"--norm: the {name} attack supports {', '.join(cls.norms)}, not {norm}")
     if eps is not None and (not math.isfinite(eps) or eps < 0):
         _fail(f"--eps must be a finite number >= 0, got {eps}")
     if n < 1:
         _fail(f"--n must be >= 1, got {n}")
-    cls = ATTACKS[name]
-    params = inspect.signature(cls.__init__).parameters
     kwargs: dict[str, Any] = {"norm": norm, "batch_size": batch_size, "seed": seed}
     if eps is not None:
         kwargs["eps"] = eps
