@@ -55,6 +55,7 @@ def attack(
     steps: int | None = typer.Option(None, "--steps", help="Iterations, for iterative attacks."),
     step_size: float | None = typer.Option(None, "--step-size", help="Step size, for PGD-style attacks."),
     restarts: int | None = typer.Option(None, "--restarts", help="Random restarts, where supported."),
+    max_queries: int | None = typer.Option(None, "--max-queries", help="Query budget per input, for query-based (black-box) attacks."),
     targeted: bool = typer.Option(False, "--targeted", help="Attack random target labels (seeded) instead of any wrong label."),
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop attacking a sample once it is misclassified."),
     arch: str | None = typer.Option(None, "--arch", help="Architecture name for a weights-only model file."),
@@ -94,7 +95,7 @@ def attack(
     elif not getattr(cls, "minimum_norm", False):
         kwargs["eps"] = {"linf": 0.3, "l2": 2.0, "l1": 10.0}[norm]
     for opt, key, value in (("--steps", "steps", steps), ("--step-size", "step_size", step_size),
-                            ("--restarts", "restarts", restarts)):
+                            ("--restarts", "restarts", restarts), ("--max-queries", "max_queries", max_queries)):
         if value is not None:
             if key not in params:
                 _fail(f"{opt} does not apply to the {name} attack")

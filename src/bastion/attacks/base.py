@@ -27,11 +27,17 @@ __all__ = ["Attack", "AttackResult", "Budget", "ATTACKS", "register", "get_attac
 @dataclass
 class Budget:
     """Counts of backward passes (per input sample) made by an attack, and attack-specific details
-    (``extra``, copied into :attr:`AttackResult.extra`)."""
+    (``extra``, copied into :attr:`AttackResult.extra`, and ``per_sample`` tensors, one per batch)."""
 
     forward: int = 0
     backward: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    per_sample: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def add_per_sample(self, key: str, values: Tensor) -> None:
+        """Record one batch's per-sample values (e.g. queries to success); concatenated over batches
+        into ``AttackResult.extra[key]`` in input order."""
+        self.per_sample.setdefault(key, []).append(values.detach())
 
 
 @dataclass
@@ -246,7 +252,8 @@ class Attack:
         return AttackResult(
             x_adv=x_adv, success=success, y=y, pred_adv=pred_adv, clean_correct=clean_correct,
             norms=threat.norms(x, x_adv), queries=attack_queries, gradients=budget.backward,
-            seconds=seconds, threat=threat, targets=targets, extra=budget.extra,
+            seconds=seconds, threat=threat, targets=targets,
+            extra={**budget.extra, **{k: torch.cat(v) for k, v in budget.per_sample.items()}},
         )
 
     def params(self) -> dict[str, Any]:
