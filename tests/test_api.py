@@ -20,7 +20,8 @@ def test_public_api_is_pinned():
 
 def test_registered_attack_names():
     assert sorted(bastion.attacks.ATTACKS) == sorted(
-        ["fgsm", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t", "cw", "deepfool", "ensemble"])
+        ["fgsm", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t", "cw", "deepfool", "ensemble",
+         "square", "simba", "noise", "hopskipjump", "boundary", "transfer", "tabular", "patch"])
 
 
 def test_readme_example_runs_as_written(mnist_cnn):

@@ -29,8 +29,17 @@ FAST: dict[str, dict] = {
     "cw": {"max_iterations": 6, "binary_search_steps": 2, "learning_rate": 0.1},
     "deepfool": {"steps": 4},
     "ensemble": {},
+    "square": {"max_queries": 20},
+    "simba": {"max_queries": 20},
+    "noise": {"max_queries": 20},
+    "hopskipjump": {"max_queries": 60},
+    "boundary": {"max_queries": 60},
+    "tabular": {"max_queries": 10},
+    "transfer": {"steps": 2, "surrogate_epochs": 1, "n_augment": 1},
+    "patch": {"steps": 1},
 }
 EXAMPLES_PER_ATTACK = 400
+EXAMPLES = {"patch": 60, "transfer": 100, "hopskipjump": 150, "boundary": 150}  # slower per case
 
 
 class Rescale(nn.Module):
@@ -56,7 +65,9 @@ def test_results_stay_inside_the_threat_model(name, base_module, digits):
     cls = ATTACKS[name]
     cases = []
 
-    @settings(max_examples=EXAMPLES_PER_ATTACK, deadline=None, derandomize=True,
+    examples = EXAMPLES.get(name, EXAMPLES_PER_ATTACK)
+
+    @settings(max_examples=examples, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(
         norm=st.sampled_from(cls.norms),
@@ -74,6 +85,7 @@ def test_results_stay_inside_the_threat_model(name, base_module, digits):
         else:
             x = lo + torch.rand(n, 1, 8, 8, generator=g) * width
             y = torch.randint(0, 10, (n,), generator=g)
+        x = x.clamp(lo, hi)  # lo + u * width can round a hair past hi
         if getattr(cls, "minimum_norm", False) and eps > 2.0:
             eps = None  # unbounded minimum-norm run: only the bounds apply
         if norm == "l1" and eps is not None:
@@ -104,4 +116,4 @@ def test_results_stay_inside_the_threat_model(name, base_module, digits):
         assert torch.equal(r.success, (pred == t) if t is not None else (pred != y))
 
     check()
-    assert len(cases) >= EXAMPLES_PER_ATTACK  # the cases really ran
+    assert len(cases) >= examples  # the cases really ran

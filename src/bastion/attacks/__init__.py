@@ -4,9 +4,15 @@
 from __future__ import annotations
 
 from .base import ATTACKS, Attack, AttackResult, get_attack, register
-from .evasion import APGD, APGDDLR, APGDT, EOT, FGSM, MIFGSM, PGD, CarliniWagnerL2, DeepFool, Ensemble
+from .evasion import (
+    APGD, APGDDLR, APGDT, EOT, FGSM, MIFGSM, PGD, AdversarialPatch, BoundaryAttack, CarliniWagnerL2,
+    ConstrainedAttack, DeepFool, Ensemble, FeatureConstraints, HopSkipJump, RandomNoise, SimBA, Square,
+    TransferAttack, train_surrogate,
+)
 
 __all__ = [
     "ATTACKS", "Attack", "AttackResult", "get_attack", "register",
     "FGSM", "PGD", "MIFGSM", "APGD", "APGDDLR", "APGDT", "CarliniWagnerL2", "DeepFool", "Ensemble", "EOT",
+    "Square", "SimBA", "RandomNoise", "HopSkipJump", "BoundaryAttack", "TransferAttack", "train_surrogate",
+    "ConstrainedAttack", "FeatureConstraints", "AdversarialPatch",
 ]

@@ -1,0 +1,71 @@
+"""Random-noise baseline: the floor any query-based attack must beat at the same budget.
+
+Threat model: Linf or L2 ball of radius eps intersected with the input bounds. Inputs
+(N, *input_shape), labels (N,), optional targets (N,). Each draw is a random point on the ball's
+surface — a uniform random sign vector times eps (a vertex of the Linf cube) or a uniform random
+direction scaled to eps (L2) — clipped to the bounds; the first draw that fools the model is kept,
+up to ``max_queries`` draws per image. Never uses gradients.
+
+Query accounting (exact): every draw is one model call on all images not yet fooled; no clean
+query is made. ``extra["queries"]`` holds the draws each image used (the index of its first
+fooling draw, or ``max_queries``), ``extra["query_success"]`` whether a draw fooled it; they sum
+to ``AttackResult.queries``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...models.base import Classifier
+from ...threat import ThreatModel
+from ..base import Attack, Budget, is_adversarial, register
+
+__all__ = ["RandomNoise"]
+
+
+@register("noise")
+class RandomNoise(Attack):
+    """Uniform random noise on the eps-sphere, first fooling draw kept (a baseline, not an attack).
+
+    Args:
+        eps: radius. norm: 'linf' or 'l2'. max_queries: draws per image.
+    """
+
+    norms = ("linf", "l2")
+    needs_gradients = False
+
+    def __init__(self, *, eps: float = 0.3, norm: str = "linf", max_queries: int = 1000, batch_size: int = 1000,
+                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
+        self._positive("max_queries", max_queries, integer=True)
+        self.max_queries = int(max_queries)
+
+    @staticmethod
+    def _draw(x: Tensor, norm: str, eps: float, generator: torch.Generator) -> Tensor:
+        if norm == "linf":
+            return eps * (2 * torch.randint(0, 2, x.shape, generator=generator, device=x.device) - 1).to(x.dtype)
+        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return eps * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+
+    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
+                generator: torch.Generator, budget: Budget) -> Tensor:
+        n = x.shape[0]
+        lo, hi = threat.bounds
+        x_adv = x.clone()
+        queries = torch.zeros(n, dtype=torch.long, device=x.device)
+        done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        with torch.no_grad():
+            for _ in range(self.max_queries):
+                active = torch.nonzero(~done).flatten()
+                if active.numel() == 0:
+                    break
+                cand = (x[active] + self._draw(x[active], threat.norm, float(threat.eps), generator)).clamp(lo, hi)
+                ta = targets[active] if targets is not None else None
+                fooled = is_adversarial(model.logits(cand), y[active], ta)
+                queries[active] += 1
+                x_adv[active[fooled]] = cand[fooled]
+                done[active[fooled]] = True
+        budget.add_per_sample("queries", queries)
+        budget.add_per_sample("query_success", done.clone())
+        return x_adv
