@@ -35,6 +35,8 @@ $(VENV)/.bench: $(STAMP) requirements/bench.txt
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/evasion_peers.py
+	$(BIN)/python benchmarks/blackbox_peers.py
+	$(BIN)/python benchmarks/hsj_peers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

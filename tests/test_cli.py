@@ -85,3 +85,16 @@ def test_minimum_norm_attacks_use_their_own_norm_and_no_eps():
     assert p.returncode == 2 and "l2" in p.stderr
     p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "deepfool", "--targeted", "--n", "5")
     assert p.returncode == 2 and "untargeted" in p.stderr
+
+
+def test_black_box_attack_with_query_budget_on_a_tree_model():
+    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "square", "--eps", "0.3",
+            "--max-queries", "300", "--n", "60", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["clean_accuracy"] > 0.9 and out["robust_accuracy"] < 0.5
+    assert 60 <= out["queries"] <= 60 * 300
+    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "pgd", "--n", "5")
+    assert p.returncode == 2 and "black-box" in p.stderr
+    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--max-queries", "5", "--n", "5")
+    assert p.returncode == 2 and "--max-queries" in p.stderr
