@@ -13,29 +13,7 @@ from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models import TorchClassifier
 from bastion.models.zoo import load_zoo
-
-
-class _NoBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise RuntimeError("a decision-based attack asked for a gradient")
-
-
-class _Guarded(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(_NoBackward.apply(x))
-
-
-class _BlackBox(TorchClassifier):
-    white_box = False
+from blackbox_helpers import BlackBoxTorch as _BlackBox, GradientFree as _Guarded
 
 
 def test_registered_and_decision_based():

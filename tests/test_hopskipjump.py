@@ -14,27 +14,7 @@ from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models import TorchClassifier
 from bastion.models.zoo import load_zoo
-
-
-class _NoBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise RuntimeError("a decision-based attack asked for a gradient")
-
-
-class _Guarded(nn.Module):
-    """The network behind a pass-through whose backward raises."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(_NoBackward.apply(x))
+from blackbox_helpers import BlackBoxTorch as _BlackBox, GradientFree as _Guarded
 
 
 class _LabelsOnly(nn.Module):
@@ -47,10 +27,6 @@ class _LabelsOnly(nn.Module):
     def forward(self, x):
         z = self.inner(x)
         return nn.functional.one_hot(z.argmax(1), z.shape[1]).to(z.dtype)
-
-
-class _BlackBox(TorchClassifier):
-    white_box = False
 
 
 @pytest.fixture(scope="module")

@@ -18,29 +18,7 @@ from bastion.errors import UsageError
 from bastion.models.remote import RemoteClassifier
 from bastion.models.torch import TorchClassifier
 from bastion.models.zoo import load_zoo
-
-
-class _NoBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):  # type: ignore[override]
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        raise RuntimeError("a query-based attack asked for a gradient")
-
-
-class _Opaque(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(_NoBackward.apply(x))
-
-
-class BlackBoxTorch(TorchClassifier):
-    white_box = False
+from blackbox_helpers import BlackBoxTorch, GradientFree as _Opaque
 
 
 def _check_counts(r, max_queries: int) -> None:
