@@ -98,3 +98,17 @@ def test_black_box_attack_with_query_budget_on_a_tree_model():
     assert p.returncode == 2 and "black-box" in p.stderr
     p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--max-queries", "5", "--n", "5")
     assert p.returncode == 2 and "--max-queries" in p.stderr
+
+
+def test_patch_attack_writes_its_png(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "patch.png"
+    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "patch", "--n", "64",
+            "--save-patch", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    assert set(json.loads(p.stdout)) == KEYS
+    img = Image.open(out)
+    assert img.size[0] * img.size[1] <= 0.1 * 28 * 28  # the patch covers at most 10% of the image
+    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--n", "4", "--save-patch", str(out))
+    assert p.returncode == 2 and "--save-patch" in p.stderr

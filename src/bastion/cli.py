@@ -59,6 +59,7 @@ def attack(
     targeted: bool = typer.Option(False, "--targeted", help="Attack random target labels (seeded) instead of any wrong label."),
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop attacking a sample once it is misclassified."),
     arch: str | None = typer.Option(None, "--arch", help="Architecture name for a weights-only model file."),
+    save_patch: str | None = typer.Option(None, "--save-patch", help="With --attack patch: write the trained patch as a PNG (one file per target: NAME-tK.png)."),
     batch_size: int = typer.Option(250, "--batch-size", help="Samples per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the attack's random generator."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
@@ -103,6 +104,10 @@ def attack(
     if "early_stop" in params:
         kwargs["early_stop"] = early_stop
     kwargs = {k: v for k, v in kwargs.items() if k in params}
+    if save_patch is not None and name != "patch":
+        _fail("--save-patch only applies to --attack patch")
+    if save_patch is not None and not save_patch.lower().endswith(".png"):
+        _fail(f"--save-patch must name a .png file, got {save_patch!r}")
     atk = get_attack(name, **kwargs)
 
     clf = load_model(model, arch=arch, log=None if as_json else _log)
@@ -126,6 +131,16 @@ def attack(
     else:
         result = atk(clf, x, y, targets)
     summary = {k: _clean(v) for k, v in result.summary().items()}
+    if save_patch is not None:
+        from pathlib import Path
+
+        from .attacks.evasion.patch import save_png
+
+        for t, patch in result.extra.get("patches", {}).items():
+            path = Path(save_patch) if t is None else Path(save_patch).with_name(f"{Path(save_patch).stem}-t{t}.png")
+            save_png(patch, path, bounds=clf.bounds)
+            if not as_json:
+                _log(f"patch written to {path}")
     if as_json:
         typer.echo(json.dumps(summary, default=_json_default))
         return
