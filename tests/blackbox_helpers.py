@@ -1,8 +1,14 @@
 """Shared by the query-based attack tests: a real model whose backward pass raises, so an attack
-that asked for a gradient would fail loudly."""
+that asked for a gradient would fail loudly, and a real HTTP endpoint serving a scikit-learn model."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,3 +38,41 @@ class GradientFree(nn.Module):
 
 class BlackBoxTorch(TorchClassifier):
     white_box = False
+
+
+class ProbaHandler(BaseHTTPRequestHandler):
+    """POST {"inputs": [...]} -> {"probabilities": [...]} from ``server.model``; counts requests."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        x = np.asarray(payload["inputs"], dtype=np.float64).reshape(len(payload["inputs"]), -1)
+        self.server.requests += 1  # type: ignore[attr-defined]
+        data = json.dumps({"probabilities": self.server.model.predict_proba(x).tolist()}).encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextlib.contextmanager
+def digits_endpoint():
+    """A real HTTP server on loopback serving a LogisticRegression trained on sklearn digits."""
+    from sklearn.linear_model import LogisticRegression
+
+    from bastion.data import load_dataset
+
+    digits = load_dataset("digits")
+    est = LogisticRegression(max_iter=500).fit(digits.x_train.reshape(len(digits.x_train), -1).numpy(),
+                                               digits.y_train.numpy())
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ProbaHandler)
+    httpd.model, httpd.requests = est, 0  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield httpd, digits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

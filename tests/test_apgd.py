@@ -8,22 +8,19 @@ import torch
 from bastion.attacks.base import get_attack
 from bastion.attacks.evasion.apgd import APGD, APGDDLR, APGDT
 from bastion.attacks.evasion.pgd import PGD
-from bastion.data import load_dataset
 from bastion.errors import UsageError
-from bastion.models.zoo import load_zoo
 
 EPS = 0.1
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_zoo("mnist-cnn")
+def model(mnist_cnn):
+    return mnist_cnn
 
 
 @pytest.fixture(scope="module")
-def data():
-    d = load_dataset("mnist5k")
-    return d.x_test[:200], d.y_test[:200]
+def data(mnist):
+    return mnist.x_test[:200], mnist.y_test[:200]
 
 
 @pytest.fixture(scope="module")

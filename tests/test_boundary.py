@@ -4,14 +4,11 @@ walks along the decision boundary to well below its starting distance."""
 from __future__ import annotations
 
 import pytest
-import torch
-from torch import nn
 
 from bastion.attacks import ATTACKS
 from bastion.attacks.evasion.boundary import BoundaryAttack
 from bastion.data import load_dataset
 from bastion.errors import UsageError
-from bastion.models import TorchClassifier
 from bastion.models.zoo import load_zoo
 from blackbox_helpers import BlackBoxTorch as _BlackBox, GradientFree as _Guarded
 

@@ -9,22 +9,19 @@ from bastion.attacks.evasion.apgd import APGD, APGDT
 from bastion.attacks.evasion.ensemble import Ensemble
 from bastion.attacks.evasion.fgsm import FGSM
 from bastion.attacks.evasion.pgd import PGD
-from bastion.data import load_dataset
 from bastion.errors import UsageError
-from bastion.models.zoo import load_zoo
 
 EPS = 0.1
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_zoo("mnist-cnn")
+def model(mnist_cnn):
+    return mnist_cnn
 
 
 @pytest.fixture(scope="module")
-def data():
-    d = load_dataset("mnist5k")
-    return d.x_test[:100], d.y_test[:100]
+def data(mnist):
+    return mnist.x_test[:100], mnist.y_test[:100]
 
 
 def _members():

@@ -9,10 +9,8 @@ from torch import nn
 
 from bastion.attacks.evasion.eot import EOT
 from bastion.attacks.evasion.pgd import PGD
-from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models.torch import TorchClassifier
-from bastion.models.zoo import load_zoo
 
 SIGMA = 0.3
 
@@ -34,14 +32,13 @@ def _noisy(module: nn.Module, seed: int) -> TorchClassifier:
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_zoo("mnist-cnn")
+def model(mnist_cnn):
+    return mnist_cnn
 
 
 @pytest.fixture(scope="module")
-def data():
-    d = load_dataset("mnist5k")
-    return d.x_test[:100], d.y_test[:100]
+def data(mnist):
+    return mnist.x_test[:100], mnist.y_test[:100]
 
 
 def _grad(clf, x, y):

@@ -12,7 +12,6 @@ from bastion.attacks.evasion.cw import CarliniWagnerL2
 from bastion.attacks.evasion.hopskipjump import HopSkipJump
 from bastion.data import load_dataset
 from bastion.errors import UsageError
-from bastion.models import TorchClassifier
 from bastion.models.zoo import load_zoo
 from blackbox_helpers import BlackBoxTorch as _BlackBox, GradientFree as _Guarded
 

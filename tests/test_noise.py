@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from bastion.attacks.evasion.noise import RandomNoise
 from bastion.attacks.evasion.square import Square
 from bastion.data import load_dataset
 from bastion.errors import UsageError
-from bastion.models.torch import TorchClassifier
 from bastion.models.zoo import load_zoo
 from blackbox_helpers import BlackBoxTorch, GradientFree as _Opaque
 

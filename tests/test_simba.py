@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
-from torch import nn
 
 from bastion.attacks.evasion.simba import SimBA, dct_matrix
 from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models.remote import RemoteClassifier
-from bastion.models.torch import TorchClassifier
 from bastion.models.zoo import load_zoo
-from blackbox_helpers import BlackBoxTorch, GradientFree as _Opaque
+from blackbox_helpers import BlackBoxTorch, digits_endpoint, GradientFree as _Opaque
 
 
 def _check_counts(r, max_queries: int) -> None:
@@ -71,30 +64,9 @@ def test_simba_on_sklearn_trees():
     _check_counts(r, 200)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:  # noqa: N802
-        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        x = np.asarray(payload["inputs"], dtype=np.float64).reshape(len(payload["inputs"]), -1)
-        self.server.requests += 1  # type: ignore[attr-defined]
-        data = json.dumps({"probabilities": self.server.model.predict_proba(x).tolist()}).encode()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
 
 def test_simba_against_http_endpoint():
-    digits = load_dataset("digits")
-    est = LogisticRegression(max_iter=500).fit(digits.x_train.reshape(len(digits.x_train), -1).numpy(),
-                                               digits.y_train.numpy())
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.model, httpd.requests = est, 0  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with digits_endpoint() as (httpd, digits):
         x, y = digits.x_test[:40], digits.y_test[:40]
         url = f"http://127.0.0.1:{httpd.server_address[1]}/"
         with RemoteClassifier(url, input_shape=(1, 8, 8), n_classes=10, batch_size=256) as model:
@@ -104,9 +76,6 @@ def test_simba_against_http_endpoint():
             # at most two requests per iteration (+epsilon, then -epsilon), never one per image
             assert httpd.requests <= 2 * int(r.extra["queries"].max()) + 2
             assert r.queries >= 10 * httpd.requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_simba_invalid_args():

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
-from torch import nn
 
 from bastion.attacks.base import get_attack
 from bastion.attacks.evasion.square import Square, p_selection
 from bastion.errors import UsageError
 from bastion.models.remote import RemoteClassifier
-from bastion.models.torch import TorchClassifier
 from bastion.models.zoo import load_zoo
 from bastion.data import load_dataset
-from blackbox_helpers import BlackBoxTorch, GradientFree as _Opaque
+from blackbox_helpers import BlackBoxTorch, digits_endpoint, GradientFree as _Opaque
 
 
 def _check_counts(r, max_queries: int) -> None:
@@ -73,33 +66,11 @@ def test_square_on_sklearn_trees(cancer=None):
     _check_counts(r, 200)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:  # noqa: N802
-        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        x = np.asarray(payload["inputs"], dtype=np.float64).reshape(len(payload["inputs"]), -1)
-        self.server.requests += 1  # type: ignore[attr-defined]
-        data = json.dumps({"probabilities": self.server.model.predict_proba(x).tolist()}).encode()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
 
 @pytest.fixture(scope="module")
 def server():
-    digits = load_dataset("digits")
-    est = LogisticRegression(max_iter=500).fit(digits.x_train.reshape(len(digits.x_train), -1).numpy(),
-                                               digits.y_train.numpy())
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.model, httpd.requests = est, 0  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd, digits
-    httpd.shutdown()
-    httpd.server_close()
+    with digits_endpoint() as served:
+        yield served
 
 
 def test_square_against_http_endpoint(server):
