@@ -112,3 +112,50 @@ def test_patch_attack_writes_its_png(tmp_path):
     assert img.size[0] * img.size[1] <= 0.1 * 28 * 28  # the patch covers at most 10% of the image
     p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--n", "4", "--save-patch", str(out))
     assert p.returncode == 2 and "--save-patch" in p.stderr
+
+
+CONSTRAINTS_TOML = """
+immutable = ["mean radius", "mean texture", 2, 3, 4]
+norm = "linf"
+eps = 0.2
+[integer]
+"worst texture" = { scale = [12.02, 49.54] }   # integral in original units
+[categorical]
+"mean symmetry" = [0.0, 0.25, 0.5, 0.75, 1.0]
+[ranges]
+"worst area" = [0.0, 0.5]
+"""
+
+
+def test_tabular_attack_reads_a_constraints_file(tmp_path):
+    spec = tmp_path / "cons.toml"
+    spec.write_text(CONSTRAINTS_TOML)
+    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "tabular",
+            "--constraints", str(spec), "--n", "114", "--max-queries", "300", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert set(out) == KEYS | {"snapped_records"}
+    assert out["success_rate"] >= 0.5 and 0.19 < out["median_perturbation"] <= 0.2 + 1e-6
+    # the same file as JSON, with the budget overridden on the command line
+    (tmp_path / "cons.json").write_text(json.dumps({"immutable": list(range(10)), "norm": "l2", "eps": 0.5}))
+    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "tabular",
+            "--constraints", str(tmp_path / "cons.json"), "--eps", "0.0", "--n", "50", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["robust_accuracy"] == json.loads(p.stdout)["clean_accuracy"]
+
+
+@pytest.mark.parametrize("text,suffix,needle", [
+    ('{"immutable": ["no such feature"]}', ".json", "unknown feature 'no such feature'"),
+    ('{"immutable": [4], "integer": [4]}', ".json", "both immutable and integer"),
+    ('{"colour": 1}', ".json", "unknown constraint keys"),
+    ("immutable = [", ".toml", "not valid TOML"),
+    ("[1, 2]", ".json", "one mapping"),
+    ("{}", ".yaml", ".json or .toml"),
+])
+def test_bad_constraint_files_exit_2_with_one_line(tmp_path, text, suffix, needle):
+    spec = tmp_path / f"cons{suffix}"
+    spec.write_text(text)
+    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "tabular",
+            "--constraints", str(spec), "--n", "5")
+    assert p.returncode == 2 and needle in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

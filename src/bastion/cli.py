@@ -44,6 +44,29 @@ def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def _read_spec(path: str, option: str) -> dict[str, Any]:
+    """A JSON (``.json``) or TOML (``.toml``) file holding one mapping."""
+    import tomllib
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        _fail(f"{option}: no such file {path!r}")
+    try:
+        text = p.read_text(encoding="utf-8")
+        if p.suffix.lower() == ".toml":
+            spec = tomllib.loads(text)
+        elif p.suffix.lower() == ".json":
+            spec = json.loads(text)
+        else:
+            _fail(f"{option}: {path!r} must be a .json or .toml file")
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        _fail(f"{option}: {path} is not valid {p.suffix.lstrip('.').upper()}: {exc}")
+    if not isinstance(spec, dict):
+        _fail(f"{option}: {path} must hold one mapping, got {type(spec).__name__}")
+    return spec
+
+
 @app.command()
 def attack(
     model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL."),
@@ -60,13 +83,15 @@ def attack(
     early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop attacking a sample once it is misclassified."),
     arch: str | None = typer.Option(None, "--arch", help="Architecture name for a weights-only model file."),
     save_patch: str | None = typer.Option(None, "--save-patch", help="With --attack patch: write the trained patch as a PNG (one file per target: NAME-tK.png)."),
+    constraints: str | None = typer.Option(None, "--constraints", help="With --attack tabular: a JSON or TOML file of feature constraints (immutable, integer, categorical, ranges, norm, eps; features by name or index)."),
     batch_size: int = typer.Option(250, "--batch-size", help="Samples per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the attack's random generator."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Attack a model on a dataset and print clean/robust accuracy, success rate, median norm, queries and seconds.
 
-    Attacks: fgsm, pgd, mifgsm, apgd-ce, apgd-dlr, apgd-t, cw, deepfool, ensemble.
+    Attacks: fgsm, pgd, mifgsm, apgd-ce, apgd-dlr, apgd-t, cw, deepfool, ensemble (white-box); square,
+    simba, hopskipjump, boundary, noise, transfer, tabular (query-based, --max-queries); patch.
     """
     import torch
 
@@ -80,6 +105,19 @@ def attack(
         _fail(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(sorted(ATTACKS))}")
     cls = ATTACKS[name]
     params = inspect.signature(cls.__init__).parameters
+    spec: dict[str, Any] | None = None
+    if constraints is not None:
+        if name != "tabular":
+            _fail("--constraints only applies to --attack tabular")
+        spec = _read_spec(constraints, "--constraints")
+        if norm is None and "norm" in spec:
+            norm = str(spec["norm"])
+        if eps is None and spec.get("eps") is not None:
+            eps = spec["eps"]
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+                _fail(f"--constraints: eps must be a number, got {eps!r}")
+            eps = float(eps)
+        spec = {k: v for k, v in spec.items() if k not in ("norm", "eps")}  # the budget is the attack's, given once
     try:
         norm = canonical_norm(norm if norm is not None else params["norm"].default)
     except ValueError as exc:
@@ -115,6 +153,21 @@ def attack(
     x, y = ds.x_test[:n], ds.y_test[:n]
     if tuple(x.shape[1:]) != tuple(clf.input_shape):
         _fail(f"--data: {data} has inputs of shape {tuple(x.shape[1:])} but the model expects {tuple(clf.input_shape)}")
+    snapped = 0
+    if spec is not None:
+        from .attacks.evasion.constraints import FeatureConstraints
+
+        try:
+            cons = FeatureConstraints.from_dict(spec, math.prod(clf.input_shape), ds.feature_names)
+            feasible = cons.snap(x, bounds=clf.bounds)
+        except UsageError as exc:
+            _fail(f"--constraints {constraints}: {exc}")
+        snapped = int((feasible != x).flatten(1).any(dim=1).sum())
+        if snapped and not as_json:
+            _log(f"{snapped} of {x.shape[0]} records were off their integer grid, categories or ranges: "
+                 "snapped onto the constraints before the attack")
+        x = feasible
+        atk = get_attack(name, **kwargs, constraints=cons)
     targets = None
     if targeted:
         g = torch.Generator().manual_seed(seed)
@@ -131,6 +184,8 @@ def attack(
     else:
         result = atk(clf, x, y, targets)
     summary = {k: _clean(v) for k, v in result.summary().items()}
+    if spec is not None:
+        summary["snapped_records"] = snapped
     if save_patch is not None:
         from pathlib import Path
 
