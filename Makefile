@@ -19,8 +19,10 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
 
 venv: $(STAMP)
 
+# the quick audit of the built-in MNIST CNN; the report stays in audit-demo/ (open audit-demo/index.html)
 demo: $(STAMP)
-	$(BIN)/bastion attack --model zoo:mnist-cnn --data mnist5k --attack pgd --eps 0.3 --n 1000
+	rm -rf audit-demo
+	$(BIN)/bastion audit --model zoo:mnist-cnn --data mnist5k --profile quick --out audit-demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -37,6 +39,8 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/evasion_peers.py
 	$(BIN)/python benchmarks/blackbox_peers.py
 	$(BIN)/python benchmarks/hsj_peers.py
+	$(BIN)/python benchmarks/patch_bound.py
+	$(BIN)/python benchmarks/audit_peers.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache audit-demo

@@ -87,7 +87,8 @@ def main() -> None:
     data = bastion.load_dataset("mnist5k")
     side = patch_side((1, 28, 28), 0.1)
     emit({"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
-          "model": "zoo:mnist-cnn", "train_images": int(data.x_train.shape[0]), "test_images": int(data.x_test.shape[0]),
+          "model": "zoo:mnist-cnn", "train_images": int(data.x_train.shape[0]),
+          "test_images": int(data.x_test.shape[0]),
           "patch": f"{side}x{side}", "area": side * side / 784})
 
     for eot, transforms in (("placement", PLACEMENT_ONLY), ("full", {})):
@@ -114,8 +115,8 @@ def main() -> None:
 
     if not args.skip_area:
         for area in args.areas:
-            patch = fit(model, data.x_train, data.y_train, args.area_target, area=area, steps=args.steps, batch_size=128,
-                        generator=torch.Generator().manual_seed(0), **PLACEMENT_ONLY)
+            patch = fit(model, data.x_train, data.y_train, args.area_target, area=area, steps=args.steps,
+                        batch_size=128, generator=torch.Generator().manual_seed(0), **PLACEMENT_ONLY)
             s = evaluate(model, data.x_test, data.y_test, patch, args.area_target,
                          generator=torch.Generator().manual_seed(1), **PLACEMENT_ONLY)
             emit({"measure": "area", "target": args.area_target, "area": area,

@@ -39,3 +39,14 @@ def mnist_batch(mnist):
 def _few_threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session")
+def quick_audit(tmp_path_factory, mnist_cnn, mnist):
+    """A real quick-profile audit of zoo:mnist-cnn on 200 mnist5k test images: (report dict, output dir)."""
+    from bastion.audit import run_audit
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("quick-audit") / "report"
+    report = run_audit(mnist_cnn, mnist, out, profile="quick", n=200, model_spec="zoo:mnist-cnn", data_spec="mnist5k")
+    return report, out

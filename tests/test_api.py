@@ -7,7 +7,7 @@ import bastion
 
 def test_public_api_is_pinned():
     assert sorted(bastion.__all__) == sorted([
-        "__version__", "attacks", "data", "models",
+        "__version__", "attacks", "audit", "data", "models",
         "Attack", "AttackResult", "get_attack",
         "Dataset", "load_dataset",
         "Classifier", "TorchClassifier", "load_model", "save_model",
@@ -16,6 +16,17 @@ def test_public_api_is_pinned():
     ])
     for name in bastion.__all__:
         assert hasattr(bastion, name)
+
+
+def test_audit_surface_is_pinned():
+    assert sorted(bastion.audit.__all__) == sorted([
+        "run_audit", "PROBES", "Probe", "AuditContext", "register_probe", "PROFILES", "Profile", "get_profile",
+        "default_eps", "Gate", "parse_gate", "SCHEMA", "ProbeResult", "Check", "Plot", "Series", "Example",
+    ])
+    assert list(bastion.audit.PROFILES) == ["quick", "standard", "thorough"]
+    assert list(bastion.audit.PROFILES["standard"].probes) == [
+        "model", "whitebox", "minimum-norm", "blackbox", "noise", "patch"]
+    assert set(bastion.audit.PROBES) >= set(bastion.audit.PROFILES["standard"].probes)
 
 
 def test_registered_attack_names():

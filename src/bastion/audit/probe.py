@@ -1,0 +1,172 @@
+"""The probe contract: one threat, one measured result.
+
+A probe is configured by a plain parameter mapping (from the profile, see :mod:`.profiles`), says
+whether it applies to the model and data at hand (``skip_reason``), and ``run`` returns a
+:class:`~.result.ProbeResult` with its parameters, metrics, plots, validity checks and examples.
+New capabilities (poisoning, privacy, extraction, certification) add a probe with
+:func:`register_probe`; the runner does not change.
+
+Probes read everything from an :class:`AuditContext`: the model, the audited inputs, the threat
+(norm and eps list), a seed, the results of the probes that ran before them (so checks can compare
+black-box with white-box), and a ``progress`` callback for the CLI's bars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..data import Dataset
+from ..errors import UsageError
+from ..models.base import Classifier
+from .result import Example, ProbeResult
+
+__all__ = [
+    "PROBES",
+    "AuditContext",
+    "Probe",
+    "eps_key",
+    "pick_examples",
+    "register_probe",
+    "risk_from_ratio",
+    "wilson_interval",
+]
+
+
+def eps_key(eps: float) -> str:
+    """The eps part of a metric name: ``robust_accuracy@eps=0.1``."""
+    return f"eps={eps:g}"
+
+
+@dataclass
+class AuditContext:
+    """What every probe sees.
+
+    Attributes:
+        model: the audited Classifier. data: the whole dataset (training images for patches).
+        x, y: the audited test inputs (the first ``n`` of the test split) and labels.
+        norm, eps: the threat model: one norm, eps values in increasing order.
+        seed: the audit's seed; :meth:`seed_for` derives a stable per-probe seed from it.
+        kind: 'image' (C, H, W), 'tabular' (F,) or 'other'.
+        results: results of the probes run so far, by name (also those resumed from disk).
+        progress: ``progress(probe, fraction, message)``; never required.
+        white_box_model: the model white-box probes attack (an EOT wrapper when the model is random).
+    """
+
+    model: Classifier
+    data: Dataset
+    x: Tensor
+    y: Tensor
+    norm: str
+    eps: list[float]
+    seed: int
+    kind: str
+    results: dict[str, ProbeResult] = field(default_factory=dict)
+    progress: Callable[[str, float, str], None] | None = None
+    white_box_model: Classifier | None = None
+
+    def seed_for(self, name: str) -> int:
+        digest = hashlib.sha256(f"{self.seed}:{name}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def generator(self, name: str) -> torch.Generator:
+        return torch.Generator(device=self.x.device).manual_seed(self.seed_for(name))
+
+    def report(self, probe: str, fraction: float, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(probe, min(max(float(fraction), 0.0), 1.0), message)
+
+    @property
+    def reference_eps(self) -> float:
+        """The eps the risk verdicts are read at: the largest of the audit (the strongest attacker asked about)."""
+        return self.eps[-1]
+
+    @property
+    def clean_correct(self) -> Tensor:
+        with torch.no_grad():
+            return self.model.predict(self.x) == self.y
+
+
+class Probe:
+    """Base class of audit probes.
+
+    Subclasses set ``name`` (registry key), ``title``, ``threat`` and ``defaults`` (every parameter,
+    with its default; the profile overrides some), and implement :meth:`run`. :meth:`skip_reason`
+    returns why the probe does not apply, or ``None``.
+    """
+
+    name: ClassVar[str] = "probe"
+    title: ClassVar[str] = "probe"
+    threat: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise UsageError(f"probe {self.name!r}: unknown parameters {sorted(unknown)}; "
+                             f"it takes {sorted(self.defaults)}")
+        self.params = {**self.defaults, **params}
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        return None
+
+    def run(self, ctx: AuditContext) -> ProbeResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def result(self, ctx: AuditContext, **fields: Any) -> ProbeResult:
+        """A :class:`ProbeResult` pre-filled with this probe's identity, parameters and seed."""
+        fields.setdefault("params", dict(self.params))
+        return ProbeResult(probe=self.name, title=self.title, threat=self.threat, seed=ctx.seed_for(self.name),
+                           **fields)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
+
+
+PROBES: dict[str, type[Probe]] = {}
+
+
+def register_probe(cls: type[Probe]) -> type[Probe]:
+    """Class decorator: make a probe available to profiles and ``--probes`` by its ``name``."""
+    PROBES[cls.name] = cls
+    return cls
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (95% by default)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def risk_from_ratio(robust: float, clean: float) -> str:
+    """Evasion risk from the share of clean accuracy an attacker leaves: < 50% high, < 90% medium, else low."""
+    if not (math.isfinite(robust) and math.isfinite(clean)) or clean <= 0:
+        return "n/a"
+    ratio = robust / clean
+    return "high" if ratio < 0.5 else "medium" if ratio < 0.9 else "low"
+
+
+def pick_examples(x: Tensor, x_adv: Tensor, y: Tensor, pred_clean: Tensor, pred_adv: Tensor, success: Tensor,
+                  norms: Tensor, *, attack: str, norm: str, eps: float | None, bounds: tuple[float, float],
+                  k: int = 4) -> list[Example]:
+    """Up to ``k`` successful examples (clean-correct inputs the attack flipped), first ones first."""
+    rows = torch.nonzero(success & (pred_clean == y) & (pred_adv != pred_clean)).flatten()[:k]
+    return [Example(index=int(i), label=int(y[i]), pred_clean=int(pred_clean[i]), pred_adv=int(pred_adv[i]),
+                    attack=attack, norm=norm, eps=eps, perturbation=float(norms[i]),
+                    clean=x[i].tolist(), adversarial=x_adv[i].tolist(), bounds=bounds) for i in rows.tolist()]
+
+
+def params_of(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as stored in a report (attacks by repr)."""
+    return {k: (repr(v) if hasattr(v, "params") else v) for k, v in mapping.items()}

@@ -1,0 +1,5 @@
+"""The built-in probes, registered on import (in the order profiles run them)."""
+
+from . import blackbox, minnorm, model, noise, patch, whitebox
+
+__all__ = ["blackbox", "minnorm", "model", "noise", "patch", "whitebox"]

@@ -1,0 +1,103 @@
+"""Minimum-norm perturbations: how far each input is from a wrong decision.
+
+DeepFool (Moosavi-Dezfooli et al. 2016) in the audit's norm on every audited input it is given,
+and Carlini-Wagner L2 (2017) on a smaller subset: the distribution of the smallest perturbation that
+fools the model, per input, as a histogram and as the curve "fraction of inputs still correct
+against perturbation size" (robust accuracy as a function of eps, read off the minimal norms — an
+upper bound, since a minimal-norm attack only finds a perturbation, not the smallest one).
+
+Risk: the median DeepFool norm against the audit's largest eps: at most eps high, at most 2 eps
+medium, else low.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...attacks import CarliniWagnerL2, DeepFool
+from ...attacks.base import AttackResult
+from ...threat import canonical_norm
+from ..probe import AuditContext, Probe, pick_examples, register_probe
+from ..result import Plot, ProbeResult, Series
+
+
+def _curve(norms: torch.Tensor, ok: torch.Tensor, correct: torch.Tensor, grid: list[float]) -> list[float]:
+    """Fraction of all inputs still correct at each size: clean-correct and (not fooled or norm > size)."""
+    n = norms.numel()
+    return [float((correct & (~ok | (norms > s))).sum()) / n for s in grid]
+
+
+@register_probe
+class MinimumNormProbe(Probe):
+    name = "minimum-norm"
+    title = "Minimum-norm perturbations"
+    threat = "evasion / white-box (minimal perturbation)"
+    defaults: dict[str, Any] = {"n_deepfool": 1000, "deepfool_steps": 50, "n_cw": 100, "cw_search_steps": 5,
+                                "cw_iterations": 100, "examples": 2, "batch_size": 500}
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        if not getattr(ctx.model, "white_box", False):
+            return "the model is a black box (no gradients): the black-box probe measures HopSkipJump's minimal norms"
+        if canonical_norm(ctx.norm) not in ("linf", "l2"):
+            return f"DeepFool supports linf and l2, not {ctx.norm}"
+        return None
+
+    def run(self, ctx: AuditContext) -> ProbeResult:
+        p = self.params
+        from .whitebox import attack_model
+
+        model, eot = attack_model(ctx, 10)
+        m = min(int(p["n_deepfool"]), ctx.x.shape[0])
+        x, y = ctx.x[:m], ctx.y[:m]
+        ctx.report(self.name, 0.0, "DeepFool")
+        df = DeepFool(norm=ctx.norm, steps=int(p["deepfool_steps"]), batch_size=int(p["batch_size"]),
+                      seed=ctx.seed_for("deepfool"))
+        rd = df(model, x, y)
+        runs: dict[str, AttackResult] = {f"deepfool-{ctx.norm}": rd}
+        attacks = {f"deepfool-{ctx.norm}": repr(df)}
+        k = min(int(p["n_cw"]), ctx.x.shape[0])
+        if k > 0:
+            ctx.report(self.name, 0.5, "Carlini-Wagner L2")
+            cw = CarliniWagnerL2(binary_search_steps=int(p["cw_search_steps"]), max_iterations=int(p["cw_iterations"]),
+                                 batch_size=int(p["batch_size"]), seed=ctx.seed_for("cw"))
+            runs["cw-l2"] = cw(model, ctx.x[:k], ctx.y[:k])
+            attacks["cw-l2"] = repr(cw)
+        metrics: dict[str, float | None] = {}
+        plots, per_sample = [], {}
+        hist = {"l2": [], "linf": []}
+        for name, r in runs.items():
+            ok = r.success & r.clean_correct
+            vals = r.norms[ok]
+            short = name.split("-")[0]
+            metrics[f"median_min_perturbation[{short}]"] = float(vals.median()) if vals.numel() else None
+            metrics[f"success_rate[{short}]"] = r.success_rate
+            hist[r.threat.norm].append(Series(name, vals.tolist()))
+            per_sample[name] = {"success": (r.success & r.clean_correct).tolist(), "norm": r.norms.tolist()}
+        for nm, series in hist.items():
+            if series:
+                plots.append(Plot(id=f"min-norm-hist-{nm}", title=f"Smallest fooling perturbation per input ({nm})",
+                                  kind="hist", x_label=f"{nm} norm", y_label="inputs", series=series))
+        ok = rd.success & rd.clean_correct
+        top = float(rd.norms[ok].max()) if bool(ok.any()) else ctx.reference_eps
+        grid = [top * i / 40 for i in range(41)]
+        plots.append(Plot(id="min-norm-curve", title=f"Accuracy against perturbation size, from DeepFool ({ctx.norm})",
+                          kind="line", x_label=f"eps ({ctx.norm})", y_label="accuracy",
+                          series=[Series("DeepFool", grid, _curve(rd.norms, rd.success, rd.clean_correct, grid))]))
+        med = metrics["median_min_perturbation[deepfool]"]
+        ref = ctx.reference_eps
+        risk = "n/a" if med is None else "high" if med <= ref else "medium" if med <= 2 * ref else "low"
+        pred_clean = torch.where(rd.clean_correct, rd.y, -1)
+        examples = pick_examples(x, rd.x_adv, y, pred_clean, rd.pred_adv, rd.success, rd.norms,
+                                 attack="deepfool", norm=ctx.norm, eps=None, bounds=ctx.model.bounds,
+                                 k=int(p["examples"]))
+        cw_med = metrics.get("median_min_perturbation[cw]")
+        summary = (f"median smallest {ctx.norm} perturbation {med:.3g} (DeepFool, {m} inputs)" if med is not None
+                   else "DeepFool found no adversarial example")
+        if cw_med is not None:
+            summary += f"; C&W-L2 median {cw_med:.3g} on {k}"
+        ctx.report(self.name, 1.0, "done")
+        return self.result(ctx, risk=risk, summary=summary,
+                           params={**p, "norm": ctx.norm, "attacks": attacks, "eot": eot},
+                           metrics=metrics, plots=plots, examples=examples, per_sample=per_sample)

@@ -1,0 +1,220 @@
+"""White-box evasion: robust accuracy against eps for FGSM, PGD and the worst case over an
+AutoAttack-style ensemble, with the convergence checks that make the numbers trustworthy.
+
+Per eps, on the audited inputs: FGSM and PGD run on every input (their own curves, and the
+iterative-vs-single-step check need that); APGD-CE then APGD-T (Croce & Hein 2020) run on the
+inputs still robust after both. An input counts as robust only if every attack failed on it, so
+``robust_accuracy[whitebox]@eps`` is the per-input worst case. Randomised models are attacked
+through EOT (see the model probe's ``deterministic`` check).
+
+Checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness", section 5):
+
+- ``iterative-beats-single-step``: PGD is at least as strong as FGSM at every eps;
+- ``monotone-in-eps``: worst-case robust accuracy does not rise as eps grows;
+- ``unbounded-attack``: PGD with an eps of half the input range (every input can then reach the same
+  mid-range point) drives accuracy to chance;
+- ``convergence``: doubling PGD's iterations changes robust accuracy by less than a point;
+- ``restarts``: extra random restarts change it by less than a point.
+
+The last two run at the eps where PGD leaves robust accuracy nearest half the clean accuracy (where
+a weak attack would show most). Risk: worst-case robust accuracy at the largest eps, relative to
+clean accuracy (< 50%: high, < 90%: medium, else low).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ...attacks import APGD, APGDT, EOT, FGSM, PGD, Ensemble
+from ...attacks.base import AttackResult
+from ...models.base import Classifier
+from ...threat import canonical_norm
+from ..probe import AuditContext, Probe, eps_key, pick_examples, register_probe, risk_from_ratio
+from ..result import Check, Plot, ProbeResult, Series
+
+
+def attack_model(ctx: AuditContext, eot_samples: int) -> tuple[Classifier, bool]:
+    """The model white-box attacks use: the model itself, or an EOT wrapper when it is randomised."""
+    model_probe = ctx.results.get("model")
+    deterministic = model_probe is None or model_probe.metrics.get("deterministic", 1.0) == 1.0
+    if deterministic:
+        return ctx.model, False
+    return EOT(ctx.model, n_samples=int(eot_samples), seed=ctx.seed_for("eot")), True
+
+
+@register_probe
+class WhiteBoxProbe(Probe):
+    name = "whitebox"
+    title = "White-box evasion"
+    threat = "evasion / white-box (gradients)"
+    defaults: dict[str, Any] = {
+        "pgd_steps": 40, "pgd_restarts": 1, "apgd_steps": 100, "apgd_t_targets": 9, "ensemble": True,
+        "convergence_factor": 2, "extra_restarts": 2, "examples": 4, "eot_samples": 10, "batch_size": 1000,
+        "tolerance": 0.01,
+    }
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        if not getattr(ctx.model, "white_box", False):
+            return "the model is a black box (no gradients): see the black-box probe"
+        if canonical_norm(ctx.norm) not in ("linf", "l2"):
+            return f"white-box attacks here support linf and l2, not {ctx.norm}"
+        return None
+
+    def _common(self, ctx: AuditContext, name: str, eps: float) -> dict[str, Any]:
+        return {"eps": eps, "norm": ctx.norm, "batch_size": int(self.params["batch_size"]),
+                "seed": ctx.seed_for(f"{self.name}:{name}:{eps_key(eps)}")}
+
+    def run(self, ctx: AuditContext) -> ProbeResult:
+        p = self.params
+        model, eot = attack_model(ctx, p["eot_samples"])
+        x, y = ctx.x, ctx.y
+        n = x.shape[0]
+        with torch.no_grad():
+            pred_clean = ctx.model.predict(x)
+        clean_acc = float((pred_clean == y).float().mean())
+        metrics: dict[str, float | None] = {"clean_accuracy_audited": clean_acc}
+        per_sample: dict[str, dict[str, list[Any]]] = {}
+        curves: dict[str, list[float]] = {"FGSM": [], "PGD": [], "worst case": []}
+        attacks_used: dict[str, str] = {}
+        pgd_results: dict[float, AttackResult] = {}
+        total = len(ctx.eps) + 3
+        for i, eps in enumerate(ctx.eps):
+            ctx.report(self.name, i / total, f"eps={eps:g}")
+            fgsm = FGSM(**self._common(ctx, "fgsm", eps))
+            pgd = PGD(steps=int(p["pgd_steps"]), restarts=int(p["pgd_restarts"]), **self._common(ctx, "pgd", eps))
+            rf, rp = fgsm(model, x, y), pgd(model, x, y)
+            pgd_results[eps] = rp
+            robust = (rf.pred_adv == y) & (rp.pred_adv == y)
+            broken_by = torch.zeros(n, dtype=torch.int8)  # 0 none, 1 fgsm, 2 pgd, 3 ensemble
+            broken_by[rf.pred_adv != y] = 1
+            broken_by[(rf.pred_adv == y) & (rp.pred_adv != y)] = 2
+            attacks_used.update(fgsm=repr(fgsm), pgd=repr(pgd))
+            if p["ensemble"] and bool(robust.any()):
+                members = [APGD(steps=int(p["apgd_steps"]), loss="ce", **self._common(ctx, "apgd-ce", eps)),
+                           APGDT(steps=int(p["apgd_steps"]), n_target_classes=min(int(p["apgd_t_targets"]),
+                                 ctx.model.n_classes - 1), **self._common(ctx, "apgd-t", eps))]
+                if ctx.model.n_classes < 4:  # targeted DLR needs 4 classes: CE then margin-free DLR
+                    members = members[:1]
+                ens = Ensemble(members=members, **self._common(ctx, "ensemble", eps))
+                attacks_used["ensemble"] = repr(ens)
+                idx = torch.nonzero(robust).flatten()
+                re = ens(model, x[idx], y[idx])
+                fell = re.pred_adv != y[idx]
+                broken_by[idx[fell]] = 3
+                robust[idx[fell]] = False
+            key = eps_key(eps)
+            fa, pa, wa = (float((rf.pred_adv == y).float().mean()), float((rp.pred_adv == y).float().mean()),
+                          float(robust.float().mean()))
+            metrics[f"robust_accuracy[fgsm]@{key}"] = fa
+            metrics[f"robust_accuracy[pgd]@{key}"] = pa
+            metrics[f"robust_accuracy[whitebox]@{key}"] = wa
+            curves["FGSM"].append(fa)
+            curves["PGD"].append(pa)
+            curves["worst case"].append(wa)
+            per_sample[f"whitebox@{key}"] = {"robust": robust.tolist(), "broken_by": broken_by.tolist(),
+                                             "pgd_norm": rp.norms.tolist()}
+        ctx.report(self.name, len(ctx.eps) / total, "validity checks")
+        checks = [self._single_step(ctx, curves), self._monotone(ctx, curves)]
+        checks.append(self._unbounded(ctx, model))
+        ctx.report(self.name, (len(ctx.eps) + 1) / total, "convergence")
+        checks += self._convergence(ctx, model, pgd_results, clean_acc)
+        ref = ctx.reference_eps
+        # the gallery shows the smallest eps at which PGD fooled something: the least visible perturbations
+        shown = next((e for e in ctx.eps if bool((pgd_results[e].success & pgd_results[e].clean_correct).any())), ref)
+        rp = pgd_results[shown]
+        examples = pick_examples(x, rp.x_adv, y, pred_clean, rp.pred_adv, rp.success, rp.norms, attack="pgd",
+                                 norm=ctx.norm, eps=shown, bounds=ctx.model.bounds, k=int(p["examples"]))
+        worst_ref = curves["worst case"][-1]
+        risk = risk_from_ratio(worst_ref, clean_acc)
+        plots = [Plot(id="robustness-curve", title=f"Robust accuracy against eps ({ctx.norm})", kind="line",
+                      x_label=f"eps ({ctx.norm})", y_label="robust accuracy",
+                      series=[Series(k, [0.0, *ctx.eps], [clean_acc, *v]) for k, v in curves.items()])]
+        ctx.report(self.name, 1.0, "done")
+        return self.result(
+            ctx, risk=risk,
+            summary=(f"worst-case robust accuracy {worst_ref:.3f} at {ctx.norm} eps={ref:g} (clean {clean_acc:.3f})"
+                     + (", attacked through EOT (randomised model)" if eot else "")),
+            params={**self.params, "eps": ctx.eps, "norm": ctx.norm, "n": n, "eot": eot, "attacks": attacks_used},
+            metrics=metrics, plots=plots, checks=checks, examples=examples, per_sample=per_sample)
+
+    # -- checks ------------------------------------------------------------------------------------
+    def _single_step(self, ctx: AuditContext, curves: dict[str, list[float]]) -> Check:
+        tol = float(self.params["tolerance"])
+        gaps = [f - q for f, q in zip(curves["FGSM"], curves["PGD"])]  # > 0: PGD stronger
+        worst = min(gaps)
+        ev = {"eps": ctx.eps, "fgsm": curves["FGSM"], "pgd": curves["PGD"]}
+        title = "Iterative attacks beat single-step ones"
+        if worst >= -tol:
+            return Check("iterative-beats-single-step", title, "pass",
+                         "PGD leaves no higher robust accuracy than FGSM at any eps.", ev)
+        status = "fail" if worst < -5 * tol else "warn"
+        i = gaps.index(worst)
+        return Check("iterative-beats-single-step", title, status,
+                     f"At eps={ctx.eps[i]:g} FGSM (one step) leaves robust accuracy {curves['FGSM'][i]:.3f}, lower "
+                     f"than PGD's {curves['PGD'][i]:.3f}: the loss surface misleads iterative attacks, a classic sign "
+                     "of gradient masking (or a too-small PGD step).", ev)
+
+    def _monotone(self, ctx: AuditContext, curves: dict[str, list[float]]) -> Check:
+        tol = float(self.params["tolerance"]) / 2
+        w = curves["worst case"]
+        rises = [(ctx.eps[i + 1], w[i + 1] - w[i]) for i in range(len(w) - 1) if w[i + 1] - w[i] > tol]
+        title = "Robust accuracy does not rise as eps grows"
+        ev = {"eps": ctx.eps, "worst_case": w}
+        if not rises:
+            return Check("monotone-in-eps", title, "pass",
+                         "Worst-case robust accuracy falls (or stays) as eps grows.", ev)
+        e, d = rises[0]
+        return Check("monotone-in-eps", title, "fail",
+                     f"Robust accuracy rises by {d:.3f} at eps={e:g}: a larger budget can always reproduce a smaller "
+                     "one, so the attack is not finding the worst case (masking or a broken attack).", ev)
+
+    def _unbounded(self, ctx: AuditContext, model: Classifier) -> Check:
+        lo, hi = ctx.model.bounds
+        d = ctx.x[0].numel()
+        big = 0.5 * (hi - lo) * (1.0 if ctx.norm == "linf" else math.sqrt(d))
+        m = min(ctx.x.shape[0], 200)
+        atk = PGD(steps=int(self.params["pgd_steps"]), **self._common(ctx, "pgd-unbounded", big))
+        r = atk(model, ctx.x[:m], ctx.y[:m])
+        chance = 1.0 / ctx.model.n_classes
+        ev = {"eps": big, "robust_accuracy": r.robust_accuracy, "chance": chance, "inputs": m}
+        title = "An unbounded attack reaches chance accuracy"
+        if r.robust_accuracy <= chance:
+            return Check("unbounded-attack", title, "pass",
+                         f"With eps={big:.3g} (half the input range: every input can reach the same point) PGD "
+                         f"leaves {r.robust_accuracy:.3f}, at most chance ({chance:.3f}).", ev)
+        return Check("unbounded-attack", title, "fail",
+                     f"With eps={big:.3g} PGD still leaves robust accuracy {r.robust_accuracy:.3f} > chance "
+                     f"({chance:.3f}), though any input could be moved to the same point: gradients are masked or "
+                     "the attack is broken, so the other numbers over-state robustness.", ev)
+
+    def _convergence(self, ctx: AuditContext, model: Classifier, pgd_results: dict[float, AttackResult],
+                     clean_acc: float) -> list[Check]:
+        p, tol = self.params, float(self.params["tolerance"])
+        eps = min(ctx.eps, key=lambda e: abs(pgd_results[e].robust_accuracy - clean_acc / 2))
+        base = pgd_results[eps].robust_accuracy
+        longer = PGD(steps=int(p["pgd_steps"]) * int(p["convergence_factor"]), restarts=int(p["pgd_restarts"]),
+                     **self._common(ctx, "pgd", eps))
+        more = PGD(steps=int(p["pgd_steps"]), restarts=int(p["pgd_restarts"]) + int(p["extra_restarts"]),
+                   **self._common(ctx, "pgd-restarts", eps))
+        a = longer(model, ctx.x, ctx.y).robust_accuracy
+        ctx.report(self.name, (len(ctx.eps) + 2) / (len(ctx.eps) + 3), "restarts")
+        b = more(model, ctx.x, ctx.y).robust_accuracy
+        out = []
+        for cid, title, other, what in (
+                ("convergence", f"Doubling the iterations changes robust accuracy by < {tol:.0%}", a,
+                 f"PGD with {longer.steps} instead of {p['pgd_steps']} steps"),
+                ("restarts", f"More random restarts change robust accuracy by < {tol:.0%}", b,
+                 f"PGD with {more.restarts} instead of {p['pgd_restarts']} restart(s)")):
+            delta = base - other
+            ev = {"eps": eps, "base": base, "changed": other, "difference": delta}
+            if abs(delta) < tol:
+                out.append(Check(cid, title, "pass",
+                                 f"At eps={eps:g}, {what} gives {other:.3f} against {base:.3f}.", ev))
+            else:
+                out.append(Check(cid, title, "warn",
+                                 f"At eps={eps:g}, {what} gives {other:.3f} against {base:.3f}: the attack has not "
+                                 "converged, so robust accuracy is over-stated; use a stronger profile.", ev))
+        return out

@@ -1,0 +1,76 @@
+"""Audit profiles: which probes run, on how many inputs, with which budgets.
+
+``quick`` is for a first look and CI (minutes on a laptop CPU), ``standard`` is the evaluation to
+report (AutoAttack-strength white-box ensemble on 1,000 inputs), ``thorough`` spends several times
+more on every probe. Each profile maps probe names, in run order, to parameter overrides of the
+probe's defaults; ``n`` is the number of test inputs audited (0: all of them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+
+__all__ = ["PROFILES", "Profile", "default_eps", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    n: int
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile("quick", "a first look in a minute or two on a CPU (smaller budgets, 500 inputs)", 500, {
+        "model": {},
+        "whitebox": {"pgd_steps": 40, "apgd_steps": 50, "apgd_t_targets": 3, "extra_restarts": 1},
+        "minimum-norm": {"n_deepfool": 500, "n_cw": 50, "cw_iterations": 100},
+        "blackbox": {"n_square": 200, "square_queries": 1000, "n_hsj": 20, "hsj_queries": 2000},
+        "noise": {"n": 500, "queries": 100},
+        "patch": {"steps": 300, "fit_images": 2000},
+    }),
+    "standard": Profile("standard", "the evaluation to report: AutoAttack-strength ensemble on 1,000 inputs", 1000, {
+        "model": {},
+        "whitebox": {"pgd_steps": 40, "apgd_steps": 100, "apgd_t_targets": 9, "extra_restarts": 2},
+        "minimum-norm": {"n_deepfool": 1000, "n_cw": 100},
+        "blackbox": {"n_square": 500, "square_queries": 1000, "n_hsj": 50, "hsj_queries": 2500},
+        "noise": {"n": 1000, "queries": 100},
+        "patch": {"steps": 500, "fit_images": 2000},
+    }),
+    "thorough": Profile("thorough", "several times the standard budgets, on every test input", 0, {
+        "model": {},
+        "whitebox": {"pgd_steps": 100, "pgd_restarts": 2, "apgd_steps": 200, "apgd_t_targets": 9,
+                     "extra_restarts": 4},
+        "minimum-norm": {"n_deepfool": 100_000, "n_cw": 500, "cw_search_steps": 9},
+        "blackbox": {"n_square": 1000, "square_queries": 5000, "n_hsj": 200, "hsj_queries": 5000},
+        "noise": {"n": 100_000, "queries": 1000},
+        "patch": {"steps": 2000, "fit_images": 4000},
+    }),
+}
+
+
+def get_profile(name: str) -> Profile:
+    key = str(name).strip().lower()
+    if key not in PROFILES:
+        raise UsageError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    return PROFILES[key]
+
+
+def default_eps(norm: str, bounds: tuple[float, float], input_shape: tuple[int, ...]) -> list[float]:
+    """eps values audited when none are given, in input units.
+
+    Linf: 5%, 10%, 20% and 30% of the input range (0.3 is MNIST's customary budget). L2: the same
+    per-coordinate scale times sqrt(d) / 10 — for 28x28 images about 0.56, 1.1, 2.0 and 2.8.
+    """
+    span = float(bounds[1]) - float(bounds[0])
+    if norm == "linf":
+        fractions = [0.05, 0.1, 0.2, 0.3]
+        return [round(f * span, 6) for f in fractions]
+    d = math.prod(input_shape)
+    fractions = [0.02, 0.04, 0.07, 0.1]
+    return [round(f * span * math.sqrt(d), 4) for f in fractions]

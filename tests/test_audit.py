@@ -1,0 +1,259 @@
+"""bastion audit: the runner, probes, validity checks, gates, resume and reproducibility, on real models.
+
+The undefended mnist-cnn must pass every validity check and show a high evasion risk; the same CNN
+behind a non-differentiable input quantisation (gradients exactly zero) must have its gradient
+masking flagged while the black-box probe still breaks it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bastion.audit import PROBES, Check, Probe, Profile, parse_gate, register_probe, run_audit
+from bastion.audit.gates import evaluate_gates
+from bastion.audit.probe import wilson_interval
+from bastion.audit.runner import STATE_DIR
+from bastion.data import load_dataset
+from bastion.errors import UsageError
+from bastion.models import TorchClassifier
+from bastion.models.zoo import load_zoo
+
+
+def checks_of(report: dict) -> dict[str, str]:
+    return {c["id"]: c["status"] for c in report["checks"]}
+
+
+# -- the quick audit of the undefended CNN -----------------------------------------------------------------
+def test_quick_audit_of_the_undefended_cnn(quick_audit):
+    report, out = quick_audit
+    assert {p.name for p in out.iterdir()} >= {"report.json", "index.html", "junit.xml", STATE_DIR}
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert report["schema"] == "bastion.audit/1" and report["settings"]["n"] == 200
+    assert [p["probe"] for p in report["probes"]] == ["model", "whitebox", "minimum-norm", "blackbox", "noise", "patch"]
+    assert all(p["status"] == "ok" for p in report["probes"]), [(p["probe"], p["reason"]) for p in report["probes"]]
+    # every validity check passes on the undefended model
+    assert set(checks_of(report).values()) == {"pass"}, checks_of(report)
+    assert len(report["checks"]) >= 10 and report["verdict"]["validity"] == "pass"
+    m = report["metrics"]
+    assert m["clean_accuracy"] > 0.95
+    eps = report["settings"]["eps"]
+    assert eps == [0.05, 0.1, 0.2, 0.3]
+    curve = [m[f"robust_accuracy@eps={e:g}"] for e in eps]
+    assert curve == sorted(curve, reverse=True) and curve[-1] <= 0.01 and 0.3 < curve[1] < 0.9
+    # the worst case over all probes is no higher than any single attack's
+    for e in eps:
+        for k in ("fgsm", "pgd", "whitebox"):
+            assert m[f"robust_accuracy@eps={e:g}"] <= m[f"robust_accuracy[{k}]@eps={e:g}"] + 1e-9
+    assert m["robust_accuracy[square]@eps=0.3"] <= 0.05
+    assert report["verdict"]["risk"] == "high"
+    # per-sample results cover the audited inputs
+    wb = next(p for p in report["probes"] if p["probe"] == "whitebox")
+    assert all(len(v["robust"]) == 200 for v in wb["per_sample"].values())
+    assert wb["examples"] and wb["plots"][0]["kind"] == "line"
+    assert len(report["model"]["fingerprint"]) == 64 and len(report["data"]["fingerprint"]) == 64
+
+
+def test_audited_robust_accuracy_agrees_with_a_direct_attack(quick_audit, mnist_cnn, mnist):
+    """The probe's PGD number is the library's PGD, run directly with the probe's recorded parameters."""
+    report, _ = quick_audit
+    wb = next(p for p in report["probes"] if p["probe"] == "whitebox")
+    from bastion.attacks import PGD
+
+    steps = wb["params"]["pgd_steps"]
+    r = PGD(eps=0.1, steps=steps)(mnist_cnn, mnist.x_test[:200], mnist.y_test[:200])
+    assert abs(r.robust_accuracy - report["metrics"]["robust_accuracy[pgd]@eps=0.1"]) <= 0.02
+
+
+# -- masked gradients -----------------------------------------------------------------------------------
+class _Quantise(nn.Module):
+    """Input quantisation to 1/8 steps: piecewise constant, so its gradient is exactly zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 8) / 8
+
+
+def test_masked_gradients_are_flagged_and_the_black_box_probe_still_breaks_the_model(tmp_path, mnist_cnn, mnist):
+    masked = TorchClassifier(nn.Sequential(_Quantise(), mnist_cnn.module).eval(), n_classes=10, input_shape=(1, 28, 28),
+                             output="logits")
+    profile = Profile("masking-test", "small budgets", 100, {
+        "model": {},
+        "whitebox": {"pgd_steps": 10, "apgd_steps": 10, "apgd_t_targets": 1, "extra_restarts": 1},
+        "blackbox": {"n_square": 100, "square_queries": 300, "n_hsj": 0},
+    })
+    report = run_audit(masked, mnist, tmp_path / "masked", profile=profile, eps=[0.3], write=False)
+    checks = checks_of(report)
+    assert checks["gradients"] == "fail"
+    assert checks["gradient-masking"] == "fail"
+    assert checks["unbounded-attack"] == "fail"
+    assert report["verdict"]["validity"] == "fail"
+    m = report["metrics"]
+    assert m["clean_accuracy"] > 0.9
+    assert m["robust_accuracy[whitebox]@eps=0.3"] >= 0.4  # the gradient attacks are blind ...
+    assert m["robust_accuracy[square]@eps=0.3"] <= 0.1  # ... the queries are not
+    assert m["robust_accuracy@eps=0.3"] <= 0.1  # and the worst case reports the vulnerability
+
+
+class _NoisyInput(nn.Module):
+    """Gaussian input noise at inference time too: a randomised model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.05 * torch.randn_like(x)
+
+
+def test_a_randomised_model_is_flagged_and_attacked_through_eot(tmp_path, digits_mlp, digits):
+    noisy = TorchClassifier(nn.Sequential(_NoisyInput(), digits_mlp.module), n_classes=10, input_shape=(1, 8, 8),
+                            output="logits")
+    profile = Profile("eot-test", "", 60, {"model": {}, "whitebox": {"pgd_steps": 10, "apgd_steps": 10,
+                                                                      "apgd_t_targets": 1, "eot_samples": 4}})
+    report = run_audit(noisy, digits, tmp_path / "noisy", profile=profile, eps=[0.1, 0.3], write=False)
+    assert checks_of(report)["deterministic"] == "warn"
+    wb = next(p for p in report["probes"] if p["probe"] == "whitebox")
+    assert wb["params"]["eot"] is True and "EOT" in wb["summary"]
+    assert report["metrics"]["robust_accuracy[pgd]@eps=0.3"] <= 0.1  # EOT-PGD still breaks it
+
+
+# -- other model kinds ------------------------------------------------------------------------------------
+def test_black_box_and_tabular_models_skip_what_does_not_apply(tmp_path):
+    cancer = load_dataset("breast-cancer")
+    report = run_audit(load_zoo("cancer-gbt"), cancer, tmp_path / "gbt", profile="quick", write=False)
+    status = {p["probe"]: (p["status"], p["reason"]) for p in report["probes"]}
+    assert status["whitebox"][0] == "skipped" and "black box" in status["whitebox"][1]
+    assert status["patch"][0] == "skipped" and "not images" in status["patch"][1]
+    assert status["blackbox"][0] == "ok"
+    assert checks_of(report)["gradient-masking"] == "skipped"
+    assert report["metrics"]["robust_accuracy@eps=0.3"] <= 0.2  # the trees fall to Square
+
+
+# -- gates ------------------------------------------------------------------------------------------------
+def test_gates_parse_and_compare_like_the_closed_form():
+    metrics = {"clean_accuracy": 0.97, "robust_accuracy@eps=0.1": 0.62, "robust_accuracy[square]@eps=0.3": 0.0}
+    gates = [parse_gate("robust_accuracy@eps=0.10>=0.5", [0.1, 0.3]), parse_gate("clean_accuracy > 0.98"),
+             parse_gate("robust_accuracy[square]@eps=0.3<=0"), parse_gate("patch_success[untargeted]<0.5")]
+    res = evaluate_gates(gates, metrics)
+    assert [r["passed"] for r in res] == [True, False, True, False]
+    assert res[0]["value"] == 0.62 and res[3]["value"] is None and "not measured" in res[3]["message"]
+    for bad, needle in [("robust_accuracy@eps=0.1=>0.5", "cannot parse"), ("accuracy>=0.5", "unknown metric"),
+                        ("robust_accuracy@eps=0.2>=0.5", "not audited"), ("", "cannot parse")]:
+        with pytest.raises(UsageError, match=needle):
+            parse_gate(bad, [0.1, 0.3])
+
+
+def test_wilson_interval_matches_the_closed_form():
+    lo, hi = wilson_interval(90, 100)
+    assert math.isclose(lo, 0.8256, abs_tol=1e-4) and math.isclose(hi, 0.9448, abs_tol=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and math.isclose(wilson_interval(10, 10)[1], 1.0)
+
+
+# -- resume, refusal, reproducibility ---------------------------------------------------------------------
+SMALL = Profile("small", "test budgets", 60, {
+    "model": {},
+    "whitebox": {"pgd_steps": 10, "apgd_steps": 10, "apgd_t_targets": 2, "extra_restarts": 1},
+    "noise": {"n": 60, "queries": 20},
+})
+
+
+def test_an_interrupted_audit_resumes_and_refuses_other_settings(tmp_path, digits_mlp, digits):
+    out = tmp_path / "run"
+
+    def stop_after_whitebox(res, resumed):
+        if res.probe == "whitebox":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(digits_mlp, digits, out, profile=SMALL, on_probe=stop_after_whitebox)
+    assert not (out / "report.json").exists() and not (out / "index.html").exists()
+    assert sorted(p.name for p in (out / STATE_DIR).glob("probe-*.json")) == ["probe-model.json", "probe-whitebox.json"]
+    seen = []
+    report = run_audit(digits_mlp, digits, out, profile=SMALL,
+                       on_probe=lambda r, resumed: seen.append((r.probe, resumed)))
+    assert seen == [("model", True), ("whitebox", True), ("noise", False)]
+    assert report["resumed"] and (out / "report.json").exists()
+    with pytest.raises(UsageError, match="other settings.*seed"):
+        run_audit(digits_mlp, digits, out, profile=SMALL, seed=1)
+    assert (out / "report.json").exists()  # a refused run leaves the finished report alone
+
+
+def test_the_same_seed_gives_the_same_numbers(tmp_path, digits_mlp, digits):
+    a = run_audit(digits_mlp, digits, tmp_path / "a", profile=SMALL, write=False)
+    b = run_audit(digits_mlp, digits, tmp_path / "b", profile=SMALL, write=False)
+    c = run_audit(digits_mlp, digits, tmp_path / "c", profile=SMALL, seed=7, write=False)
+    assert a["metrics"] == b["metrics"]
+    assert [p["per_sample"] for p in a["probes"]] == [p["per_sample"] for p in b["probes"]]
+    assert a["metrics"] != c["metrics"]
+
+
+def test_output_directory_rules(tmp_path, digits_mlp, digits):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UsageError, match="not a directory"):
+        run_audit(digits_mlp, digits, f, profile=SMALL)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds no bastion audit"):
+        run_audit(digits_mlp, digits, other, profile=SMALL)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_bad_arguments_are_usage_errors_before_anything_runs(tmp_path, digits_mlp, digits, mnist):
+    for kwargs, needle in [({"profile": "nope"}, "unknown profile"), ({"norm": "l1"}, "linf and l2"),
+                           ({"eps": [0.1, -1]}, "eps"), ({"probes": ["whitebox", "fuzz"]}, "unknown probe"),
+                           ({"gates": ["robust_accuracy@eps=0.7>=0.1"]}, "not audited"), ({"n": 0}, "--n")]:
+        with pytest.raises(UsageError, match=needle):
+            run_audit(digits_mlp, digits, tmp_path / "x", **kwargs)
+    with pytest.raises(UsageError, match="shape"):
+        run_audit(digits_mlp, mnist, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# -- extensibility: a new probe plugs in without touching the runner ------------------------------------------
+def test_a_registered_probe_runs_in_a_custom_profile(tmp_path, digits_mlp, digits):
+    @register_probe
+    class MarginProbe(Probe):
+        name = "test-margin"
+        title = "Logit margin"
+        threat = "test"
+        defaults = {"quantile": 0.5}
+
+        def run(self, ctx):
+            z = ctx.model.logits(ctx.x)
+            top2 = z.topk(2, dim=1).values
+            q = float((top2[:, 0] - top2[:, 1]).quantile(self.params["quantile"]))
+            return self.result(ctx, risk="low", summary=f"median margin {q:.2f}", metrics={"margin": q},
+                               checks=[Check("margin-positive", "Margins are positive", "pass" if q > 0 else "fail",
+                                             "the median logit margin")])
+
+    try:
+        prof = Profile("custom", "one probe", 50, {"model": {}, "test-margin": {"quantile": 0.5}})
+        report = run_audit(digits_mlp, digits, tmp_path / "custom", profile=prof)
+        assert [p["probe"] for p in report["probes"]] == ["model", "test-margin"]
+        assert report["metrics"]["margin"] > 0 and checks_of(report)["margin-positive"] == "pass"
+        assert 'id="probe-test-margin"' in (tmp_path / "custom" / "index.html").read_text()
+    finally:
+        PROBES.pop("test-margin", None)
+
+
+def test_a_probe_that_raises_is_recorded_and_the_audit_goes_on(tmp_path, digits_mlp, digits):
+    @register_probe
+    class Broken(Probe):
+        name = "test-broken"
+        title = "Broken"
+        threat = "test"
+
+        def run(self, ctx):
+            raise RuntimeError("boom")
+
+    try:
+        prof = Profile("broken", "", 20, {"test-broken": {}, "model": {}})
+        report = run_audit(digits_mlp, digits, tmp_path / "b", profile=prof)
+        assert [(p["probe"], p["status"]) for p in report["probes"]] == [("test-broken", "error"), ("model", "ok")]
+        assert "boom" in report["probes"][0]["reason"]
+        junit = (tmp_path / "b" / "junit.xml").read_text()
+        assert "<error" in junit and "boom" in junit
+    finally:
+        PROBES.pop("test-broken", None)
