@@ -41,6 +41,9 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/hsj_peers.py
 	$(BIN)/python benchmarks/patch_bound.py
 	$(BIN)/python benchmarks/audit_peers.py
+	$(BIN)/python benchmarks/training_peers.py
+	$(BIN)/python benchmarks/smoothing_peers.py
+	$(BIN)/python benchmarks/detection_eval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache audit-demo

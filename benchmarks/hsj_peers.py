@@ -160,7 +160,8 @@ def main() -> None:
         for b in args.budgets:
             lib = f"bastion-hsj@{b}"
             emit({"check": f"equal quality: bastion at {b} queries vs art at {args.queries}",
-                  "median_l2": med[lib], "peer_median_l2": med["art-hsj"], "at_least_as_good": med[lib] <= med["art-hsj"],
+                  "median_l2": med[lib], "peer_median_l2": med["art-hsj"],
+                  "at_least_as_good": med[lib] <= med["art-hsj"],
                   "time_ratio_art_over_bastion": round(sec["art-hsj"] / sec[lib], 2)})
 
 

@@ -7,7 +7,7 @@ import bastion
 
 def test_public_api_is_pinned():
     assert sorted(bastion.__all__) == sorted([
-        "__version__", "attacks", "audit", "data", "models",
+        "__version__", "attacks", "audit", "data", "defenses", "models",
         "Attack", "AttackResult", "get_attack",
         "Dataset", "load_dataset",
         "Classifier", "TorchClassifier", "load_model", "save_model",
@@ -25,7 +25,7 @@ def test_audit_surface_is_pinned():
     ])
     assert list(bastion.audit.PROFILES) == ["quick", "standard", "thorough"]
     assert list(bastion.audit.PROFILES["standard"].probes) == [
-        "model", "whitebox", "minimum-norm", "blackbox", "noise", "patch"]
+        "model", "whitebox", "minimum-norm", "blackbox", "noise", "patch", "certification", "detection"]
     assert set(bastion.audit.PROBES) >= set(bastion.audit.PROFILES["standard"].probes)
 
 

@@ -34,8 +34,11 @@ def test_quick_audit_of_the_undefended_cnn(quick_audit):
     assert {p.name for p in out.iterdir()} >= {"report.json", "index.html", "junit.xml", STATE_DIR}
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     assert report["schema"] == "bastion.audit/1" and report["settings"]["n"] == 200
-    assert [p["probe"] for p in report["probes"]] == ["model", "whitebox", "minimum-norm", "blackbox", "noise", "patch"]
-    assert all(p["status"] == "ok" for p in report["probes"]), [(p["probe"], p["reason"]) for p in report["probes"]]
+    assert [p["probe"] for p in report["probes"]] == ["model", "whitebox", "minimum-norm", "blackbox", "noise", "patch",
+                                                      "certification", "detection"]
+    status = {p["probe"]: p["status"] for p in report["probes"]}
+    assert status.pop("certification") == status.pop("detection") == "skipped"  # no smoothing, no detector here
+    assert set(status.values()) == {"ok"}, [(p["probe"], p["reason"]) for p in report["probes"]]
     # every validity check passes on the undefended model
     assert set(checks_of(report).values()) == {"pass"}, checks_of(report)
     assert len(report["checks"]) >= 10 and report["verdict"]["validity"] == "pass"

@@ -5,7 +5,7 @@ The public API is re-exported here; ``tests/test_api.py`` pins ``__all__``.
 
 from __future__ import annotations
 
-from . import attacks, audit, data, models
+from . import attacks, audit, data, defenses, models
 from ._version import __version__
 from .attacks import Attack, AttackResult, get_attack
 from .data import Dataset, load_dataset
@@ -14,7 +14,7 @@ from .models import Classifier, TorchClassifier, load_model, save_model
 from .threat import ThreatModel
 
 __all__ = [
-    "__version__", "attacks", "audit", "data", "models",
+    "__version__", "attacks", "audit", "data", "defenses", "models",
     "Attack", "AttackResult", "get_attack",
     "Dataset", "load_dataset",
     "Classifier", "TorchClassifier", "load_model", "save_model",

@@ -5,7 +5,7 @@ Grammar: ``METRIC OP NUMBER`` with OP one of ``>=``, ``<=``, ``>``, ``<``. METRI
 report's ``metrics`` (``bastion audit --list-metrics`` prints them): a base name, an optional
 qualifier in brackets and an optional ``@eps=VALUE``, e.g. ``clean_accuracy``,
 ``robust_accuracy@eps=0.3`` (the per-input worst case over every evasion probe),
-``robust_accuracy[square]@eps=0.1``, ``patch_success[untargeted]``.
+``robust_accuracy[square]@eps=0.1``, ``patch_success[untargeted]``, ``certified_accuracy@r=0.5``.
 
 Expressions are checked before the audit runs (syntax, base name, eps among the audited ones); a
 gate whose metric was not measured (its probe was skipped or failed) fails, and says why.
@@ -27,9 +27,12 @@ METRIC_BASES = {
     "clean_accuracy", "clean_accuracy_audited", "clean_accuracy_ci_low", "clean_accuracy_ci_high",
     "robust_accuracy", "median_min_perturbation", "success_rate", "median_perturbation", "mean_queries",
     "median_queries", "patch_success", "deterministic", "n_test",
+    "certified_accuracy", "abstention_rate", "median_certified_radius", "mean_certified_radius",
+    "certificate_violations", "false_positive_rate", "detection_rate",
 }
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-_RE = re.compile(r"^\s*(?P<base>[a-z_]+)(?P<qual>\[[^\]\s]+\])?(?:@eps=(?P<eps>[0-9.eE+-]+))?\s*"
+_RE = re.compile(r"^\s*(?P<base>[a-z_]+)(?P<qual>\[[^\]\s]+\])?"
+                 r"(?:@eps=(?P<eps>[0-9.eE+-]+)|@r=(?P<r>[0-9.eE+-]+))?\s*"
                  r"(?P<op>>=|<=|>|<)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$")
 
 
@@ -68,6 +71,15 @@ def parse_gate(expression: str, eps_values: list[float] | None = None) -> Gate:
         raise UsageError(f"--fail-under: cannot parse {expression!r}: write METRIC OP NUMBER, "
                          "e.g. 'robust_accuracy@eps=0.1>=0.5' (OP: >=, <=, >, <)")
     base, qual, eps_s, op, value = m["base"], m["qual"] or "", m["eps"], m["op"], float(m["value"])
+    if m["r"] is not None:  # a certified radius: any value the probe measured; no audit-level list to check
+        try:
+            r = float(m["r"])
+        except ValueError:
+            raise UsageError(f"--fail-under: bad radius {m['r']!r} in {expression!r}") from None
+        if base not in METRIC_BASES:
+            raise UsageError(f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of "
+                             f"{', '.join(sorted(METRIC_BASES))}")
+        return Gate(expression.strip(), f"{base}{qual}@r={r:g}", op, value, None)
     if base not in METRIC_BASES:
         raise UsageError(f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of "
                          f"{', '.join(sorted(METRIC_BASES))}")

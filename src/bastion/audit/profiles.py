@@ -3,7 +3,9 @@
 ``quick`` is for a first look and CI (minutes on a laptop CPU), ``standard`` is the evaluation to
 report (AutoAttack-strength white-box ensemble on 1,000 inputs), ``thorough`` spends several times
 more on every probe. Each profile maps probe names, in run order, to parameter overrides of the
-probe's defaults; ``n`` is the number of test inputs audited (0: all of them).
+probe's defaults; ``n`` is the number of test inputs audited (0: all of them). Probes that do not
+apply to a model (``certification`` on a model that is not a ``SmoothedClassifier``, ``detection``
+without a ``DetectingClassifier``) are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ PROFILES: dict[str, Profile] = {
         "blackbox": {"n_square": 200, "square_queries": 1000, "n_hsj": 20, "hsj_queries": 2000},
         "noise": {"n": 500, "queries": 100},
         "patch": {"steps": 300, "fit_images": 2000},
+        "certification": {"n_certify": 100, "n": 1000, "pgd_inputs": 10, "pgd_steps": 10, "n_predict": 500},
+        "detection": {"n": 200, "pgd_steps": 40, "adaptive_steps": 50, "adaptive_restarts": 3},
     }),
     "standard": Profile("standard", "the evaluation to report: AutoAttack-strength ensemble on 1,000 inputs", 1000, {
         "model": {},
@@ -41,6 +45,8 @@ PROFILES: dict[str, Profile] = {
         "blackbox": {"n_square": 500, "square_queries": 1000, "n_hsj": 50, "hsj_queries": 2500},
         "noise": {"n": 1000, "queries": 100},
         "patch": {"steps": 500, "fit_images": 2000},
+        "certification": {"n_certify": 500, "n": 10_000, "pgd_inputs": 20, "pgd_steps": 20, "n_predict": 1000},
+        "detection": {"n": 500, "pgd_steps": 40, "adaptive_steps": 100, "adaptive_restarts": 3},
     }),
     "thorough": Profile("thorough", "several times the standard budgets, on every test input", 0, {
         "model": {},
@@ -50,6 +56,9 @@ PROFILES: dict[str, Profile] = {
         "blackbox": {"n_square": 1000, "square_queries": 5000, "n_hsj": 200, "hsj_queries": 5000},
         "noise": {"n": 100_000, "queries": 1000},
         "patch": {"steps": 2000, "fit_images": 4000},
+        "certification": {"n_certify": 1000, "n": 100_000, "pgd_inputs": 50, "pgd_steps": 50, "pgd_restarts": 2,
+                          "n_predict": 10_000},
+        "detection": {"n": 1000, "pgd_steps": 40, "adaptive_steps": 200, "adaptive_restarts": 6},
     }),
 }
 

@@ -58,10 +58,18 @@ def _sha(*parts: bytes | str) -> str:
 
 
 def fingerprint_model(model: Classifier, probe_x: torch.Tensor) -> str:
-    """sha256 of a torch model's parameters and buffers, or of any model's scores on ``probe_x``."""
-    module = getattr(model, "module", None)
+    """sha256 of a torch model's parameters and buffers (also behind wrappers: smoothing, detection, EOT),
+    or of any model's scores on ``probe_x``."""
+    module, inner = None, model
+    for _ in range(4):
+        module = getattr(inner, "module", None)
+        if isinstance(module, torch.nn.Module):
+            break
+        inner = getattr(inner, "base", None) or getattr(inner, "model", None)
+        if inner is None:
+            break
     if isinstance(module, torch.nn.Module):
-        parts: list[bytes | str] = [type(module).__name__]
+        parts: list[bytes | str] = [type(model).__name__, repr(model), type(module).__name__]
         for k, v in module.state_dict().items():
             parts += [k, v.detach().cpu().contiguous().numpy().tobytes()]
         return _sha(*parts)
@@ -119,7 +127,7 @@ def _prepare_out(out: Path, settings_id: str, settings: dict[str, Any]) -> tuple
                 continue  # a damaged probe file: that probe runs again
             done[r.probe] = r
     state.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:  # a previous finished report is replaced only when this run finishes
+    for name in OUTPUTS:  # an earlier run's outputs go now and come back when this run finishes
         (out / name).unlink(missing_ok=True)
     write_atomic(state / "settings.json", json.dumps({"id": settings_id, "settings": settings}, indent=1))
     return state, done

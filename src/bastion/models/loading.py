@@ -92,8 +92,10 @@ def _load_into(name: str, state: Mapping[str, Tensor], path: Path, bounds: tuple
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise UsageError(f"the weights in {path} do not fit architecture {name!r}: {detail}") from None
-    return _torch_classifier(module, n_classes=arch.n_classes, input_shape=arch.input_shape,
-                             bounds=bounds or arch.bounds, source=str(path), freeze=True)
+    clf = _torch_classifier(module, n_classes=arch.n_classes, input_shape=arch.input_shape,
+                            bounds=bounds or arch.bounds, source=str(path), freeze=True)
+    clf.arch = name
+    return clf
 
 
 def _safetensors(path: Path, arch: str | None, bounds: tuple[float, float] | None) -> Classifier:

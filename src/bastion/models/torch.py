@@ -34,6 +34,7 @@ class TorchClassifier(BaseClassifier):
     """
 
     white_box = True
+    arch: str | None = None  # the registered architecture the module was built from, when known (zoo, safetensors)
 
     def __init__(
         self,

@@ -83,7 +83,10 @@ def _train_torch(name: str, log: Callable[[str], None] | None) -> Classifier:
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return TorchClassifier(module, bounds=arch.bounds, n_classes=arch.n_classes, input_shape=arch.input_shape, output="logits")
+    clf = TorchClassifier(module, bounds=arch.bounds, n_classes=arch.n_classes, input_shape=arch.input_shape,
+                          output="logits")
+    clf.arch = name
+    return clf
 
 
 def _train_gbt() -> Classifier:

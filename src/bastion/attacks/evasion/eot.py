@@ -47,6 +47,8 @@ class EOT(BaseClassifier):
     ``n_queries`` counts the forward samples through the inner model (``n_samples`` per input).
     """
 
+    scores_are_expectation = True  # the audit does not wrap it again
+
     def __init__(self, model: Classifier, *, n_samples: int = 10, transform: Transform | None = None,
                  generator: torch.Generator | None = None, seed: int | None = 0) -> None:
         if not isinstance(model, Classifier):

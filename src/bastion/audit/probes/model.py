@@ -70,6 +70,11 @@ class ModelProbe(Probe):
         if diff == 0.0:
             return Check("deterministic", "The model is deterministic", "pass",
                          "Two forward passes on the same inputs gave identical scores.", {"max_difference": diff})
+        if getattr(ctx.model, "scores_are_expectation", False):
+            return Check("deterministic", "The model is deterministic", "warn",
+                         "The model is randomised by design (e.g. randomized smoothing) and its scores are already an "
+                         "average over its noise draws (expectation over transformation built in): white-box attacks "
+                         "use those scores directly.", {"max_difference": diff})
         return Check("deterministic", "The model is deterministic", "warn",
                      "The scores differ between two passes on the same inputs: the model is randomised. White-box "
                      "attacks are run through expectation over transformation (EOT), averaging the scores over "
