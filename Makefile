@@ -44,6 +44,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/training_peers.py
 	$(BIN)/python benchmarks/smoothing_peers.py
 	$(BIN)/python benchmarks/detection_eval.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache audit-demo

@@ -39,6 +39,22 @@ def browser_unavailable() -> str | None:
     return None
 
 
+def require_browser() -> None:
+    """Skip the calling test when no headless browser is available, or fail it under BASTION_REQUIRE_BROWSER=1
+    (set by CI, where a missing browser must not pass silently)."""
+    import os
+
+    import pytest
+
+    reason = browser_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("BASTION_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"BASTION_REQUIRE_BROWSER=1 but {reason}. Install Debian's chromium "
+                    "(sudo apt-get install -y chromium) and the test extra (pip install -e '.[test]').")
+    pytest.skip(f"headless browser test needs Debian's chromium and playwright: {reason}")
+
+
 def inspect_report(html_path: str | Path, screenshot: Path | None = None, width: int = 1280,
                    height: int = 800) -> dict[str, Any]:
     """Load ``html_path`` in headless Chromium and return what happened.

@@ -8,11 +8,10 @@ Needs Debian's ``chromium`` and the ``playwright`` package; without them the tes
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from browser_helpers import browser_unavailable, inspect_report
+from browser_helpers import inspect_report, require_browser
 from test_audit_html import write_report_dir
 
 
@@ -28,13 +27,7 @@ def audit_report_html(request, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def browser() -> None:
-    reason = browser_unavailable()
-    if reason is None:
-        return
-    if os.environ.get("BASTION_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"BASTION_REQUIRE_BROWSER=1 but {reason}. Install Debian's chromium "
-                    "(sudo apt-get install -y chromium) and the test extra (pip install -e '.[test]').")
-    pytest.skip(f"headless browser test needs Debian's chromium and playwright: {reason}")
+    require_browser()
 
 
 def test_report_renders_cleanly_in_chromium(browser, audit_report_html: Path, tmp_path: Path):

@@ -1,0 +1,292 @@
+"""The guard: model + signals + policies, calibrated on the operator's reference data.
+
+Per input (one forward pass gives the logits and the penultimate features):
+
+- **confidence** — selective classification (Geifman & El-Yaniv 2017): the maximum softmax probability
+  is compared with a threshold chosen on held-out reference data as the lowest confidence whose
+  answered set keeps the error rate at or below ``target_risk`` (empirical risk; the whole
+  risk-coverage curve is kept and served at ``/v1/admin/risk-coverage``).
+- **ood** — the Mahalanobis distance of the penultimate features to the closest class-conditional
+  Gaussian (Lee et al. 2018; :class:`bastion.defenses.detection.MahalanobisDetector`), thresholded at the
+  ``fpr`` quantile of held-out clean reference scores. Any fitted, calibrated
+  :class:`~bastion.defenses.detection.Detector` can replace it (``detector=``).
+
+Per stream: **drift** (:class:`~bastion.serve.drift.DriftMonitor`: MMD on features for images, per-feature
+KS for tabular inputs, over tumbling windows) and per client **extraction**
+(:class:`~bastion.serve.extraction.ExtractionMonitor`, PRADA).
+
+Each signal's policy: ``answer`` (score only), ``flag`` (answer, with the reason), ``abstain`` (label
+null). A client flagged as extracting is flagged, throttled or blocked (``extraction.action``).
+
+Inference is batched: concurrent requests are queued and one worker thread runs them together (up to
+``max_batch_inputs`` inputs per forward pass), which is also where the stream monitors are updated, so
+they need no locks.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import UsageError
+from .config import GuardConfig
+
+__all__ = ["Guard", "RiskCoverage", "risk_coverage"]
+
+
+@dataclass
+class RiskCoverage:
+    """A risk-coverage curve and the threshold chosen from it."""
+
+    thresholds: list[float]
+    coverage: list[float]
+    risk: list[float]
+    target_risk: float
+    threshold: float
+    chosen_coverage: float
+    chosen_risk: float
+
+    def to_dict(self, points: int = 200) -> dict[str, Any]:
+        step = max(1, len(self.coverage) // points)
+        return {"target_risk": self.target_risk, "threshold": self.threshold,
+                "coverage_at_threshold": self.chosen_coverage, "risk_at_threshold": self.chosen_risk,
+                "thresholds": self.thresholds[::step],
+                "coverage": self.coverage[::step], "risk": self.risk[::step]}
+
+
+def risk_coverage(confidence: Tensor, correct: Tensor, target_risk: float) -> RiskCoverage:
+    """Sort by confidence, descending; answering the k most confident inputs has coverage k/n and risk
+    (errors among them)/k. The threshold is the confidence of the largest k whose risk is at most
+    ``target_risk`` — every input at least that confident is answered. Ties are answered together."""
+    conf = confidence.double().flatten()
+    ok = correct.bool().flatten()
+    if conf.numel() == 0:
+        raise UsageError("risk-coverage calibration needs at least one reference input")
+    order = torch.argsort(conf, descending=True)
+    c, e = conf[order], (~ok[order]).double()
+    k = torch.arange(1, c.numel() + 1, dtype=torch.float64)
+    risk = torch.cumsum(e, 0) / k
+    # answer ties together: only cut where the next confidence is strictly lower
+    cut = torch.ones_like(c, dtype=torch.bool)
+    cut[:-1] = c[:-1] > c[1:]
+    feasible = (risk <= target_risk) & cut
+    if bool(feasible.any()):
+        i = int(torch.nonzero(feasible).max())
+        thr, cov, rsk = float(c[i]), float(k[i] / c.numel()), float(risk[i])
+    else:  # not even the most confident input meets the target: answer nothing
+        thr, cov, rsk = math.inf, 0.0, 0.0
+    return RiskCoverage(c.tolist(), (k / c.numel()).tolist(), risk.tolist(), float(target_risk), thr, cov, rsk)
+
+
+@dataclass
+class _Job:
+    x: Tensor
+    client: str
+    future: Future
+
+
+class Guard:
+    """Model + detector + monitors + policies. ``start()`` runs the inference worker; ``submit`` queues one
+    request's inputs and returns a future of ``(results, client_status, drift_windows)``.
+
+    ``reference`` is a :class:`~bastion.data.Dataset` of clean data: the detector is fitted on its training
+    split, the confidence and detector thresholds are calibrated on the first half of its test split
+    (held out from training, so the measured risk is honest), and drift compares traffic with 2,000
+    inputs of its training split. The second half of the test split is never used here.
+    """
+
+    def __init__(self, model: Any, reference: Any, config: GuardConfig | None = None, *, detector: Any = None,
+                 seed: int = 0, max_batch_inputs: int = 256) -> None:
+        from ..models.base import validate_inputs
+        from .drift import DriftMonitor
+        from .extraction import ExtractionMonitor
+
+        self.model = model
+        self.config = config or GuardConfig()
+        self.input_shape = tuple(model.input_shape)
+        self.bounds = tuple(float(b) for b in model.bounds)
+        self.n_classes = int(model.n_classes)
+        self.max_batch_inputs = int(max_batch_inputs)
+        x_ref, y_ref = reference.x_train, reference.y_train
+        validate_inputs(model, x_ref[:2], y_ref[:2], name="the reference data")
+        # fit on the training split (what the model learnt from); calibrate thresholds on the first half of the
+        # held-out split (confidence on training data would be over-optimistic); the second half stays unseen
+        n_cal = int(reference.x_test.shape[0]) // 2
+        if n_cal < 20 or x_ref.shape[0] < 2 * self.n_classes:
+            raise UsageError(f"the reference data is too small to fit the detector and calibrate thresholds: give at "
+                             f"least {2 * self.n_classes} training and 40 held-out inputs")
+        x_cal, y_cal = reference.x_test[:n_cal], reference.y_test[:n_cal]
+        n = int(x_ref.shape[0])
+        self.white_box = hasattr(model, "module")
+        t0 = time.perf_counter()
+        if self.white_box:
+            from ..defenses.detection import get_detector
+            from ..defenses.detection.features import last_linear_input, module_of
+
+            self.detector = detector if detector is not None else get_detector(self.config.ood.detector)
+            self._feature_layer = last_linear_input(module_of(model))
+            if not getattr(self.detector, "is_fitted", False):
+                self.detector.fit(model, x_ref, y_ref)
+            self.detector.calibrate(x_cal, fpr=self.config.ood.fpr)
+        else:
+            self.detector = None  # no features to read: the OOD signal is off (said in /v1/admin/config)
+        logits, feats, ood = self.forward(x_cal)
+        p = torch.softmax(logits.double(), dim=1)
+        conf, pred = p.max(dim=1)
+        self.risk_coverage = risk_coverage(conf, pred == y_cal, self.config.confidence.target_risk)
+        test = self.config.drift.test
+        if test == "auto":
+            test = "mmd" if self.white_box and len(self.input_shape) > 1 else "ks"
+        g = torch.Generator().manual_seed(seed)
+        sub = x_ref[torch.randperm(n, generator=g)[:2000]]
+        ref_feats = self.forward(sub)[1] if test == "mmd" else sub.flatten(1)
+        self.drift = DriftMonitor(ref_feats, test=test, window=self.config.drift.window,
+                                  alpha=self.config.drift.alpha, permutations=self.config.drift.permutations, seed=seed)
+        self.drift_test = test
+        ext_kwargs: dict[str, Any] = {"budget": self.config.extraction.budget or None}
+        if self.config.extraction.delta is not None:
+            ext_kwargs["delta"] = self.config.extraction.delta
+        self.extraction = ExtractionMonitor(**ext_kwargs)
+        self.calibration = {"reference": getattr(reference, "name", "?"), "fit_inputs": n, "calibration_inputs": n_cal,
+                            "ood_threshold": getattr(self.detector, "threshold_", None),
+                            "confidence_threshold": self.risk_coverage.threshold,
+                            "coverage": self.risk_coverage.chosen_coverage, "risk": self.risk_coverage.chosen_risk,
+                            "drift_test": test, "seconds": round(time.perf_counter() - t0, 3)}
+        self.ood_scores: list[float] = []  # recent scores, for the dashboard's histogram
+        self.drift_events: list[dict[str, Any]] = []
+        self.client_events: list[dict[str, Any]] = []
+        self._q: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # -- the model --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Logits (N, C), features (N, d) and OOD scores (N,) (None without a detector), in batches."""
+        outs_z, outs_f, outs_s = [], [], []
+        for i in range(0, x.shape[0], 500):
+            xb = x[i:i + 500]
+            if self.detector is not None:
+                from ..defenses.detection.features import forward_with_features
+                from ..defenses.detection.mahalanobis import MahalanobisDetector, min_mahalanobis
+
+                if isinstance(self.detector, MahalanobisDetector) and self.detector.layer_ == self._feature_layer:
+                    z, f = self.detector._features(self.detector.model_, xb)  # one pass: logits, features, score
+                    s = min_mahalanobis(f, self.detector.gaussians_)
+                else:
+                    z, (f,) = forward_with_features(self.model, xb, [self._feature_layer])
+                    s = self.detector.score(xb)
+                outs_s.append(s.float())
+            else:
+                z, f = self.model.logits(xb), xb.flatten(1)
+            outs_z.append(z.float())
+            outs_f.append(f.float())
+        return torch.cat(outs_z), torch.cat(outs_f), (torch.cat(outs_s) if outs_s else None)
+
+    # -- the worker -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bastion-guard", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join(30)
+            self._thread = None
+
+    def submit(self, x: Tensor, client: str) -> Future:
+        fut: Future = Future()
+        self._q.put(_Job(x, client, fut))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            jobs = [job]
+            size = job.x.shape[0]
+            while size < self.max_batch_inputs:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)
+                    break
+                jobs.append(nxt)
+                size += nxt.x.shape[0]
+            try:
+                self._process(jobs)
+            except Exception as exc:  # noqa: BLE001 - fail these requests, keep serving
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+
+    def _process(self, jobs: list[_Job]) -> None:
+        x = torch.cat([j.x for j in jobs])
+        logits, feats, ood = self.forward(x)
+        probs = torch.softmax(logits.double(), dim=1)
+        conf, labels = probs.max(dim=1)
+        cfg = self.config
+        thr_c = self.risk_coverage.threshold
+        thr_o = getattr(self.detector, "threshold_", None)
+        drift_windows = self.drift.observe(feats if self.drift_test == "mmd" else x.flatten(1))
+        for w in drift_windows:
+            if w["drift"]:
+                self.drift_events.append(w)
+        if ood is not None:
+            self.ood_scores.extend(ood.tolist())
+            del self.ood_scores[:-5000]
+        start = 0
+        for j in jobs:
+            n = j.x.shape[0]
+            sl = slice(start, start + n)
+            start += n
+            status = self.extraction.observe(j.client, j.x, labels[sl])
+            if status.get("flagged") and not any(e["client"] == j.client for e in self.client_events):
+                self.client_events.append({"client": j.client, "ts": time.time(), **status})
+            results = []
+            for i in range(sl.start, sl.stop):
+                reasons: list[str] = []
+                abstain = False
+                scores: dict[str, float] = {"confidence": round(float(conf[i]), 6)}
+                if float(conf[i]) < thr_c:
+                    reasons.append("low_confidence")
+                    abstain |= cfg.confidence.action == "abstain"
+                if ood is not None:
+                    scores["ood"] = round(float(ood[i]), 4)
+                    if thr_o is not None and float(ood[i]) > thr_o:
+                        reasons.append("ood")
+                        abstain |= cfg.ood.action == "abstain"
+                policy = {"low_confidence": cfg.confidence.action, "ood": cfg.ood.action}
+                flagged = [r for r in reasons if policy[r] != "answer"]
+                results.append({"label": None if abstain else int(labels[i]),
+                                "probabilities": [round(v, 6) for v in probs[i].tolist()],
+                                "abstain": abstain, "reasons": flagged, "scores": scores,
+                                "action": "abstain" if abstain else ("flag" if flagged else "answer")})
+            j.future.set_result((results, status, drift_windows))
+
+    # -- views ------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "calibration": self.calibration,
+                "input_shape": list(self.input_shape), "bounds": list(self.bounds), "n_classes": self.n_classes,
+                "ood_signal": self.detector is not None,
+                "detector": repr(self.detector) if self.detector is not None else None}
+
+    def ood_histogram(self, bins: int = 30) -> dict[str, Any]:
+        if not self.ood_scores:
+            return {"edges": [], "counts": [], "threshold": getattr(self.detector, "threshold_", None)}
+        s = np.asarray(self.ood_scores)
+        counts, edges = np.histogram(s, bins=bins)
+        return {"edges": edges.tolist(), "counts": counts.tolist(),
+                "threshold": getattr(self.detector, "threshold_", None)}
