@@ -93,13 +93,13 @@ def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.3)
 
 
-def start_guard(db: str, workdir: Path, env: dict) -> tuple[subprocess.Popen, str, str, str]:
+def start_guard(db: str, workdir: Path, env: dict, extra: str = "") -> tuple[subprocess.Popen, str, str, str]:
     key = subprocess.run([BASTION, "keys", "create", "--db", db], capture_output=True, text=True, env=env,
                          check=True).stdout.strip()
     admin = subprocess.run([BASTION, "keys", "create", "--role", "admin", "--db", db], capture_output=True, text=True,
                            env=env, check=True).stdout.strip()
     cfg = workdir / "guard.toml"
-    cfg.write_text('[extraction]\naction = "flag"\n[limits]\nrate = 100000.0\nburst = 100000\n')
+    cfg.write_text('[extraction]\naction = "flag"\n[limits]\nrate = 100000.0\nburst = 100000\n' + extra)
     port = free_port()
     proc = subprocess.Popen([BASTION, "serve", "--model", "zoo:mnist-cnn", "--reference", "mnist5k", "--db", db,
                              "--config", str(cfg), "--port", str(port), "--spool", str(workdir / "spool.jsonl")],
@@ -236,6 +236,30 @@ def audit_count_run(name: str, db: str, workdir: Path, env: dict, images: list, 
     return out
 
 
+def signal_rates(work: Path, env: dict, data, detector: str) -> dict:
+    """Share of inputs the OOD signal flags: 200 unseen clean test images vs PGD-40 (eps 0.3) on the same."""
+    import torch
+
+    from bastion.attacks import PGD
+    from bastion.models import load_zoo
+
+    x, y = data.x_test[500:700], data.y_test[500:700]
+    adv = PGD(eps=0.3, steps=40)(load_zoo("mnist-cnn"), x, y).x_adv
+    db = f"sqlite:///{work / f'signals-{detector}.db'}"
+    proc, url, key, _ = start_guard(db, work, env, f'[ood]\ndetector = "{detector}"\nfpr = 0.05\n')
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            def rate(batch: torch.Tensor) -> float:
+                res = [r for i in range(0, len(batch), 16)
+                       for r in c.post("/v1/predict", json={"inputs": batch[i:i + 16].tolist()}).json()["results"]]
+                return round(float(np.mean(["ood" in r["reasons"] for r in res])), 4)
+
+            return {"detector": detector, "fpr_target": 0.05, "clean_flagged": rate(x), "pgd_flagged": rate(adv)}
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0)
@@ -289,6 +313,8 @@ def main() -> None:
     emit({"check": "p99 latency at 100 requests/s (guarded)", "value": p["p99_ms"], "target": "< 50 ms",
           "pass": p["p99_ms"] < 50 and p["codes"] == {"200": p["requests"]}})
 
+    for det in ("mahalanobis", "activations"):
+        emit({"signal": "ood", **signal_rates(work, env, data, det)})
     if args.skip_count:
         return
     # 3. audit records == answers, SQLite then PostgreSQL with an outage
