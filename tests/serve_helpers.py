@@ -15,6 +15,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_drift_windows(admin_client, n: int, timeout: float = 60) -> list[dict]:
+    """Poll /v1/admin/drift until ``n`` windows are done (the drift test runs in its own thread)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        windows = admin_client.get("/v1/admin/drift").json()["windows"]
+        if len(windows) >= n:
+            return windows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {len(windows)} of {n} drift windows after {timeout} s")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1:PORT; yields the base URL; shuts down (lifespan included) after."""

@@ -9,7 +9,7 @@ import shutil
 import httpx
 import pytest
 from browser_helpers import CHROMIUM_ARGS, require_browser
-from serve_helpers import running
+from serve_helpers import running, wait_drift_windows
 
 pytest.importorskip("fastapi")
 
@@ -39,6 +39,8 @@ def test_dashboard_renders_with_data_and_refuses_without_admin_key(browser, tmp_
                 if i >= 80:
                     x = (x + 0.5 * __import__("torch").randn_like(x)).clamp(0, 1)
                 assert c.post("/v1/predict", json={"inputs": x.tolist()}).status_code == 200
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=30) as a:
+            wait_drift_windows(a, 3)  # 160 inputs, windows of 50
         seen: dict[str, list] = {"console": [], "errors": [], "external": [], "status": []}
         with sync_playwright() as pw:
             b = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS, headless=True)

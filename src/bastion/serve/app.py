@@ -190,8 +190,20 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
     m_clients_flagged = Gauge("bastion_clients_flagged", "Clients flagged as extracting the model", registry=registry)
     m_spooled = Gauge("bastion_audit_spooled", "Audit records waiting in the local spool", registry=registry)
     m_spooled.set_function(audit.spooled)
+    m_drift_dropped = Gauge("bastion_drift_dropped_inputs", "Inputs left out of drift windows under overload",
+                            registry=registry)
+    m_drift_dropped.set_function(lambda: float(guard.drift_dropped))
     m_store_up = Gauge("bastion_audit_store_up", "1 when the audit database is reachable", registry=registry)
     m_store_up.set_function(lambda: 1.0 if audit.db_ok else 0.0)
+
+    def on_drift(window: dict[str, Any]) -> None:  # called from the guard's drift thread
+        m_drift_stat.set(window["statistic"])
+        m_drift_p.set(window["p_value"])
+        if window["drift"]:
+            m_drift_alarms.inc()
+            events.add("drift", window)
+
+    guard.on_drift.append(on_drift)
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -324,13 +336,7 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
         if st.get("flagged") and cfg.extraction.action == "block":
             raise ApiError(403, "this key is blocked: its query pattern was flagged as model extraction")
         x = parse_inputs(body.inputs)
-        results, status, windows = await asyncio.wrap_future(guard.submit(x, key.id))
-        for w in windows:
-            m_drift_stat.set(w["statistic"])
-            m_drift_p.set(w["p_value"])
-            if w["drift"]:
-                m_drift_alarms.inc()
-                await asyncio.to_thread(events.add, "drift", w)
+        results, status = await asyncio.wrap_future(guard.submit(x, key.id))
         if status.get("flagged") and status.get("flagged_at") is not None and \
                 status["queries"] - x.shape[0] < status["flagged_at"] <= status["queries"]:
             m_clients_flagged.inc()
@@ -401,11 +407,11 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
 
     @app.get("/v1/admin/drift", responses=errors, tags=["admin"])
     async def admin_drift(key: KeyInfo = Depends(admin_key)) -> dict[str, Any]:
-        return {"test": guard.drift_test, "windows": guard.drift.history[-500:]}
+        return {"test": guard.drift_test, "windows": guard.drift_history(), "pending": guard.drift_pending()}
 
     @app.get("/dashboard", response_class=HTMLResponse, responses=errors, tags=["admin"])
     async def dashboard(key: KeyInfo = Depends(admin_key)) -> Any:
-        html = render_dashboard(series=series.rows(), drift=guard.drift.history[-500:], drift_test=guard.drift_test,
+        html = render_dashboard(series=series.rows(), drift=guard.drift_history(), drift_test=guard.drift_test,
                                 ood=guard.ood_histogram(), clients=guard.extraction.clients(),
                                 calibration=guard.calibration, audit=dict(audit.stats), spooled=audit.spooled(),
                                 store_up=audit.db_ok)

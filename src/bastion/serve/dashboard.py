@@ -30,7 +30,7 @@ def _frame(title: str, body: str, y_label: str, y0: float, y1: float, legend: li
             f'<rect x="{_PAD}" y="{_PAD}" width="{_W - 2 * _PAD}" height="{_H - 2 * _PAD}" fill="#fafafa" '
             f'stroke="#ccc"/>'
             f'<text x="{_PAD}" y="20" font-size="13" font-weight="bold">{html.escape(title)}</text>'
-            f'<text x="{_W - _PAD}" y="20" font-size="11" text-anchor="end">{leg}</text>'
+            f'<text x="{_W - _PAD}" y="31" font-size="10" text-anchor="end">{leg}</text>'
             f'<text x="4" y="{_PAD + 4}" font-size="10">{y1:.3g}</text>'
             f'<text x="4" y="{_H - _PAD}" font-size="10">{y0:.3g}</text>'
             f'<text x="{_PAD}" y="{_H - 8}" font-size="10">{html.escape(y_label)}</text>'

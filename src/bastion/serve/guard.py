@@ -96,7 +96,9 @@ class _Job:
 
 class Guard:
     """Model + detector + monitors + policies. ``start()`` runs the inference worker; ``submit`` queues one
-    request's inputs and returns a future of ``(results, client_status, drift_windows)``.
+    request's inputs and returns a future of ``(results, client_status)``. The drift test runs in a thread of
+    its own (a permutation test takes a tenth of a second or more), off the requests' path; each completed
+    window is passed to the callables in ``on_drift``.
 
     ``reference`` is a :class:`~bastion.data.Dataset` of clean data: the detector is fitted on its training
     split, the confidence and detector thresholds are calibrated on the first half of its test split
@@ -166,6 +168,12 @@ class Guard:
         self.client_events: list[dict[str, Any]] = []
         self._q: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._drift_q: queue.Queue[Tensor | None] = queue.Queue(maxsize=10_000)
+        self.drift_dropped = 0  # inputs left out of the drift windows because the drift thread fell behind
+        self._drift_lock = threading.Lock()
+        self._drift_thread: threading.Thread | None = None
+        self.on_drift: list[Any] = []
+        self._published: list[dict[str, Any]] = []  # windows whose listeners have run
 
     # -- the model --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -196,12 +204,49 @@ class Guard:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="bastion-guard", daemon=True)
             self._thread.start()
+        if self._drift_thread is None:
+            self._drift_thread = threading.Thread(target=self._run_drift, name="bastion-drift", daemon=True)
+            self._drift_thread.start()
 
     def stop(self) -> None:
         if self._thread is not None:
             self._q.put(None)
             self._thread.join(30)
             self._thread = None
+        if self._drift_thread is not None:
+            self._drift_q.put(None)  # blocks while the queue is full: the thread is draining it
+            self._drift_thread.join(60)
+            self._drift_thread = None
+
+    def drift_history(self, last: int = 500) -> list[dict[str, Any]]:
+        """The last completed drift windows (their events written, their metrics set), oldest first."""
+        with self._drift_lock:
+            return list(self._published[-last:])
+
+    def drift_pending(self) -> int:
+        """Feature batches waiting for the drift thread."""
+        return self._drift_q.qsize()
+
+    def _run_drift(self) -> None:
+        import logging
+
+        while True:
+            feats = self._drift_q.get()
+            if feats is None:
+                return
+            with self._drift_lock:
+                windows = self.drift.observe(feats)
+            for w in windows:
+                if w["drift"]:
+                    self.drift_events.append(w)
+                for callback in self.on_drift:
+                    try:
+                        callback(w)
+                    except Exception:  # noqa: BLE001 - a failing listener must not stop the monitor
+                        logging.getLogger("bastion.serve").exception("drift listener failed")
+                with self._drift_lock:
+                    self._published.append(w)
+                    del self._published[:-10_000]
 
     def submit(self, x: Tensor, client: str) -> Future:
         fut: Future = Future()
@@ -240,10 +285,10 @@ class Guard:
         cfg = self.config
         thr_c = self.risk_coverage.threshold
         thr_o = getattr(self.detector, "threshold_", None)
-        drift_windows = self.drift.observe(feats if self.drift_test == "mmd" else x.flatten(1))
-        for w in drift_windows:
-            if w["drift"]:
-                self.drift_events.append(w)
+        try:  # under overload the drift windows sample the traffic rather than queue without bound
+            self._drift_q.put_nowait(feats if self.drift_test == "mmd" else x.flatten(1))
+        except queue.Full:
+            self.drift_dropped += int(x.shape[0])
         if ood is not None:
             self.ood_scores.extend(ood.tolist())
             del self.ood_scores[:-5000]
@@ -274,7 +319,7 @@ class Guard:
                                 "probabilities": [round(v, 6) for v in probs[i].tolist()],
                                 "abstain": abstain, "reasons": flagged, "scores": scores,
                                 "action": "abstain" if abstain else ("flag" if flagged else "answer")})
-            j.future.set_result((results, status, drift_windows))
+            j.future.set_result((results, status))
 
     # -- views ------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
