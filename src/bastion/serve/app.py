@@ -290,7 +290,7 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
     async def client_key(request: Request) -> KeyInfo:
         info = _key(request)
         rate, burst = limits.rate, float(limits.burst)
-        st = guard.extraction.status(info.id)
+        st = guard.client_status(info.id)
         throttled = st.get("flagged") and cfg.extraction.action == "throttle" or st.get("over_budget")
         if throttled:
             rate, burst = limits.throttled_rate, 1.0
@@ -332,7 +332,7 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
     @app.post("/v1/predict", response_model=PredictResponse, responses=errors, tags=["predict"])
     async def predict(body: PredictRequest, key: KeyInfo = Depends(client_key)) -> Any:
         t0 = time.perf_counter()
-        st = guard.extraction.status(key.id)
+        st = guard.client_status(key.id)
         if st.get("flagged") and cfg.extraction.action == "block":
             raise ApiError(403, "this key is blocked: its query pattern was flagged as model extraction")
         x = parse_inputs(body.inputs)
@@ -393,7 +393,7 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
 
     @app.get("/v1/admin/clients", responses=errors, tags=["admin"])
     async def admin_clients(key: KeyInfo = Depends(admin_key)) -> dict[str, Any]:
-        return {"clients": guard.extraction.clients()}
+        return {"clients": guard.clients()}
 
     @app.get("/v1/admin/events", responses=errors, tags=["admin"])
     async def admin_events(kind: str | None = None, limit: int = 100,
@@ -412,7 +412,7 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
     @app.get("/dashboard", response_class=HTMLResponse, responses=errors, tags=["admin"])
     async def dashboard(key: KeyInfo = Depends(admin_key)) -> Any:
         html = render_dashboard(series=series.rows(), drift=guard.drift_history(), drift_test=guard.drift_test,
-                                ood=guard.ood_histogram(), clients=guard.extraction.clients(),
+                                ood=guard.ood_histogram(), clients=guard.clients(),
                                 calibration=guard.calibration, audit=dict(audit.stats), spooled=audit.spooled(),
                                 store_up=audit.db_ok)
         return HTMLResponse(html)

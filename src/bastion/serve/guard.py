@@ -158,6 +158,7 @@ class Guard:
         if self.config.extraction.delta is not None:
             ext_kwargs["delta"] = self.config.extraction.delta
         self.extraction = ExtractionMonitor(**ext_kwargs)
+        self._ext_lock = threading.Lock()  # the worker updates it while request handlers read it
         self.calibration = {"reference": getattr(reference, "name", "?"), "fit_inputs": n, "calibration_inputs": n_cal,
                             "ood_threshold": getattr(self.detector, "threshold_", None),
                             "confidence_threshold": self.risk_coverage.threshold,
@@ -217,6 +218,16 @@ class Guard:
             self._drift_q.put(None)  # blocks while the queue is full: the thread is draining it
             self._drift_thread.join(60)
             self._drift_thread = None
+
+    def client_status(self, client: str) -> dict[str, Any]:
+        """The extraction monitor's status of one client (key id)."""
+        with self._ext_lock:
+            return self.extraction.status(client)
+
+    def clients(self) -> list[dict[str, Any]]:
+        """Every client's extraction status."""
+        with self._ext_lock:
+            return self.extraction.clients()
 
     def drift_history(self, last: int = 500) -> list[dict[str, Any]]:
         """The last completed drift windows (their events written, their metrics set), oldest first."""
@@ -297,7 +308,8 @@ class Guard:
             n = j.x.shape[0]
             sl = slice(start, start + n)
             start += n
-            status = self.extraction.observe(j.client, j.x, labels[sl])
+            with self._ext_lock:
+                status = self.extraction.observe(j.client, j.x, labels[sl])
             if status.get("flagged") and not any(e["client"] == j.client for e in self.client_events):
                 self.client_events.append({"client": j.client, "ts": time.time(), **status})
             results = []
