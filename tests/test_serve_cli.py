@@ -10,10 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from serve_helpers import free_port
-
-pytest.importorskip("fastapi")
 
 BASTION = str(Path(sys.executable).parent / "bastion")
 

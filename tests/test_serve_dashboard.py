@@ -11,8 +11,6 @@ import pytest
 from browser_helpers import CHROMIUM_ARGS, require_browser
 from serve_helpers import running, wait_drift_windows
 
-pytest.importorskip("fastapi")
-
 from bastion.serve.config import load_config  # noqa: E402
 from bastion.serve.keys import create_key  # noqa: E402
 from bastion.serve.server import build_app  # noqa: E402

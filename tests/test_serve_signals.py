@@ -6,11 +6,9 @@ none."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from serve_helpers import running, wait_drift_windows
 
-pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 
 from bastion.attacks import PGD  # noqa: E402
