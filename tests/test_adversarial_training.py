@@ -27,11 +27,12 @@ def config(defense: str, **kw) -> AdversarialTrainingConfig:
                                         "val_size": 128, **kw})
 
 
-@pytest.mark.parametrize("defense", ["pgd-at", "trades", "fast-at"])
-def test_adversarial_training_buys_robustness(digits_mlp, digits, defense):
+@pytest.mark.parametrize("defense,extra", [("pgd-at", {}), ("trades", {}), ("fast-at", {}),
+                                           ("fast-at", {"fast_init": "random"})])
+def test_adversarial_training_buys_robustness(digits_mlp, digits, defense, extra):
     x, y = digits.x_test, digits.y_test
     before = PGD(eps=EPS, steps=20)(digits_mlp, x, y)
-    hardened, record = adversarial_train(digits_mlp, digits, config(defense))
+    hardened, record = adversarial_train(digits_mlp, digits, config(defense, **extra))
     after = PGD(eps=EPS, steps=20)(hardened, x, y)
     assert before.robust_accuracy < 0.45  # the undefended model falls ...
     assert after.robust_accuracy >= 0.6, after.robust_accuracy  # ... the hardened one holds (measured 0.70-0.73)
@@ -40,6 +41,35 @@ def test_adversarial_training_buys_robustness(digits_mlp, digits, defense):
     assert record["final"]["val_robust_accuracy"] > record["epochs"][0]["val_robust_accuracy"] - 0.05
     # the given model is untouched
     assert PGD(eps=EPS, steps=20)(digits_mlp, x, y).robust_accuracy == before.robust_accuracy
+
+
+def test_fast_at_prior_start_beats_the_random_start_on_mnist_at_eps_03(mnist_cnn, mnist):
+    # The prior start (each example's perturbation carried over from its previous epoch) is what makes one FGSM
+    # step per epoch work at eps 0.3: measured 0.31-0.34 worst-case robust accuracy against 0.05 for Wong's random
+    # start (docs/benchmarks.md). A prior that is not carried over (reset, or not stored) gives the random numbers.
+    x, y = mnist.x_test[:200], mnist.y_test[:200]
+    robust = {}
+    for init in ("prior", "random"):
+        cfg = AdversarialTrainingConfig(defense="fast-at", eps=0.3, epochs=6, fast_init=init, val_size=128,
+                                        eval_steps=5)
+        model, record = adversarial_train(mnist_cnn, mnist, cfg)
+        assert record["config"]["fast_init"] == init and not record["overfit_events"]
+        robust[init] = PGD(eps=0.3, steps=40)(model, x, y).robust_accuracy
+    assert robust["prior"] >= 0.3 and robust["prior"] >= robust["random"] + 0.1, robust
+
+
+def test_learning_rate_schedules_follow_their_closed_forms(digits_mlp, digits):
+    cyc = config("fast-at", lr_schedule="cyclic", lr=1e-3)
+    cos = config("pgd-at", lr_schedule="cosine", lr=1e-3)
+    assert [round(cyc.lr_at(p), 12) for p in (0.0, 0.2, 0.4, 0.7, 1.0)] == [0.0, 5e-4, 1e-3, 5e-4, 0.0]
+    assert [round(cos.lr_at(p), 12) for p in (0.0, 0.5, 1.0)] == [1e-3, 5e-4, 0.0]
+    assert config("pgd-at").lr_at(0.9) == 2e-3  # constant
+    # the optimizer follows it: each epoch records the rate its last batch was trained with
+    _, rec = adversarial_train(digits_mlp, digits, config("fast-at", lr_schedule="cosine", epochs=4, lr=1e-3))
+    n = rec["config"]["train_inputs"]
+    last = (n - 1) // 64 * 64 / n  # progress within an epoch at its last batch
+    want = [cos.lr_at((e + last) / 4) for e in range(4)]
+    assert [e["lr"] for e in rec["epochs"]] == pytest.approx(want, rel=1e-9)
 
 
 def test_attack_steps_compute_no_weight_gradients(digits_mlp, digits):
@@ -59,8 +89,9 @@ def test_attack_steps_compute_no_weight_gradients(digits_mlp, digits):
         h.remove()
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, digits_mlp, digits):
-    cfg = config("pgd-at", epochs=3, attack_steps=3)
+@pytest.mark.parametrize("defense", ["pgd-at", "fast-at"])  # fast-at: its per-example prior is in the checkpoint
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, digits_mlp, digits, defense):
+    cfg = config(defense, epochs=3, attack_steps=3)
     straight, rec_straight = adversarial_train(digits_mlp, digits, cfg)
     ck = tmp_path / "ck.pt"
 
@@ -84,7 +115,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_
 def test_bad_configurations_say_what_to_change(digits_mlp, digits):
     for kw, needle in [({"defense": "mart"}, "unknown defense"), ({"norm": "l1"}, "linf and l2"), ({"eps": 0}, "eps"),
                        ({"epochs": 0}, "epochs"), ({"on_overfit": "panic"}, "on_overfit"),
-                       ({"eps_warmup": 99}, "warmup")]:
+                       ({"eps_warmup": 99}, "warmup"), ({"fast_init": "zero"}, "fast_init"),
+                       ({"holdout": "no"}, "holdout"), ({"lr_schedule": "step"}, "lr_schedule")]:
         with pytest.raises(UsageError, match=needle):
             AdversarialTrainingConfig(**{"defense": "pgd-at", **kw})
     with pytest.raises(UsageError, match="torch model"):
@@ -119,6 +151,7 @@ def test_harden_cli_writes_a_model_that_loads_back_and_a_record(tmp_path):
     (["--model", "zoo:cancer-gbt", "--data", "breast-cancer"], "not a torch model"),
     (["--out", "x.pt"], ".safetensors"),
     (["--data", "mnist5k"], "shape"),
+    (["--defense", "fast-at", "--fast-init", "zeros"], "--fast-init"),
 ])
 def test_harden_cli_usage_errors_exit_2(tmp_path, args, needle):
     argv = {"--model": "zoo:digits-mlp", "--data": "digits", "--defense": "pgd-at",

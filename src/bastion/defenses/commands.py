@@ -75,7 +75,7 @@ def _write_hardened(module: Any, out: str, arch: str | None, rec: dict, record: 
 def harden(
     model: str = typer.Option(..., "--model", "-m", help="The torch model to harden: zoo:NAME, a .safetensors file, or module:function."),
     data: str = typer.Option(..., "--data", "-d", help="Built-in dataset name or a .npz/.csv file or image folder (its training split is used)."),
-    defense: str = typer.Option(..., "--defense", help="pgd-at (Madry et al.), trades (Zhang et al.), fast-at (Wong et al.), or gaussian (noise training for randomized smoothing, Cohen et al.)."),
+    defense: str = typer.Option(..., "--defense", help="pgd-at (Madry et al.), trades (Zhang et al.), fast-at (one FGSM step per epoch; see --fast-init), or gaussian (noise training for randomized smoothing, Cohen et al.)."),
     sigma: float | None = typer.Option(None, "--sigma", help="With --defense gaussian: the noise level (input units)."),
     out: str = typer.Option(..., "--out", "-o", help="Output .safetensors file; loads back with --model OUT anywhere."),
     eps: float = typer.Option(0.3, "--eps", help="Perturbation budget trained against (input units)."),
@@ -84,7 +84,10 @@ def harden(
     batch_size: int = typer.Option(128, "--batch-size", help="Training batch size."),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate (Adam)."),
     steps: int = typer.Option(10, "--steps", help="Inner attack steps (pgd-at, trades)."),
-    step_size: float | None = typer.Option(None, "--step-size", help="Inner attack step (default 2.5*eps/steps; fast-at 1.25*eps)."),
+    step_size: float | None = typer.Option(None, "--step-size", help="Inner attack step (default 2.5*eps/steps; fast-at eps/4 with --fast-init prior, 1.25*eps with random)."),
+    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant, cosine (decay to 0) or cyclic (Wong et al.'s triangle, peak --lr at 40%)."),
+    holdout: bool = typer.Option(True, "--holdout/--no-holdout", help="Keep the 256 monitoring inputs out of training (default), or train on every input and monitor 256 of them."),
+    fast_init: str = typer.Option("prior", "--fast-init", help="fast-at's start: prior (each example's perturbation from its previous epoch; ATTA, Zheng et al. 2020) or random (uniform, Wong et al. 2020)."),
     beta: float = typer.Option(6.0, "--beta", help="TRADES' robustness weight."),
     eps_warmup: int = typer.Option(0, "--eps-warmup", help="Epochs over which eps ramps up linearly from 0."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise the weights (seeded) instead of fine-tuning them."),
@@ -106,10 +109,14 @@ def harden(
     from ..data import load_dataset
     from ..models.loading import load_model
     from ..models.torch import TorchClassifier
-    from .training import DEFENSES, AdversarialTrainingConfig, adversarial_train
+    from .training import DEFENSES, FAST_INITS, LR_SCHEDULES, AdversarialTrainingConfig, adversarial_train
 
     if defense not in (*DEFENSES, "gaussian"):
         _fail(f"--defense: unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}, gaussian")
+    if lr_schedule not in LR_SCHEDULES:
+        _fail(f"--lr-schedule: unknown schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if fast_init not in FAST_INITS:
+        _fail(f"--fast-init: unknown start {fast_init!r}; choose one of {', '.join(FAST_INITS)}")
     if defense == "gaussian" and (sigma is None or not sigma > 0):
         _fail("--defense gaussian needs --sigma > 0 (the noise level the model will be smoothed with)")
     if not out.endswith(".safetensors"):
@@ -118,7 +125,8 @@ def harden(
         _fail(f"--out: {out} is a directory")
     config = AdversarialTrainingConfig(defense="pgd-at" if defense == "gaussian" else defense, eps=eps, norm=norm,
                                        epochs=epochs, batch_size=batch_size, lr=lr, attack_steps=steps,
-                                       step_size=step_size, beta=beta, eps_warmup=eps_warmup, seed=seed)
+                                       step_size=step_size, beta=beta, eps_warmup=eps_warmup, fast_init=fast_init,
+                                       holdout=holdout, lr_schedule=lr_schedule, seed=seed)
     try:
         clf = load_model(model, arch=arch, log=None if as_json else _log)
     except (UsageError, ValueError):

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .adversarial import DEFENSES, AdversarialTrainingConfig, adversarial_train, pgd_examples
+from .adversarial import DEFENSES, FAST_INITS, LR_SCHEDULES, AdversarialTrainingConfig, adversarial_train, pgd_examples
 
-__all__ = ["DEFENSES", "AdversarialTrainingConfig", "adversarial_train", "pgd_examples"]
+__all__ = ["DEFENSES", "FAST_INITS", "LR_SCHEDULES", "AdversarialTrainingConfig", "adversarial_train", "pgd_examples"]
