@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import doctest
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,43 @@ def test_generator_is_used(digits, digits_mlp):
     a = smooth(digits_mlp, generator=g1).predict(x, n=200)
     b = smooth(digits_mlp, generator=g2).predict(x, n=200)
     assert torch.equal(a, b)
+
+
+def test_compiled_certify_equals_eager_and_uses_one_shape(digits, digits_mlp):
+    """compile=True (torch.compile, every batch padded to batch_size) gives the eager model's certificates for
+    the same noise: the fast path checked against the reference, on a call whose last batch is partial."""
+    x = digits.x_test[:7]  # 7 * 100 and 7 * 1000 samples: partial last batches of 64
+    eager = smooth(digits_mlp, seed=3).certify(x, return_counts=True)
+    fast = smooth(digits_mlp, seed=3, compile=True)
+    shapes = []
+    hook = digits_mlp.module.register_forward_pre_hook(lambda m, inp: shapes.append(tuple(inp[0].shape)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a compiler failure would warn: fail instead
+            got = fast.certify(x, return_counts=True)
+    finally:
+        hook.remove()
+    assert fast._compiled not in (None, False)
+    assert all(torch.equal(u, v) for u, v in zip(eager, got))
+    assert len(set(shapes)) <= 1  # compiled graphs may skip python hooks; any call that shows has the one shape
+    assert "compile=True" in repr(fast)
+    assert smooth(digits_mlp).batch_size is None and smooth(digits_mlp)._batch(torch.device("cpu")) == 64
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_model_with_a_warning(monkeypatch, digits, digits_mlp):
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x = digits.x_test[:3]
+    eager = smooth(digits_mlp, seed=4).certify(x)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*eager model"):
+        got = smooth(digits_mlp, seed=4, compile=True).certify(x)
+    assert all(torch.equal(u, v) for u, v in zip(eager, got))
+    with pytest.raises(UsageError, match="compile=True compiles a torch module"):
+        SmoothedClassifier(bastion.models.load_zoo("cancer-gbt"), SIGMA, compile=True)
+    with pytest.raises(UsageError, match="compile must be True or False"):
+        SmoothedClassifier(digits_mlp, SIGMA, compile="yes")
 
 
 _MEMORY_SCRIPT = r"""

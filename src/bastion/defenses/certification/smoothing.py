@@ -30,18 +30,23 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import BaseClassifier, Classifier, validate_inputs
+from ...models.torch import TorchClassifier
 from .bounds import binomial_pvalue, certified_radius, clopper_pearson_lower
 
-__all__ = ["ABSTAIN", "SmoothedClassifier"]
+__all__ = ["ABSTAIN", "ACCELERATOR_BATCH", "CPU_BATCH", "SmoothedClassifier"]
 
 ABSTAIN = -1
+CPU_BATCH = 64
+ACCELERATOR_BATCH = 1000
 """The label :meth:`SmoothedClassifier.certify` and :meth:`SmoothedClassifier.predict` return when they abstain."""
 
 
@@ -74,6 +79,11 @@ class SmoothedClassifier(BaseClassifier):
             counts (Cohen: 100,000).
         alpha: failure probability of a certificate or a prediction (Cohen: 0.001).
         batch_size: most noisy samples passed to the base model at once; memory does not grow with n.
+            ``None``: for counting (:meth:`certify`, :meth:`predict`) :data:`CPU_BATCH` (64) on a CPU, where
+            small batches stay in the caches (on a 2-core CPU the zoo's MNIST CNN runs 4x faster per
+            sample at 64 than at 1,000), :data:`ACCELERATOR_BATCH` (1,000) on a GPU; for the
+            differentiable :meth:`logits` 1,000 everywhere. With a seeded generator the noise, and so the
+            counts, depend on the batch size: pass it explicitly to reproduce a run on other hardware.
         n_logits: noise draws per input in :meth:`logits` (the differentiable soft classifier).
         secure: draw every batch of noise from a generator seeded by the operating system's CSPRNG
             (``secrets.randbits(64)``), so nobody can predict it; refuses ``seed`` and ``generator``.
@@ -81,6 +91,11 @@ class SmoothedClassifier(BaseClassifier):
             seed and the same sequence of calls give the same results. Secure mode takes none: leave it
             out (an explicit ``seed=0`` is refused there too).
         generator: a ``torch.Generator`` to draw the noise from instead (on the inputs' device).
+        compile: run the base model's forward passes in :meth:`certify` and :meth:`predict` through
+            ``torch.compile`` (a torch base only; needs a C++ compiler on a CPU). Every batch is padded
+            to ``batch_size`` so it compiles once (seconds, cached on disk by torch); the scores are the
+            eager model's up to floating-point rounding. If compilation fails, a ``RuntimeWarning``
+            says why and the eager model is used.
 
     Secure mode: each batch of noise comes from a new ``torch.Generator`` (Mersenne Twister on a CPU,
     Philox on a GPU) seeded with 64 bits from :mod:`secrets`, the operating system's CSPRNG, and
@@ -100,8 +115,9 @@ class SmoothedClassifier(BaseClassifier):
     scores_are_expectation = True  # logits() already averages over noise: EOT is built in
 
     def __init__(self, base: Classifier, sigma: float, *, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-                 batch_size: int = 1000, n_logits: int = 32, secure: bool = False,
-                 seed: int | None = _DEFAULT_SEED, generator: torch.Generator | None = None) -> None:
+                 batch_size: int | None = None, n_logits: int = 32, secure: bool = False,
+                 seed: int | None = _DEFAULT_SEED, generator: torch.Generator | None = None,
+                 compile: bool = False) -> None:
         if not isinstance(base, Classifier):
             raise UsageError(f"SmoothedClassifier wraps a bastion Classifier (logits, predict, attack_mode, ...), "
                              f"got {type(base).__name__}: wrap a torch module with bastion.TorchClassifier first")
@@ -109,8 +125,14 @@ class SmoothedClassifier(BaseClassifier):
             raise UsageError(f"sigma (the noise level) must be a finite number > 0, e.g. 0.25, got {sigma!r}")
         _whole("n0", n0)
         _whole("n", n)
-        _whole("batch_size", batch_size)
+        if batch_size is not None:
+            _whole("batch_size", batch_size)
         _whole("n_logits", n_logits)
+        if not isinstance(compile, bool):
+            raise UsageError(f"compile must be True or False, got {compile!r}")
+        if compile and not isinstance(base, TorchClassifier):
+            raise UsageError(f"compile=True compiles a torch module with torch.compile; the base is a "
+                             f"{type(base).__name__}: leave compile off")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
             raise UsageError(f"alpha (the failure probability) must be strictly between 0 and 1, e.g. 0.001, "
                              f"got {alpha!r}")
@@ -137,7 +159,35 @@ class SmoothedClassifier(BaseClassifier):
         self.seed = seed
         self.generator = generator
         self.white_box = bool(getattr(base, "white_box", False))
+        self.compile = compile
+        self._compiled: Any = None
         self._gens: dict[torch.device, torch.Generator] = {}
+
+    def _batch(self, device: torch.device) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return CPU_BATCH if device.type == "cpu" else ACCELERATOR_BATCH
+
+    def _top(self, noisy: Tensor, rows: int) -> Tensor:
+        """The base model's top class for the first ``rows`` rows of ``noisy`` (the whole buffer goes
+        through the compiled model, so every call has one shape)."""
+        if self.compile and self._compiled is not False:
+            base = self.base
+            assert isinstance(base, TorchClassifier)
+            try:
+                if self._compiled is None:
+                    self._compiled = torch.compile(base.module, dynamic=False)
+                if rows < noisy.shape[0]:
+                    noisy[rows:].zero_()
+                scores = base._unwrap(self._compiled(noisy))[:rows]
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: say why, run eagerly
+                self._compiled = False
+                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+                              "SmoothedClassifier runs the eager model instead", RuntimeWarning, stacklevel=3)
+            else:
+                base.n_queries += rows
+                return scores.argmax(dim=1)
+        return self.base.logits(noisy[:rows]).argmax(dim=1)
 
     # -- noise ------------------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -172,10 +222,10 @@ class SmoothedClassifier(BaseClassifier):
         noise is drawn into it already scaled, and each input is added to its run of rows by broadcast
         (a gather only when a batch holds many inputs): two passes over the batch besides the model."""
         m, c = x.shape[0], self.n_classes
-        step = self.batch_size if batch_size is None else batch_size
+        step = self._batch(x.device) if batch_size is None else batch_size
         counts = torch.zeros(m, c, dtype=torch.long, device=x.device)
         total = m * num
-        buf = x.new_empty((min(step, total), *x.shape[1:]))
+        buf = x.new_empty((step if self.compile else min(step, total), *x.shape[1:]))
         for start in range(0, total, step):
             stop = min(start + step, total)
             first, last = start // num, (stop - 1) // num
@@ -186,7 +236,7 @@ class SmoothedClassifier(BaseClassifier):
                     noisy[max(start, i * num) - start:min(stop, (i + 1) * num) - start].add_(x[i])
             else:
                 noisy.add_(x[owner])
-            top = self.base.logits(noisy).argmax(dim=1)
+            top = self._top(buf, stop - start)
             span = last - first + 1
             counts[first:first + span] += torch.bincount((owner - first) * c + top, minlength=span * c).view(span, c)
         return counts
@@ -252,8 +302,10 @@ class SmoothedClassifier(BaseClassifier):
     def _scores(self, x: Tensor) -> Tensor:
         """log of the mean base softmax over ``n_logits`` noise draws (Salman et al.'s soft classifier)."""
         m, d = x.shape[0], self.n_logits
-        per_pass = max(1, self.batch_size // d)  # inputs per pass: per_pass * d <= batch_size when d <= batch_size
-        draws = min(d, self.batch_size)
+        # with gradients, larger passes win on a CPU too (measured: 2x faster at 1,000 than at 64)
+        step = self.batch_size if self.batch_size is not None else ACCELERATOR_BATCH
+        per_pass = max(1, step // d)  # inputs per pass: per_pass * d <= batch_size when d <= batch_size
+        draws = min(d, step)
         outs = []
         for i in range(0, m, per_pass):
             xb = x[i:i + per_pass]
@@ -289,4 +341,5 @@ class SmoothedClassifier(BaseClassifier):
         rng = ("secure=True" if self.secure else f"secure=False, seed={self.seed!r}"
                + (", generator=<torch.Generator>" if self.generator is not None else ""))
         return (f"SmoothedClassifier({self.base!r}, sigma={self.sigma!r}, n0={self.n0!r}, n={self.n!r}, "
-                f"alpha={self.alpha!r}, batch_size={self.batch_size!r}, n_logits={self.n_logits!r}, {rng})")
+                f"alpha={self.alpha!r}, batch_size={self.batch_size!r}, n_logits={self.n_logits!r}, {rng}"
+                + (", compile=True)" if self.compile else ")"))
