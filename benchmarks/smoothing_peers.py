@@ -11,9 +11,12 @@ ART's API, read in its source (art/estimators/certification/randomized_smoothing
 fresh ones to *estimate* it, then takes ``proportion_confint(count, n, alpha=2 * self.alpha,
 method="beta")[0]`` (statsmodels), abstains below 1/2 and returns ``scale * norm.ppf(p)`` — Cohen's
 CERTIFY. So ``sample_size`` is Cohen's n0 (not n): the fair setting is ``sample_size=n0`` and
-``certify(x, n=n)``, with the same alpha, sigma (``scale``) and noise batch size (--art-batch-size,
-default bastion's --batch-size; ART's own default is 32). ART draws its noise with the global numpy RNG
-(seeded here with np.random.seed(0)), one image at a time, all n copies at once.
+``certify(x, n=n)``, with the same alpha and sigma (``scale``). Batch sizes: before the run both libraries
+are timed on --sweep-images images at each --sweep batch size and each then runs at its fastest (on a
+2-core CPU: ART at 32, its own default; bastion at 64, its CPU default) unless --batch-size /
+--art-batch-size fix them. ART draws its noise with the global numpy RNG (seeded here with
+np.random.seed(0)), one image at a time, all n copies at once. --compile runs bastion with
+``compile=True`` (torch.compile); the timing hooks are then left off both libraries.
 
 Prints one JSON line per measurement, then the checks with their targets:
 
@@ -23,13 +26,14 @@ Prints one JSON line per measurement, then the checks with their targets:
   radius|, fraction of radii within --tolerance;
 - throughput (images/s) of both and the ratio (target >= 3x ART). Both make exactly images * (n0 + n)
   forward passes of the same model; the time spent inside them is measured in the run
-  (seconds_in_model_forward, hooks on the model's layers). On a CPU that time dominates, so the ratio
-  cannot exceed ART's total time over bastion's forward time (printed as the ceiling); the time each
-  library spends *outside* the model is printed too (the implementation's own cost);
+  (seconds_in_model_forward, hooks on the model's layers; not with --compile). On a CPU that time
+  dominates, so the ratio cannot exceed ART's total time over bastion's forward time (printed as the
+  ceiling); the time each library spends *outside* the model is printed too (the implementation's own
+  cost);
 - peak memory for n=10,000 vs n=100,000 on one image (VmHWM on Linux; torch's CUDA peak on a GPU):
   flat for bastion (noise in batches), proportional to n for ART.
 
-    python benchmarks/smoothing_peers.py                      # the full run (~20 min on 2 CPU cores)
+    python benchmarks/smoothing_peers.py --compile            # the full run (~4 min on 2 CPU cores)
     python benchmarks/smoothing_peers.py --images 20 --no-art # a quick look
 """
 
@@ -172,8 +176,7 @@ def main() -> None:
     # -- both libraries, interleaved --------------------------------------------------------------------------
     # The machine is shared: its speed drifts by 2-3x over minutes. The images are certified in chunks, each
     # chunk by both libraries back to back (in alternating order), so drift hits both alike.
-    # compiled, bastion runs its own copy of the module (same weights) without the timing hooks, which would
-    # break the compiled graph: its time inside the forward is then not measured
+    # compiled, bastion runs its own copy of the module (same weights; timing hooks would break the graph)
     own = bastion.TorchClassifier(copy.deepcopy(module), n_classes=10, input_shape=(1, 28, 28), output="logits") \
         if args.compile else base
     libs = ["bastion"] if args.no_art else ["bastion", "art"]
@@ -216,10 +219,12 @@ def main() -> None:
     out: dict[str, list] = {lib: [] for lib in libs}
     sec = dict.fromkeys(libs, 0.0)
     fwd = dict.fromkeys(libs, 0.0)
-    timer = ForwardTimer(module, device)
+    # the timing hooks cost both libraries a little per batch; with --compile bastion's copy has none, so ART's
+    # module gets none either (neither library's forward time is then measured)
+    timer = None if args.compile else ForwardTimer(module, device)
     for k, i in enumerate(range(0, args.images, args.chunk)):
         for lib in libs if k % 2 == 0 else libs[::-1]:
-            f0, t0 = timer.seconds, time.perf_counter()
+            f0, t0 = timer.seconds if timer else 0.0, time.perf_counter()
             if lib == "bastion":
                 res = smoothed.certify(xd[i:i + args.chunk], return_counts=True)
                 if device.type == "cuda":
@@ -228,9 +233,10 @@ def main() -> None:
             else:
                 res = art.certify(xn[i:i + args.chunk], n=args.n, batch_size=art_bs)
             sec[lib] += time.perf_counter() - t0
-            fwd[lib] += timer.seconds - f0
+            fwd[lib] += timer.seconds - f0 if timer else 0.0
             out[lib].append(res)
-    timer.remove()
+    if timer:
+        timer.remove()
     labels_b, radii_b, counts_b = (np.concatenate([r[j] for r in out["bastion"]]) for j in range(3))
     sec_b, fwd_b = sec["bastion"], fwd["bastion"]
     yn = y.numpy()
@@ -244,7 +250,8 @@ def main() -> None:
         radii_a = np.concatenate([np.asarray(r[1], dtype=np.float64) for r in out["art"]])
         sec_a, fwd_a = sec["art"], fwd["art"]
         emit({"library": "art", "images": args.images, "seconds": round(sec_a, 2),
-              "images_per_s": round(args.images / sec_a, 3), "seconds_in_model_forward": round(fwd_a, 2),
+              "images_per_s": round(args.images / sec_a, 3),
+              "seconds_in_model_forward": None if args.compile else round(fwd_a, 2),
               **summary(labels_a, radii_a, yn),
               "config": f"PyTorchRandomizedSmoothing(sample_size={args.n0}, scale={args.sigma}, alpha={args.alpha}); "
                         f"certify(x, n={args.n}, batch_size={art_bs})"})
@@ -281,7 +288,7 @@ def main() -> None:
             f"fraction_within_{args.tolerance:g}": round(float((d <= args.tolerance).mean()), 4),
             "mean_radius": {"bastion": round(float(radii_b.mean()), 5), "art": round(float(radii_a.mean()), 5)},
             "seconds_outside_model_forward": {"bastion": None if args.compile else round(sec_b - fwd_b, 2),
-                                              "art": round(sec_a - fwd_a, 2)},
+                                              "art": None if args.compile else round(sec_a - fwd_a, 2)},
         }})
 
     # -- checks -------------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from ...models.base import validate_inputs
 from ...models.torch import TorchClassifier
 from ...threat import ThreatModel, canonical_norm
 
-__all__ = ["DEFENSES", "FAST_INITS", "AdversarialTrainingConfig", "adversarial_train", "pgd_examples"]
+__all__ = ["DEFENSES", "FAST_INITS", "LR_SCHEDULES", "AdversarialTrainingConfig", "adversarial_train", "pgd_examples"]
 
 DEFENSES = ("pgd-at", "trades", "fast-at")
 FAST_INITS = ("prior", "random")
