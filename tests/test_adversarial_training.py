@@ -58,6 +58,38 @@ def test_fast_at_prior_start_beats_the_random_start_on_mnist_at_eps_03(mnist_cnn
     assert robust["prior"] >= 0.3 and robust["prior"] >= robust["random"] + 0.1, robust
 
 
+def test_catastrophic_overfitting_stops_at_the_best_epoch_or_restarts_with_half_the_rate(monkeypatch, digits_mlp,
+                                                                                            digits):
+    """The collapse check's control flow, on real training: the held-out PGD accuracy is scripted (a collapse
+    cannot be provoked reliably on a model this small), everything else runs."""
+    from bastion.defenses.training import adversarial as adv
+
+    def scripted(values):
+        it = iter(values)
+        return lambda *a, **k: next(it)
+
+    # stop: epoch 3 falls from 0.6 to 0.3 (more than overfit_drop = 0.2 under the best): epoch 2's weights come back
+    monkeypatch.setattr(adv, "_robust_accuracy", scripted([0.5, 0.6, 0.3]))
+    model, rec = adversarial_train(digits_mlp, digits, config("fast-at", epochs=5))
+    assert rec["stopped_early"] and rec["restored_epoch"] == 2 and [e["epoch"] for e in rec["epochs"]] == [1, 2, 3]
+    assert rec["epochs"][2]["catastrophic_overfitting"] and rec["overfit_events"][0]["best"] == 0.6
+    assert rec["final"]["epoch"] == 2
+    monkeypatch.setattr(adv, "_robust_accuracy", scripted([0.5, 0.6]))
+    ref, _ = adversarial_train(digits_mlp, digits, config("fast-at", epochs=2))
+    for (k, a), b in zip(model.module.state_dict().items(), ref.module.state_dict().values()):
+        assert torch.equal(a, b), k
+    # a fall of less than overfit_drop is not a collapse
+    monkeypatch.setattr(adv, "_robust_accuracy", scripted([0.5, 0.6, 0.45, 0.5]))
+    _, rec = adversarial_train(digits_mlp, digits, config("fast-at", epochs=4))
+    assert not rec["overfit_events"] and len(rec["epochs"]) == 4
+    # restart: the collapsed epoch runs again from its start with half the learning rate, then training goes on
+    monkeypatch.setattr(adv, "_robust_accuracy", scripted([0.5, 0.6, 0.3, 0.62, 0.64]))
+    _, rec = adversarial_train(digits_mlp, digits, config("fast-at", epochs=4, on_overfit="restart"))
+    assert [e["epoch"] for e in rec["epochs"]] == [1, 2, 3, 3, 4]
+    assert rec["overfit_events"][0]["action"] == "restart"
+    assert rec["epochs"][3]["lr"] == rec["epochs"][1]["lr"] / 2 == rec["epochs"][4]["lr"]
+
+
 def test_learning_rate_schedules_follow_their_closed_forms(digits_mlp, digits):
     cyc = config("fast-at", lr_schedule="cyclic", lr=1e-3)
     cos = config("pgd-at", lr_schedule="cosine", lr=1e-3)
