@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 
+from ..cli_common import log as _log
+from ..cli_common import refuse as _fail
 from ..errors import UsageError
-
-
-def _fail(message: str) -> NoReturn:
-    raise UsageError(message)  # bastion.cli.main prints it on one line and exits with code 2
-
-
-def _log(message: str) -> None:
-    typer.echo(message, err=True)
 
 
 def _harden_gaussian(clf: Any, ds: Any, sigma: float, *, epochs: int, batch_size: int, lr: float, seed: int, out: str,

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import NoReturn
 
 import typer
 
-from ..errors import UsageError
-
-
-def _fail(message: str) -> NoReturn:
-    raise UsageError(message)  # bastion.cli.main prints it on one line and exits with code 2
-
-
-def _log(message: str) -> None:
-    typer.echo(message, err=True)
+from ..cli_common import log as _log
+from ..cli_common import refuse as _fail
 
 
 keys_app = typer.Typer(help="Manage the guard service's API keys (stored as salted hashes).", no_args_is_help=True)
