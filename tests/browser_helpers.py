@@ -52,6 +52,7 @@ def require_browser() -> None:
     if os.environ.get("BASTION_REQUIRE_BROWSER") == "1":
         pytest.fail(f"BASTION_REQUIRE_BROWSER=1 but {reason}. Install Debian's chromium "
                     "(sudo apt-get install -y chromium) and the test extra (pip install -e '.[test]').")
+    # a developer machine without chromium; CI sets BASTION_REQUIRE_BROWSER=1, so there it fails above instead
     pytest.skip(f"headless browser test needs Debian's chromium and playwright: {reason}")
 
 

@@ -90,6 +90,14 @@ def test_catastrophic_overfitting_stops_at_the_best_epoch_or_restarts_with_half_
     assert rec["epochs"][3]["lr"] == rec["epochs"][1]["lr"] / 2 == rec["epochs"][4]["lr"]
 
 
+def test_holdout_keeps_the_monitoring_inputs_out_of_training_unless_turned_off(digits_mlp, digits):
+    n = int(digits.x_train.shape[0])
+    _, held = adversarial_train(digits_mlp, digits, config("fast-at", epochs=1))
+    _, every = adversarial_train(digits_mlp, digits, config("fast-at", epochs=1, holdout=False))
+    assert held["config"]["train_inputs"] == n - 128 and every["config"]["train_inputs"] == n
+    assert held["config"]["holdout"] is True and every["config"]["holdout"] is False
+
+
 def test_learning_rate_schedules_follow_their_closed_forms(digits_mlp, digits):
     cyc = config("fast-at", lr_schedule="cyclic", lr=1e-3)
     cos = config("pgd-at", lr_schedule="cosine", lr=1e-3)
