@@ -238,7 +238,7 @@ def test_a_registered_probe_runs_in_a_custom_profile(tmp_path, digits_mlp, digit
         assert report["metrics"]["margin"] > 0 and checks_of(report)["margin-positive"] == "pass"
         assert 'id="probe-test-margin"' in (tmp_path / "custom" / "index.html").read_text()
     finally:
-        PROBES.pop("test-margin", None)
+        PROBES.unregister("test-margin")
 
 
 def test_a_probe_that_raises_is_recorded_and_the_audit_goes_on(tmp_path, digits_mlp, digits):
@@ -259,4 +259,4 @@ def test_a_probe_that_raises_is_recorded_and_the_audit_goes_on(tmp_path, digits_
         junit = (tmp_path / "b" / "junit.xml").read_text()
         assert "<error" in junit and "boom" in junit
     finally:
-        PROBES.pop("test-broken", None)
+        PROBES.unregister("test-broken")

@@ -49,11 +49,11 @@ class ThreatModel:
         if self.eps is not None:
             eps = float(self.eps)
             if not math.isfinite(eps) or eps < 0:
-                raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+                raise UsageError(f"eps must be a finite number >= 0, got {self.eps!r}")
             object.__setattr__(self, "eps", eps)
         lo, hi = (float(b) for b in self.bounds)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"bounds must be two finite numbers (low, high) with low < high, got {self.bounds!r}")
+            raise UsageError(f"bounds must be two finite numbers (low, high) with low < high, got {self.bounds!r}")
         object.__setattr__(self, "bounds", (lo, hi))
 
     def project(self, x: Tensor, x_adv: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import UsageError
 from ..models.base import Classifier, validate_inputs
+from ..registry import Registry
 from ..threat import ThreatModel, canonical_norm
 
 __all__ = ["Attack", "AttackResult", "Budget", "ATTACKS", "register", "get_attack", "is_adversarial"]
@@ -108,15 +109,17 @@ def is_adversarial(scores: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
     return pred == targets if targets is not None else pred != y
 
 
-ATTACKS: dict[str, type[Attack]] = {}
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+"""Evasion attacks by the name the CLI and the audit resolve (``"pgd"``, ``"square"``, ...)."""
 
 
-def register(name: str) -> Callable[[type[Attack]], type[Attack]]:
-    """Class decorator adding an attack to the registry the CLI and audit resolve names from."""
+def register(name: str, *, replace: bool = False) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator adding an attack to :data:`ATTACKS` under ``name`` (a taken name is refused unless
+    ``replace=True``)."""
 
     def deco(cls: type[Attack]) -> type[Attack]:
-        ATTACKS[name] = cls
-        cls.name = name
+        ATTACKS.register(name, cls, replace=replace)
+        cls.name = Registry.canonical(name)
         return cls
 
     return deco
@@ -124,10 +127,7 @@ def register(name: str) -> Callable[[type[Attack]], type[Attack]]:
 
 def get_attack(name: str, **kwargs: Any) -> Attack:
     """Build a registered attack by name, e.g. ``get_attack('pgd', eps=0.3)``."""
-    key = name.strip().lower()
-    if key not in ATTACKS:
-        raise UsageError(f"unknown attack {name!r}: choose one of {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[key](**kwargs)
+    return ATTACKS.get(name)(**kwargs)
 
 
 class Attack:
@@ -211,7 +211,7 @@ class Attack:
             validate_inputs(model, x, targets)
             if bool((targets == y).any()):
                 raise UsageError("targets must differ from the true labels for every sample")
-        if self.needs_gradients and not getattr(model, "white_box", False):
+        if self.needs_gradients and not model.white_box:
             raise UsageError(
                 f"{type(self).__name__} needs gradients but {type(model).__name__} is a black-box model: "
                 "use a query-based attack instead"

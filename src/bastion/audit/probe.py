@@ -25,6 +25,7 @@ from torch import Tensor
 from ..data import Dataset
 from ..errors import UsageError
 from ..models.base import Classifier
+from ..registry import Registry
 from .result import Example, ProbeResult
 
 __all__ = [
@@ -129,13 +130,14 @@ class Probe:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
 
 
-PROBES: dict[str, type[Probe]] = {}
+PROBES: Registry[type[Probe]] = Registry("probe")
+"""Audit probes by name (``"whitebox"``, ``"blackbox"``, ...), the names profiles and ``--probes`` use."""
 
 
 def register_probe(cls: type[Probe]) -> type[Probe]:
-    """Class decorator: make a probe available to profiles and ``--probes`` by its ``name``."""
-    PROBES[cls.name] = cls
-    return cls
+    """Class decorator: make a probe available to profiles and ``--probes`` by its ``name`` (a taken name is
+    refused; ``PROBES.register(name, cls, replace=True)`` replaces one on purpose)."""
+    return PROBES.register(cls.name, cls)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -24,6 +24,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+import numpy as np
+import torch
+
 __all__ = ["RISK_ORDER", "SCHEMA", "STATUS_ORDER", "Check", "Example", "Plot", "ProbeResult", "Series", "jsonable"]
 
 SCHEMA = "bastion.audit/1"
@@ -38,9 +41,9 @@ STATUS_ORDER = {"skipped": 0, "pass": 1, "warn": 2, "fail": 3}
 
 def jsonable(v: Any) -> Any:
     """Plain JSON values: tensors and numpy arrays to lists, non-finite floats to None, tuples to lists."""
-    if hasattr(v, "detach") and hasattr(v, "tolist"):  # torch.Tensor
+    if isinstance(v, torch.Tensor):
         return jsonable(v.detach().cpu().tolist())
-    if hasattr(v, "tolist") and not isinstance(v, (list, tuple, dict, str)):  # numpy array / scalar
+    if isinstance(v, (np.ndarray, np.generic)):
         return jsonable(v.tolist())
     if isinstance(v, float):
         return v if math.isfinite(v) else None

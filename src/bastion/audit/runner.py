@@ -33,6 +33,8 @@ from .._version import __version__
 from ..data import Dataset
 from ..errors import UsageError
 from ..models.base import Classifier, validate_inputs
+from ..models.torch import TorchClassifier
+from ..models.wrapped import unwrap
 from ..threat import canonical_norm
 from . import probes as _probes  # noqa: F401  (registers the built-in probes)
 from .gates import Gate, evaluate_gates, parse_gate
@@ -58,24 +60,17 @@ def _sha(*parts: bytes | str) -> str:
 
 
 def fingerprint_model(model: Classifier, probe_x: torch.Tensor) -> str:
-    """sha256 of a torch model's parameters and buffers (also behind wrappers: smoothing, detection, EOT),
-    or of any model's scores on ``probe_x``."""
-    module, inner = None, model
-    for _ in range(4):
-        module = getattr(inner, "module", None)
-        if isinstance(module, torch.nn.Module):
-            break
-        inner = getattr(inner, "base", None) or getattr(inner, "model", None)
-        if inner is None:
-            break
-    if isinstance(module, torch.nn.Module):
-        parts: list[bytes | str] = [type(model).__name__, repr(model), type(module).__name__]
-        for k, v in module.state_dict().items():
+    """sha256 of a torch model's parameters and buffers (under any wrappers: smoothing, detection, EOT, whose
+    configuration enters through their repr), or of any other model's scores on ``probe_x`` (those queries
+    count: the audit never winds a model's query counter back)."""
+    inner = unwrap(model)
+    if isinstance(inner, TorchClassifier):
+        parts: list[bytes | str] = [type(model).__name__, repr(model), type(inner.module).__name__]
+        for k, v in inner.module.state_dict().items():
             parts += [k, v.detach().cpu().contiguous().numpy().tobytes()]
         return _sha(*parts)
     with torch.no_grad():
         s = model.logits(probe_x).double().cpu()
-    model.n_queries -= int(probe_x.shape[0]) if hasattr(model, "n_queries") else 0
     return _sha(type(model).__name__, (s * 1e5).round().numpy().tobytes())
 
 
@@ -285,7 +280,7 @@ def _assemble(ctx: AuditContext, results: list[ProbeResult], settings: dict[str,
         "seconds": round(seconds, 3), "resumed": resumed,
         "settings": settings,
         "model": {"spec": settings["model"], "fingerprint": model_fp, "kind": type(model).__name__,
-                  "white_box": bool(getattr(model, "white_box", False)), "output": model.output,
+                  "white_box": bool(model.white_box), "output": model.output,
                   "input_shape": list(model.input_shape), "n_classes": model.n_classes, "bounds": list(model.bounds)},
         "data": {"spec": settings["data"], "fingerprint": data_fp, "n_test": int(data.x_test.shape[0]),
                  "input_shape": list(data.input_shape), "n_classes": data.n_classes, "kind": ctx.kind},

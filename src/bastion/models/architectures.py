@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..registry import Registry
 
 __all__ = ["Architecture", "ARCHITECTURES", "register_architecture", "build_architecture"]
 
@@ -26,19 +26,21 @@ class Architecture:
     bounds: tuple[float, float] = (0.0, 1.0)
 
 
-ARCHITECTURES: dict[str, Architecture] = {}
+ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+"""Network architectures by name (``"mnist-cnn"``, ...): what a weights file is loaded into."""
 
 
 def register_architecture(name: str, build: Callable[[], nn.Module], *, input_shape: tuple[int, ...],
-                          n_classes: int, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
-    """Make ``name`` loadable from a safetensors file (``--model weights.safetensors --arch name``)."""
-    ARCHITECTURES[name] = Architecture(name, build, tuple(input_shape), int(n_classes), bounds)
+                          n_classes: int, bounds: tuple[float, float] = (0.0, 1.0), replace: bool = False) -> None:
+    """Make ``name`` loadable from a safetensors file (``--model weights.safetensors --arch name``); a taken
+    name is refused unless ``replace=True``."""
+    key = Registry.canonical(name)
+    ARCHITECTURES.register(key, Architecture(key, build, tuple(input_shape), int(n_classes), bounds), replace=replace)
 
 
 def build_architecture(name: str) -> tuple[nn.Module, Architecture]:
-    if name not in ARCHITECTURES:
-        raise UsageError(f"unknown architecture {name!r}: choose one of {', '.join(sorted(ARCHITECTURES))}")
-    arch = ARCHITECTURES[name]
+    """A freshly initialised module of the architecture ``name`` and its record."""
+    arch = ARCHITECTURES.get(name)
     return arch.build(), arch
 
 

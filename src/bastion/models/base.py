@@ -63,6 +63,8 @@ def validate_inputs(
         raise UsageError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise UsageError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if isinstance(model, BaseClassifier) and x.dim() >= 2:
+        model.learn_input_shape(tuple(x.shape[1:]))
     shape = tuple(model.input_shape)
     if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
         raise UsageError(
@@ -116,6 +118,10 @@ class BaseClassifier:
         self.bounds = (lo, hi)
         self.output = output
         self.n_queries = 0
+
+    def learn_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Take the input shape from the first batch seen, for adapters built without one (a no-op here:
+        the shape is known). :func:`validate_inputs` calls it before checking a batch."""
 
     # adapters implement this
     def _scores(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract

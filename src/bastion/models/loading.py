@@ -322,7 +322,7 @@ def save_model(classifier_or_module: TorchClassifier | nn.Module, path: str | os
     """
     from safetensors.torch import save_file
 
-    module = getattr(classifier_or_module, "module", classifier_or_module)
+    module = classifier_or_module.module if isinstance(classifier_or_module, TorchClassifier) else classifier_or_module
     if not isinstance(module, nn.Module):
         raise UsageError(f"save_model needs a torch model, got {type(classifier_or_module).__name__}")
     out = Path(path)

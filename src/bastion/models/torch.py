@@ -10,11 +10,12 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from .base import BaseClassifier, Output
+from .features import HasFeatures
 
 __all__ = ["TorchClassifier"]
 
 
-class TorchClassifier(BaseClassifier):
+class TorchClassifier(BaseClassifier, HasFeatures):
     """Wrap a ``torch.nn.Module`` as a white-box :class:`~bastion.models.Classifier`.
 
     The module maps (N, *input_shape) inputs in ``bounds`` to (N, n_classes) scores. Normalisation
@@ -28,9 +29,14 @@ class TorchClassifier(BaseClassifier):
             mode and restores its previous training flags afterwards.
         bounds: valid input range.
         n_classes: number of classes.
-        input_shape: shape of one input; inferred from nothing, so give it unless the zoo does.
+        input_shape: shape of one input. ``None``: taken from the first batch the model is given (an
+            attack's inputs, a detector's fit data), then fixed.
         output: 'logits' or 'probabilities'; ``None`` detects it.
         output_key: key to read from a dict output.
+
+    Features capability (:class:`~bastion.models.features.HasFeatures`): ``features(x, layers)`` and
+    ``logits_and_features(x, layers)`` read named layers of ``module`` (default: the penultimate features,
+    the input of the last ``nn.Linear``); ``feature_layers()`` lists them.
     """
 
     white_box = True
@@ -69,10 +75,14 @@ class TorchClassifier(BaseClassifier):
             )
         raise UsageError(f"the model returned {type(out).__name__}; expected a tensor of shape (N, n_classes)")
 
-    def _scores(self, x: Tensor) -> Tensor:
+    def learn_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Adopt ``shape`` as the input shape if none was given (the first batch decides)."""
         if not self._input_shape_known:
-            self.input_shape = tuple(x.shape[1:])
+            self.input_shape = tuple(int(s) for s in shape)
             self._input_shape_known = True
+
+    def _scores(self, x: Tensor) -> Tensor:
+        self.learn_input_shape(tuple(x.shape[1:]))
         out = self._unwrap(self.module(x))
         if out.dim() != 2 or out.shape[1] != self.n_classes:
             raise UsageError(
@@ -98,6 +108,10 @@ class TorchClassifier(BaseClassifier):
         finally:
             for m, flag in flags:
                 m.training = flag
+
+    def feature_module(self) -> nn.Module:
+        """The wrapped network: its ``named_modules()`` name the feature layers."""
+        return self.module
 
     @property
     def device(self) -> torch.device:

@@ -128,15 +128,16 @@ class Guard:
                              f"least {2 * self.n_classes} training and 40 held-out inputs")
         x_cal, y_cal = reference.x_test[:n_cal], reference.y_test[:n_cal]
         n = int(x_ref.shape[0])
-        self.white_box = hasattr(model, "module")
+        from ..models.features import HasFeatures
+
+        self.white_box = isinstance(model, HasFeatures)  # features to read: the OOD signal and feature drift
         t0 = time.perf_counter()
-        if self.white_box:
+        if isinstance(model, HasFeatures):
             from ..defenses.detection import get_detector
-            from ..defenses.detection.features import last_linear_input, module_of
 
             self.detector = detector if detector is not None else get_detector(self.config.ood.detector)
-            self._feature_layer = last_linear_input(module_of(model))
-            if not getattr(self.detector, "is_fitted", False):
+            self._feature_layer = model.penultimate_layer
+            if not self.detector.is_fitted:
                 self.detector.fit(model, x_ref, y_ref)
             self.detector.calibrate(x_cal, fpr=self.config.ood.fpr)
         else:
@@ -184,21 +185,28 @@ class Guard:
         for i in range(0, x.shape[0], 500):
             xb = x[i:i + 500]
             if self.detector is not None:
-                from ..defenses.detection.features import forward_with_features
-                from ..defenses.detection.mahalanobis import MahalanobisDetector, min_mahalanobis
-
-                if isinstance(self.detector, MahalanobisDetector) and self.detector.layer_ == self._feature_layer:
-                    z, f = self.detector._features(self.detector.model_, xb)  # one pass: logits, features, score
-                    s = min_mahalanobis(f, self.detector.gaussians_)
-                else:
-                    z, (f,) = forward_with_features(self.model, xb, [self._feature_layer])
-                    s = self.detector.score(xb)
+                z, f, s = self._forward_with_detector(xb)
                 outs_s.append(s.float())
             else:
                 z, f = self.model.logits(xb), xb.flatten(1)
             outs_z.append(z.float())
             outs_f.append(f.float())
         return torch.cat(outs_z), torch.cat(outs_f), (torch.cat(outs_s) if outs_s else None)
+
+    def _forward_with_detector(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits, penultimate features and detector scores of one batch: one forward pass when the detector
+        scores activations (the penultimate layer read alongside its own), else a second for the detector."""
+        from ..defenses.detection import FeatureDetector
+
+        if isinstance(self.detector, FeatureDetector):
+            layers = list(self.detector.layers_)
+            extra = self._feature_layer not in layers
+            z, feats = self.model.logits_and_features(x, layers + [self._feature_layer] if extra else layers,
+                                                      pool=self.detector.pool)
+            f = feats[-1] if extra else feats[layers.index(self._feature_layer)]
+            return z, f, self.detector.score_features(feats[:len(layers)])
+        z, (f,) = self.model.logits_and_features(x, [self._feature_layer])
+        return z, f, self.detector.score(x)
 
     # -- the worker -------------------------------------------------------------------------------
     def start(self) -> None:

@@ -73,7 +73,7 @@ class Ensemble(Attack):
     def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
                 generator: torch.Generator, budget: Budget) -> Tensor:
         for m in self._members:
-            if m.needs_gradients and not getattr(model, "white_box", False):
+            if m.needs_gradients and not model.white_box:
                 raise UsageError(f"ensemble member {type(m).__name__} needs gradients but the model is black-box")
         with torch.no_grad():
             robust = ~is_adversarial(model.logits(x), y, targets)

@@ -18,21 +18,21 @@ once per call (one noise tensor or one resize per batch) is resampled for every 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import BaseClassifier, Classifier
+from ...models.base import Classifier
+from ...models.wrapped import WrappedClassifier
 
 __all__ = ["EOT"]
 
 Transform = Callable[[Tensor, torch.Generator], Tensor]
 
 
-class EOT(BaseClassifier):
+class EOT(WrappedClassifier):
     """Average a randomised model's scores over ``n_samples`` draws.
 
     Args:
@@ -44,27 +44,23 @@ class EOT(BaseClassifier):
         generator: the generator passed to ``transform``; ``None`` makes one from ``seed``.
         seed: seed of that generator (``None``: nondeterministic).
 
-    ``n_queries`` counts the forward samples through the inner model (``n_samples`` per input).
+    ``n_queries`` counts the forward samples through the inner model (``n_samples`` per input). The
+    wrapped model is :attr:`wrapped` (also ``model``).
     """
 
     scores_are_expectation = True  # the audit does not wrap it again
 
     def __init__(self, model: Classifier, *, n_samples: int = 10, transform: Transform | None = None,
                  generator: torch.Generator | None = None, seed: int | None = 0) -> None:
-        if not isinstance(model, Classifier):
-            raise UsageError(f"EOT wraps a Classifier (logits, predict, attack_mode, ...), got {type(model).__name__}")
+        super().__init__(model)
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise UsageError(f"n_samples must be an integer >= 1, got {n_samples!r}")
         if transform is not None and not callable(transform):
             raise UsageError(f"transform must be a callable (x, generator) -> x, got {type(transform).__name__}")
-        super().__init__(n_classes=model.n_classes, input_shape=tuple(model.input_shape), bounds=model.bounds,
-                         output=model.output)
-        self.model = model
         self.n_samples = n_samples
         self.transform = transform
         self.generator = generator
         self.seed = seed
-        self.white_box = bool(getattr(model, "white_box", False))
         self._gen: torch.Generator | None = None
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -82,10 +78,10 @@ class EOT(BaseClassifier):
         total: Tensor | None = None
         for _ in range(self.n_samples):
             xt = self.transform(x, self._generator(x.device)) if self.transform is not None else x
-            s = self.model.logits(xt)
+            s = self.wrapped.logits(xt)
             total = s if total is None else total + s
-        assert total is not None
-        self.output = self.model.output  # adapters may detect it on their first call
+        if total is None:  # pragma: no cover - n_samples >= 1
+            raise RuntimeError("EOT drew no samples")
         return total / self.n_samples
 
     def logits(self, x: Tensor) -> Tensor:
@@ -95,11 +91,10 @@ class EOT(BaseClassifier):
 
     __call__ = logits
 
-    @contextlib.contextmanager
-    def attack_mode(self) -> Iterator[None]:
-        """The inner model's attack mode."""
-        with self.model.attack_mode():
-            yield
+    @property
+    def model(self) -> Classifier:
+        """The wrapped classifier (the same as :attr:`wrapped`)."""
+        return self.wrapped
 
     def __repr__(self) -> str:
-        return f"EOT({self.model!r}, n_samples={self.n_samples}, transform={self.transform!r}, seed={self.seed!r})"
+        return f"EOT({self.wrapped!r}, n_samples={self.n_samples}, transform={self.transform!r}, seed={self.seed!r})"

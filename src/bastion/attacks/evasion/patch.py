@@ -118,7 +118,7 @@ def fit(model: Classifier, x_train: Tensor, y_train: Tensor, target: int | None 
     label, clipped at -1. ``transforms`` are passed to :func:`apply` (rotation, scale, ...).
     """
     validate_inputs(model, x_train, y_train, name="x_train")
-    if not getattr(model, "white_box", False):
+    if not model.white_box:
         raise UsageError(f"{type(model).__name__} is black-box: training a patch needs gradients")
     if target is not None and not 0 <= int(target) < model.n_classes:
         raise UsageError(f"target must be a class in [0, {model.n_classes - 1}], got {target!r}")

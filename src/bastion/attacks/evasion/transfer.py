@@ -112,7 +112,7 @@ class TransferAttack(Attack):
         self._positive("n_augment", n_augment, integer=True, allow_zero=True)
         if surrogate is not None and not isinstance(surrogate, Classifier):
             raise UsageError(f"surrogate must be a Classifier, got {type(surrogate).__name__}")
-        if surrogate is not None and not getattr(surrogate, "white_box", False):
+        if surrogate is not None and not surrogate.white_box:
             raise UsageError(f"the surrogate {type(surrogate).__name__} is not white-box: a transfer attack needs its gradients")
         if isinstance(attack, str):
             if attack.strip().lower() == self.name:

@@ -24,8 +24,6 @@ certified accuracy at radius 0 (< 50% high, < 90% medium, else low).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +32,7 @@ from torch import Tensor
 from ...attacks import PGD
 from ...defenses.certification import ABSTAIN, SmoothedClassifier
 from ...errors import UsageError
-from ...models.base import BaseClassifier
+from ...models.wrapped import WrappedClassifier
 from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, register_probe, risk_from_ratio
 from ..result import Check, Plot, ProbeResult, Series
@@ -50,26 +48,21 @@ def certified_accuracy(labels: Tensor, radii: Tensor, y: Tensor, r: float) -> fl
     return float(((labels == y) & (radii >= r)).float().mean()) if y.numel() else float("nan")
 
 
-class _SoftView(BaseClassifier):
+class _SoftView(WrappedClassifier):
     """The smoothed model's soft scores, with predict = their argmax: PGD's own bookkeeping then needs no
     Monte-Carlo vote (the probe runs PREDICT itself on the result)."""
 
+    scores_are_expectation = True
+
     def __init__(self, model: SmoothedClassifier) -> None:
-        super().__init__(n_classes=model.n_classes, input_shape=tuple(model.input_shape), bounds=model.bounds,
-                         output="logits")
-        self.model = model
-        self.white_box = model.white_box
+        super().__init__(model, output="logits")
+        self.n_logits = model.n_logits
 
     def logits(self, x: Tensor) -> Tensor:
-        self.n_queries += int(x.shape[0]) * self.model.n_logits
-        return self.model.logits(x)
+        self.n_queries += int(x.shape[0]) * self.n_logits
+        return self.wrapped.logits(x)
 
     __call__ = logits
-
-    @contextlib.contextmanager
-    def attack_mode(self) -> Iterator[None]:
-        with self.model.attack_mode():
-            yield
 
 
 @register_probe

@@ -38,7 +38,7 @@ class MinimumNormProbe(Probe):
                                 "cw_iterations": 100, "examples": 2, "batch_size": 500}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
-        if not getattr(ctx.model, "white_box", False):
+        if not ctx.model.white_box:
             return "the model is a black box (no gradients): the black-box probe measures HopSkipJump's minimal norms"
         if canonical_norm(ctx.norm) not in ("linf", "l2"):
             return f"DeepFool supports linf and l2, not {ctx.norm}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ...attacks.evasion.losses import as_logits, margin_loss
+from ...models.wrapped import averages_randomness
 from ..probe import AuditContext, Probe, register_probe, wilson_interval
 from ..result import Check, Plot, ProbeResult, Series
 
@@ -70,7 +71,7 @@ class ModelProbe(Probe):
         if diff == 0.0:
             return Check("deterministic", "The model is deterministic", "pass",
                          "Two forward passes on the same inputs gave identical scores.", {"max_difference": diff})
-        if getattr(ctx.model, "scores_are_expectation", False):
+        if averages_randomness(ctx.model):
             return Check("deterministic", "The model is deterministic", "warn",
                          "The model is randomised by design (e.g. randomized smoothing) and its scores are already an "
                          "average over its noise draws (expectation over transformation built in): white-box attacks "
@@ -82,7 +83,7 @@ class ModelProbe(Probe):
 
     def _logits(self, ctx: AuditContext, xs: torch.Tensor) -> Check:
         title = "The model outputs logits, not probabilities"
-        if not getattr(ctx.model, "white_box", False):
+        if not ctx.model.white_box:
             return Check("logits", title, "skipped", "The model is a black box: its scores only feed score-based "
                          f"attacks, which work on their logarithm ({ctx.model.output} declared); saturation only "
                          "matters for gradients.", {"declared": ctx.model.output})
@@ -104,7 +105,7 @@ class ModelProbe(Probe):
 
     def _gradients(self, ctx: AuditContext, xs: torch.Tensor, ys: torch.Tensor) -> Check:
         title = "Input gradients are finite and non-zero"
-        if not getattr(ctx.model, "white_box", False):
+        if not ctx.model.white_box:
             return Check("gradients", title, "skipped", "The model is a black box: there are no gradients to check.")
         model = ctx.model
         with model.attack_mode(), torch.enable_grad():

@@ -33,7 +33,7 @@ class PatchProbe(Probe):
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if ctx.kind != "image":
             return "the inputs are not images (C, H, W): a patch has nowhere to go"
-        if not getattr(ctx.model, "white_box", False):
+        if not ctx.model.white_box:
             return "the model is a black box: training a patch needs gradients"
         try:
             patch_side(tuple(ctx.model.input_shape), float(self.params["area"]))

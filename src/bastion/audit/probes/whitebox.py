@@ -36,6 +36,7 @@ from torch import Tensor
 from ...attacks import APGD, APGDT, EOT, FGSM, PGD, Ensemble
 from ...attacks.base import AttackResult
 from ...models.base import Classifier
+from ...models.wrapped import averages_randomness
 from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, eps_key, pick_examples, register_probe, risk_from_ratio
 from ..result import Check, Plot, ProbeResult, Series
@@ -45,7 +46,7 @@ def attack_model(ctx: AuditContext, eot_samples: int) -> tuple[Classifier, bool]
     """The model white-box attacks use: the model itself, or an EOT wrapper when it is randomised."""
     model_probe = ctx.results.get("model")
     deterministic = model_probe is None or model_probe.metrics.get("deterministic", 1.0) == 1.0
-    if deterministic or getattr(ctx.model, "scores_are_expectation", False):
+    if deterministic or averages_randomness(ctx.model):
         return ctx.model, False  # (a smoothed classifier's scores already average over its noise)
     return EOT(ctx.model, n_samples=int(eot_samples), seed=ctx.seed_for("eot")), True
 
@@ -62,7 +63,7 @@ class WhiteBoxProbe(Probe):
     }
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
-        if not getattr(ctx.model, "white_box", False):
+        if not ctx.model.white_box:
             return "the model is a black box (no gradients): see the black-box probe"
         if canonical_norm(ctx.norm) not in ("linf", "l2"):
             return f"white-box attacks here support linf and l2, not {ctx.norm}"

@@ -27,19 +27,18 @@ Shapes: inputs (N, *input_shape) inside ``bounds``; noisy samples are *not* clip
 
 from __future__ import annotations
 
-import contextlib
 import math
 import secrets
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import BaseClassifier, Classifier, validate_inputs
+from ...models.base import Classifier, validate_inputs
 from ...models.torch import TorchClassifier
+from ...models.wrapped import WrappedClassifier
 from .bounds import binomial_pvalue, certified_radius, clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "ACCELERATOR_BATCH", "CPU_BATCH", "SmoothedClassifier"]
@@ -66,7 +65,7 @@ def _whole(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
-class SmoothedClassifier(BaseClassifier):
+class SmoothedClassifier(WrappedClassifier):
     """Cohen et al.'s smoothed classifier around ``base``, itself a :class:`~bastion.models.Classifier`.
 
     Args:
@@ -118,9 +117,7 @@ class SmoothedClassifier(BaseClassifier):
                  batch_size: int | None = None, n_logits: int = 32, secure: bool = False,
                  seed: int | None = _DEFAULT_SEED, generator: torch.Generator | None = None,
                  compile: bool = False) -> None:
-        if not isinstance(base, Classifier):
-            raise UsageError(f"SmoothedClassifier wraps a bastion Classifier (logits, predict, attack_mode, ...), "
-                             f"got {type(base).__name__}: wrap a torch module with bastion.TorchClassifier first")
+        super().__init__(base, output="logits")
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise UsageError(f"sigma (the noise level) must be a finite number > 0, e.g. 0.25, got {sigma!r}")
         _whole("n0", n0)
@@ -146,9 +143,6 @@ class SmoothedClassifier(BaseClassifier):
             given = "generator=" if generator is not None else f"seed={seed!r}"
             raise UsageError(f"secure=True draws its noise from a fresh CSPRNG-seeded generator and takes no seed or "
                              f"generator: remove {given} (or use secure=False for reproducible runs)")
-        super().__init__(n_classes=base.n_classes, input_shape=tuple(base.input_shape), bounds=base.bounds,
-                         output="logits")
-        self.base = base
         self.sigma = sigma
         self.n0 = n0
         self.n = n
@@ -158,7 +152,6 @@ class SmoothedClassifier(BaseClassifier):
         self.secure = secure
         self.seed = seed
         self.generator = generator
-        self.white_box = bool(getattr(base, "white_box", False))
         self.compile = compile
         self._compiled: Any = None
         self._gens: dict[torch.device, torch.Generator] = {}
@@ -331,11 +324,10 @@ class SmoothedClassifier(BaseClassifier):
 
     __call__ = logits
 
-    @contextlib.contextmanager
-    def attack_mode(self) -> Iterator[None]:
-        """The base model's attack mode (eval)."""
-        with self.base.attack_mode():
-            yield
+    @property
+    def base(self) -> Classifier:
+        """The base classifier f (the same as :attr:`wrapped`)."""
+        return self.wrapped
 
     def __repr__(self) -> str:
         rng = ("secure=True" if self.secure else f"secure=False, seed={self.seed!r}"

@@ -21,6 +21,7 @@ from .activations import ActivationDetector
 from .adaptive import DetectorAwarePGD
 from .base import DETECTORS, Detector, get_detector, register_detector
 from .detecting import REJECT, DetectingClassifier
+from .feature_based import FeatureDetector
 from .mahalanobis import MahalanobisDetector
 from .squeeze import BitDepth, FeatureSqueezing, MedianSmoothing, Squeezer
 
@@ -32,6 +33,7 @@ __all__ = [
     "DetectingClassifier",
     "Detector",
     "DetectorAwarePGD",
+    "FeatureDetector",
     "FeatureSqueezing",
     "MahalanobisDetector",
     "MedianSmoothing",

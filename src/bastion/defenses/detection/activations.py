@@ -35,8 +35,9 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
-from .base import Detector, register_detector
-from .features import Pool, forward_with_features, module_of, relu_outputs
+from ...models.features import Pool
+from .base import register_detector
+from .feature_based import FeatureDetector
 from .mahalanobis import ClassGaussians, fit_class_gaussians, min_mahalanobis
 
 __all__ = ["ActivationDetector"]
@@ -45,7 +46,7 @@ Combine = Literal["sum", "max"]
 
 
 @register_detector("activations")
-class ActivationDetector(Detector):
+class ActivationDetector(FeatureDetector):
     """Gaussian anomaly scores of several layers' pooled activations, standardised and combined.
 
     Args:
@@ -84,43 +85,33 @@ class ActivationDetector(Detector):
         self.combine = combine
         self.ridge = float(ridge)
 
-    def _check_model(self, model: Classifier) -> None:
-        module_of(model)
-
     def _layer_scores(self, feats: list[Tensor]) -> Tensor:
         """(N, L) float64 raw per-layer scores."""
         return torch.stack([min_mahalanobis(f, g) for f, g in zip(feats, self.gaussians_, strict=True)], dim=1)
 
     def _fit(self, model: Classifier, x: Tensor, y: Tensor) -> None:
-        self.layers_ = self.layers if self.layers is not None else relu_outputs(module_of(model))
-        chunks: list[list[Tensor]] = [[] for _ in self.layers_]
-        for i in range(0, x.shape[0], self.batch_size):
-            _, feats = forward_with_features(model, x[i : i + self.batch_size], self.layers_, pool=self.pool)
-            for store, f in zip(chunks, feats, strict=True):
-                store.append(f)
+        fm = self._model_features()  # the model, checked at fit to declare the features capability
+        self.layers_ = list(self.layers) if self.layers is not None else fm.feature_layers("relu")
+        feats = fm.features(x, self.layers_, pool=self.pool, batch_size=self.batch_size)
         labels = y if self.class_conditional else torch.zeros_like(y)
-        self.gaussians_: list[ClassGaussians] = [fit_class_gaussians(torch.cat(c), labels, ridge=self.ridge)
-                                                 for c in chunks]
-        raw = self._layer_scores([torch.cat(c) for c in chunks])
+        self.gaussians_: list[ClassGaussians] = [fit_class_gaussians(f, labels, ridge=self.ridge) for f in feats]
+        raw = self._layer_scores(feats)
         self.layer_mean_ = raw.mean(dim=0)
         self.layer_std_ = raw.std(dim=0).clamp_min(1e-12)
 
     def layer_scores(self, x: Tensor) -> Tensor:
         """Standardised per-layer scores (N, L) (no gradients), columns in the order of ``layers_``."""
-        validate_inputs(self._require_fitted("layer_scores"), x, name="inputs")
-        with torch.no_grad(), self.model_.attack_mode():
-            out = []
-            for i in range(0, x.shape[0], self.batch_size):
-                _, feats = forward_with_features(self.model_, x[i : i + self.batch_size], self.layers_,
-                                                 pool=self.pool)
-                out.append(self._standardise(self._layer_scores(feats)))
-        return torch.cat(out).to(x.dtype) if out else x.new_zeros(0, len(self.layers_))
+        model = self._model_features()
+        validate_inputs(model, x, name="inputs")
+        if x.shape[0] == 0:
+            return x.new_zeros(0, len(self.layers_))
+        feats = model.features(x, self.layers_, pool=self.pool, batch_size=self.batch_size)
+        return self._standardise(self._layer_scores(feats)).to(x.dtype)
 
     def _standardise(self, raw: Tensor) -> Tensor:
         return (raw - self.layer_mean_.to(raw.device)) / self.layer_std_.to(raw.device)
 
-    def _logits_and_score(self, x: Tensor, *, bpda: bool) -> tuple[Tensor, Tensor]:
-        z, feats = forward_with_features(self.model_, x, self.layers_, pool=self.pool)
+    def score_features(self, feats: list[Tensor]) -> Tensor:
+        """The combined standardised per-layer scores (N,) from the activations of ``layers_``."""
         zs = self._standardise(self._layer_scores(feats))
-        s = zs.mean(dim=1) if self.combine == "sum" else zs.amax(dim=1)
-        return z, s.to(x.dtype)
+        return zs.mean(dim=1) if self.combine == "sum" else zs.amax(dim=1)

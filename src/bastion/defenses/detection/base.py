@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
+from ...registry import Registry
 
 __all__ = ["DETECTORS", "Detector", "get_detector", "register_detector"]
 
@@ -188,15 +189,17 @@ class Detector:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
 
-DETECTORS: dict[str, type[Detector]] = {}
+DETECTORS: Registry[type[Detector]] = Registry("detector")
+"""Adversarial-input detectors by name (``"mahalanobis"``, ``"activations"``, ``"squeeze"``)."""
 
 
-def register_detector(name: str) -> Callable[[type[Detector]], type[Detector]]:
-    """Class decorator adding a detector to :data:`DETECTORS` under ``name``."""
+def register_detector(name: str, *, replace: bool = False) -> Callable[[type[Detector]], type[Detector]]:
+    """Class decorator adding a detector to :data:`DETECTORS` under ``name`` (a taken name is refused unless
+    ``replace=True``)."""
 
     def deco(cls: type[Detector]) -> type[Detector]:
-        DETECTORS[name] = cls
-        cls.name = name
+        DETECTORS.register(name, cls, replace=replace)
+        cls.name = Registry.canonical(name)
         return cls
 
     return deco
@@ -204,7 +207,4 @@ def register_detector(name: str) -> Callable[[type[Detector]], type[Detector]]:
 
 def get_detector(name: str, **kwargs: Any) -> Detector:
     """Build a registered detector by name, e.g. ``get_detector('mahalanobis', ridge=1e-3)``."""
-    key = str(name).strip().lower()
-    if key not in DETECTORS:
-        raise UsageError(f"unknown detector {name!r}: choose one of {', '.join(sorted(DETECTORS))}")
-    return DETECTORS[key](**kwargs)
+    return DETECTORS.get(name)(**kwargs)

@@ -20,14 +20,12 @@ Generic attacks (``bastion.attacks``) judge success by ``predict(x_adv) != y`` a
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import BaseClassifier, Classifier, validate_inputs
+from ...models.base import Classifier, validate_inputs
+from ...models.wrapped import WrappedClassifier
 from .base import Detector
 
 __all__ = ["REJECT", "DetectingClassifier"]
@@ -35,7 +33,7 @@ __all__ = ["REJECT", "DetectingClassifier"]
 REJECT = -1
 
 
-class DetectingClassifier(BaseClassifier):
+class DetectingClassifier(WrappedClassifier):
     """``model`` behind ``detector``: the model's label, or ``REJECT`` (-1) where the detector fires.
 
     Args:
@@ -48,24 +46,19 @@ class DetectingClassifier(BaseClassifier):
     """
 
     def __init__(self, model: Classifier, detector: Detector) -> None:
-        if not isinstance(model, Classifier):
-            raise UsageError(f"DetectingClassifier wraps a bastion Classifier, got {type(model).__name__}")
+        super().__init__(model)
         if not isinstance(detector, Detector):
             raise UsageError(f"detector must be a bastion Detector (see DETECTORS), got {type(detector).__name__}")
         detector._require_calibrated("wrapping it in a DetectingClassifier")
         if detector.model_ is not model:
             raise UsageError("the detector was fitted on another model: fit it on this one "
                              "(detector.fit(model, x_train, y_train)) and calibrate it again")
-        super().__init__(n_classes=model.n_classes, input_shape=tuple(model.input_shape), bounds=model.bounds,
-                         output=model.output)
-        self.model = model
         self.detector = detector
-        self.white_box = bool(getattr(model, "white_box", False))
 
-    def _scores(self, x: Tensor) -> Tensor:
-        s = self.model.logits(x)
-        self.output = self.model.output
-        return s
+    @property
+    def model(self) -> Classifier:
+        """The classifier behind the detector (the same as :attr:`wrapped`)."""
+        return self.wrapped
 
     @torch.no_grad()
     def reject(self, x: Tensor) -> Tensor:
@@ -95,12 +88,6 @@ class DetectingClassifier(BaseClassifier):
         pred = self.predict(x_adv)
         fooled = pred == targets.to(pred.device) if targets is not None else pred != y.to(pred.device)
         return fooled & (pred != REJECT)
-
-    @contextlib.contextmanager
-    def attack_mode(self) -> Iterator[None]:
-        """The inner model's attack mode."""
-        with self.model.attack_mode():
-            yield
 
     def __repr__(self) -> str:
         return (f"DetectingClassifier({self.model!r}, {self.detector!r}, threshold={self.detector.threshold_:.6g}, "

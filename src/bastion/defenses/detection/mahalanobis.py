@@ -31,8 +31,9 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
-from .base import Detector, register_detector
-from .features import Pool, forward_with_features, last_linear_input, module_of
+from ...models.features import Pool
+from .base import register_detector
+from .feature_based import FeatureDetector
 
 __all__ = ["ClassGaussians", "MahalanobisDetector", "fit_class_gaussians", "min_mahalanobis"]
 
@@ -88,7 +89,7 @@ def min_mahalanobis(f: Tensor, gaussians: ClassGaussians) -> Tensor:
 
 
 @register_detector("mahalanobis")
-class MahalanobisDetector(Detector):
+class MahalanobisDetector(FeatureDetector):
     """Lee et al. 2018: min over classes of the squared Mahalanobis distance of penultimate features.
 
     Args:
@@ -98,7 +99,7 @@ class MahalanobisDetector(Detector):
         ridge: covariance regularisation, relative to the mean feature variance.
         batch_size: inputs per forward pass.
 
-    Fitted: ``model_``, ``layer_`` (the resolved layer), ``gaussians_`` (:class:`ClassGaussians`),
+    Fitted: ``model_``, ``layer_`` (the resolved layer; ``layers_ == [layer_]``), ``gaussians_`` (:class:`ClassGaussians`),
     after :meth:`calibrate` ``threshold_``, ``fpr_``, ``scale_``.
     """
 
@@ -117,27 +118,20 @@ class MahalanobisDetector(Detector):
         self.pool = pool
         self.ridge = float(ridge)
 
-    def _check_model(self, model: Classifier) -> None:
-        module_of(model)
-
-    def _features(self, model: Classifier, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, (f,) = forward_with_features(model, x, [self.layer_], pool=self.pool)
-        return z, f
-
     def _fit(self, model: Classifier, x: Tensor, y: Tensor) -> None:
-        self.layer_ = self.layer if self.layer is not None else last_linear_input(module_of(model))
-        feats = torch.cat([self._features(model, x[i : i + self.batch_size])[1]
-                           for i in range(0, x.shape[0], self.batch_size)])
+        fm = self._model_features()  # the model, checked at fit to declare the features capability
+        self.layer_ = self.layer if self.layer is not None else fm.penultimate_layer
+        self.layers_ = [self.layer_]
+        (feats,) = fm.features(x, self.layers_, pool=self.pool, batch_size=self.batch_size)
         self.gaussians_ = fit_class_gaussians(feats, y, ridge=self.ridge)
 
-    def _logits_and_score(self, x: Tensor, *, bpda: bool) -> tuple[Tensor, Tensor]:
-        z, f = self._features(self.model_, x)
-        return z, min_mahalanobis(f, self.gaussians_).to(x.dtype)
+    def score_features(self, feats: list[Tensor]) -> Tensor:
+        """The squared Mahalanobis distance of the fitted layer's features to the closest class (N,), float64."""
+        (f,) = feats
+        return min_mahalanobis(f, self.gaussians_)
 
     def features(self, x: Tensor) -> Tensor:
         """The fitted layer's pooled features (N, d) (no gradients)."""
-        validate_inputs(self._require_fitted("features"), x, name="inputs")
-        with torch.no_grad(), self.model_.attack_mode():
-            return torch.cat([self._features(self.model_, x[i : i + self.batch_size])[1]
-                              for i in range(0, x.shape[0], self.batch_size)])
-
+        model = self._model_features()
+        validate_inputs(model, x, name="inputs")
+        return model.features(x, self.layers_, pool=self.pool, batch_size=self.batch_size)[0]

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["fail", "json_default", "log", "refuse"]
 

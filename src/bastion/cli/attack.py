@@ -1,8 +1,4 @@
-"""The ``bastion`` command line: one Typer app.
-
-Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
-Every command has ``--json``; the library never prints, this module decides what is shown.
-"""
+"""``bastion attack``: one evasion attack on a model and a dataset."""
 
 from __future__ import annotations
 
@@ -14,18 +10,10 @@ from typing import Any
 
 import typer
 
-from .cli_common import fail as _fail
-from .cli_common import json_default as _json_default
-from .cli_common import log as _log
-from .errors import BastionError, UsageError
-
-app = typer.Typer(
-    name="bastion",
-    help="Security testing and hardening for machine-learning models: attack, audit, harden, protect.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+from ..errors import UsageError
+from .common import fail as _fail
+from .common import json_default as _json_default
+from .common import log as _log
 
 
 def _clean(v: Any) -> Any:
@@ -55,7 +43,6 @@ def _read_spec(path: str, option: str) -> dict[str, Any]:
     return spec
 
 
-@app.command()
 def attack(
     model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL."),
     data: str = typer.Option(..., "--data", "-d", help="digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder."),
@@ -83,10 +70,10 @@ def attack(
     """
     import torch
 
-    from .attacks import ATTACKS, get_attack
-    from .data import load_dataset
-    from .models.loading import load_model
-    from .threat import canonical_norm
+    from ..attacks import ATTACKS, get_attack
+    from ..data import load_dataset
+    from ..models.loading import load_model
+    from ..threat import canonical_norm
 
     name = attack_name.strip().lower()
     if name not in ATTACKS:
@@ -143,7 +130,7 @@ def attack(
         _fail(f"--data: {data} has inputs of shape {tuple(x.shape[1:])} but the model expects {tuple(clf.input_shape)}")
     snapped = 0
     if spec is not None:
-        from .attacks.evasion.constraints import FeatureConstraints
+        from ..attacks.evasion.constraints import FeatureConstraints
 
         try:
             cons = FeatureConstraints.from_dict(spec, math.prod(clf.input_shape), ds.feature_names)
@@ -177,7 +164,7 @@ def attack(
     if save_patch is not None:
         from pathlib import Path
 
-        from .attacks.evasion.patch import save_png
+        from ..attacks.evasion.patch import save_png
 
         for t, patch in result.extra.get("patches", {}).items():
             path = Path(save_patch) if t is None else Path(save_patch).with_name(f"{Path(save_patch).stem}-t{t}.png")
@@ -205,97 +192,3 @@ def attack(
     t.add_row("gradient passes", f"{result.gradients}")
     t.add_row("seconds", f"{result.seconds:.2f}")
     Console().print(t)
-
-
-from .audit.commands import audit  # each capability's commands live beside it
-
-app.command()(audit)
-
-
-@app.command()
-def zoo(as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object.")) -> None:
-    """List the built-in models and datasets (nothing is downloaded: models train on first use)."""
-    from .data import DATASETS
-    from .models.zoo import ZOO
-
-    models = {k: {"dataset": e.dataset, "kind": e.kind, "description": e.description} for k, e in ZOO.items()}
-    datasets = {k: v[1] for k, v in DATASETS.items()}
-    if as_json:
-        typer.echo(json.dumps({"models": models, "datasets": datasets}))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="models (use as --model zoo:NAME)", title_justify="left")
-    for c in ("name", "dataset", "kind", "description"):
-        t.add_column(c)
-    for k, m in models.items():
-        t.add_row(k, m["dataset"], m["kind"], m["description"])
-    d = Table(title="datasets (use as --data NAME)", title_justify="left")
-    d.add_column("name")
-    d.add_column("description")
-    for k, v in datasets.items():
-        d.add_row(k, v)
-    c = Console()
-    c.print(t)
-    c.print(d)
-
-
-@app.command()
-def train(
-    arch: str = typer.Option(..., "--arch", help="Registered architecture: digits-mlp, mnist-cnn, cancer-mlp."),
-    data: str = typer.Option(..., "--data", "-d", help="Built-in dataset name or a .npz/.csv file or image folder."),
-    out: str = typer.Option(..., "--out", "-o", help="Output .safetensors file (architecture name stored in its metadata)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Override the recipe's number of epochs."),
-    seed: int = typer.Option(0, "--seed", help="Seed for initialisation and shuffling."),
-    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
-) -> None:
-    """Train a registered architecture the same deterministic way the zoo does, and save it as safetensors."""
-    import dataclasses
-
-    from .data import load_dataset
-    from .models.loading import save_model
-    from .models.training import TRAIN_CONFIGS, TrainConfig, train_architecture
-
-    if not out.endswith(".safetensors"):
-        _fail(f"--out must end with .safetensors, got {out!r}")
-    if epochs is not None and epochs < 1:
-        _fail(f"--epochs must be >= 1, got {epochs}")
-    config = TRAIN_CONFIGS.get(arch, TrainConfig())
-    config = dataclasses.replace(config, seed=seed, **({"epochs": epochs} if epochs else {}))
-    ds = load_dataset(data)
-    module, record = train_architecture(arch, ds, config, on_epoch=None if as_json else
-                                        (lambda e, loss: _log(f"epoch {e + 1}/{config.epochs}  loss {loss:.4f}")))
-    save_model(module, out, arch=arch, metadata={"bastion_record": json.dumps(record)})
-    record["out"] = out
-    if as_json:
-        typer.echo(json.dumps(record))
-    else:
-        typer.echo(f"saved {out}: test accuracy {record['test_accuracy']:.4f} in {record['seconds']} s")
-
-
-from .defenses.commands import harden
-from .serve.commands import keys_app, serve
-
-app.command()(harden)
-
-app.add_typer(keys_app, name="keys")
-app.command()(serve)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: maps bastion's usage errors to exit code 2 with a one-line message."""
-    try:
-        app(args=argv, standalone_mode=True)
-    except SystemExit:
-        raise
-    except (UsageError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except BastionError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 
-from ..cli_common import log as _log
-from ..cli_common import refuse as _fail
+from .common import log as _log
+from .common import refuse as _fail
 from ..errors import UsageError
 
 
@@ -23,7 +23,7 @@ def _harden_gaussian(clf: Any, ds: Any, sigma: float, *, epochs: int, batch_size
     import torch
 
     from ..models.training import accuracy
-    from .certification import train_with_noise
+    from ..defenses.certification import train_with_noise
 
     module = copy.deepcopy(clf.module)
     start = time.perf_counter()
@@ -103,7 +103,7 @@ def harden(
     from ..data import load_dataset
     from ..models.loading import load_model
     from ..models.torch import TorchClassifier
-    from .training import DEFENSES, FAST_INITS, LR_SCHEDULES, AdversarialTrainingConfig, adversarial_train
+    from ..defenses.training import DEFENSES, FAST_INITS, LR_SCHEDULES, AdversarialTrainingConfig, adversarial_train
 
     if defense not in (*DEFENSES, "gaussian"):
         _fail(f"--defense: unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}, gaussian")

@@ -9,9 +9,9 @@ from typing import Any
 
 import typer
 
-from ..cli_common import fail as _fail
-from ..cli_common import json_default as _json_default
-from ..cli_common import log as _log
+from .common import fail as _fail
+from .common import json_default as _json_default
+from .common import log as _log
 from ..errors import UsageError
 
 
@@ -48,9 +48,9 @@ def audit(
     from ..data import load_dataset
     from ..models.loading import load_model
     from ..threat import canonical_norm
-    from . import get_profile, parse_gate
-    from .profiles import default_eps
-    from .runner import run_audit
+    from ..audit import get_profile, parse_gate
+    from ..audit.profiles import default_eps
+    from ..audit.runner import run_audit
 
     prof = get_profile(profile)  # UsageError -> exit 2 before anything loads
     try:

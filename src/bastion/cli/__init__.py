@@ -1,0 +1,54 @@
+"""The ``bastion`` command line: one Typer app.
+
+Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
+Every command has ``--json``; the library never prints, this module decides what is shown.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import BastionError, UsageError
+from .attack import attack
+from .audit import audit
+from .harden import harden
+from .keys import keys_app
+from .serve import serve
+from .train import train
+from .zoo import zoo
+
+app = typer.Typer(
+    name="bastion",
+    help="Security testing and hardening for machine-learning models: attack, audit, harden, protect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command()(attack)
+app.command()(audit)
+app.command()(zoo)
+app.command()(train)
+app.command()(harden)
+app.add_typer(keys_app, name="keys")
+app.command()(serve)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: maps bastion's usage errors to exit code 2 with a one-line message."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit:
+        raise
+    except (UsageError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except BastionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
