@@ -1,7 +1,9 @@
 """The ``bastion`` command line: one Typer app.
 
 Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
-Every command has ``--json``; the library never prints, this module decides what is shown.
+Every command has ``--json``; the library never prints, this package decides what is shown. One module per
+command (``attack``, ``audit``, ``harden``, ``train``, ``zoo``, ``serve``, ``keys``); the library never imports
+this package.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import typer
 
 from ..errors import BastionError, UsageError
 from .attack import attack
+from .common import flagged
 from .audit import audit
 from .harden import harden
 from .keys import keys_app
@@ -37,16 +40,17 @@ app.command()(serve)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: maps bastion's usage errors to exit code 2 with a one-line message."""
+    """Entry point: maps bastion's usage errors to exit code 2 with a one-line message (parameters named as
+    the flags that set them), its other errors to exit code 1. Anything else is a bug and keeps its traceback."""
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit:
         raise
-    except (UsageError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except UsageError as exc:
+        typer.echo(f"error: {flagged(str(exc))}", err=True)
         sys.exit(2)
     except BastionError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {flagged(str(exc))}", err=True)
         sys.exit(1)
 
 
