@@ -7,7 +7,7 @@ import bastion
 
 def test_public_api_is_pinned():
     assert sorted(bastion.__all__) == sorted([
-        "__version__", "attacks", "audit", "data", "defenses", "models",
+        "__version__", "attacks", "audit", "data", "defenses", "metrics", "models", "registry",
         "Attack", "AttackResult", "get_attack",
         "Dataset", "load_dataset",
         "Classifier", "TorchClassifier", "load_model", "save_model",

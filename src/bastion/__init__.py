@@ -1,11 +1,12 @@
 """bastion: security testing and hardening for machine-learning models.
 
-The public API is re-exported here; ``tests/test_api.py`` pins ``__all__``.
+The public API is re-exported here; ``tests/test_api.py`` pins ``__all__``. The command line
+(:mod:`bastion.cli`) is not imported: the library never needs it.
 """
 
 from __future__ import annotations
 
-from . import attacks, audit, data, defenses, models
+from . import attacks, audit, data, defenses, metrics, models, registry
 from ._version import __version__
 from .attacks import Attack, AttackResult, get_attack
 from .data import Dataset, load_dataset
@@ -14,7 +15,7 @@ from .models import Classifier, TorchClassifier, load_model, save_model
 from .threat import ThreatModel
 
 __all__ = [
-    "__version__", "attacks", "audit", "data", "defenses", "models",
+    "__version__", "attacks", "audit", "data", "defenses", "metrics", "models", "registry",
     "Attack", "AttackResult", "get_attack",
     "Dataset", "load_dataset",
     "Classifier", "TorchClassifier", "load_model", "save_model",

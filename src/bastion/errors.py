@@ -1,8 +1,8 @@
 """Exceptions raised by bastion.
 
 Every error a user can cause derives from :class:`BastionError` and carries a message that says
-what to change. The CLI turns :class:`UsageError` (and ``ValueError`` raised while validating
-arguments) into exit code 2 with a one-line message.
+what to change. The CLI turns :class:`UsageError` into exit code 2 with a one-line message; it is raised
+where an input is checked. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

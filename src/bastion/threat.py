@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -72,7 +73,7 @@ def perturbation_norm(delta: Tensor, norm: str) -> Tensor:
     if norm == "linf":
         return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
     if norm == "l2":
-        return flat.norm(p=2, dim=1)
+        return cast(Tensor, flat.norm(p=2, dim=1))  # torch types Tensor.norm as Any
     return flat.abs().sum(dim=1)
 
 

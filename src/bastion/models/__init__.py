@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from .architectures import ARCHITECTURES, register_architecture
 from .base import BaseClassifier, Classifier, validate_inputs
+from .features import HasFeatures
 from .loading import load_model, save_model
 from .onnx import OnnxClassifier
 from .remote import RemoteClassifier
 from .sklearn import SklearnClassifier
 from .torch import TorchClassifier
+from .wrapped import WrappedClassifier, unwrap, wrapper_chain
 from .zoo import ZOO, load_zoo
 
 __all__ = [
     "Classifier", "BaseClassifier", "validate_inputs", "TorchClassifier", "SklearnClassifier",
+    "WrappedClassifier", "unwrap", "wrapper_chain", "HasFeatures",
     "OnnxClassifier", "RemoteClassifier", "load_model", "save_model",
     "ARCHITECTURES", "register_architecture", "ZOO", "load_zoo",
 ]

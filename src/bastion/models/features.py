@@ -47,7 +47,7 @@ _INPUT = ":input"
 
 def last_linear_input(module: nn.Module) -> str:
     """The input of the last ``nn.Linear`` (the penultimate features): ``"NAME:input"``."""
-    names = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    names: list[str] = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     if not names:
         raise UsageError("the model has no nn.Linear layer, so there is no default penultimate layer: "
                          "pass layers=['NAME'] or ['NAME:input'] naming a module of model.module")

@@ -67,8 +67,9 @@ class TorchClassifier(BaseClassifier, HasFeatures):
         if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
             return out[0]
         if isinstance(out, Mapping):
-            if self.output_key in out and isinstance(out[self.output_key], Tensor):
-                return out[self.output_key]
+            value = out.get(self.output_key)
+            if isinstance(value, Tensor):
+                return value
             raise UsageError(
                 f"the model returned a dict without the key {self.output_key!r} (keys: {sorted(out)}): "
                 "pass output_key= naming the scores"
