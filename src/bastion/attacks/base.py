@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .. import metrics
 from ..errors import UsageError
 from ..models.base import Classifier, validate_inputs
 from ..registry import Registry
@@ -73,18 +74,18 @@ class AttackResult:
 
     @property
     def clean_accuracy(self) -> float:
+        """Fraction of inputs classified correctly before the attack."""
         return float(self.clean_correct.float().mean()) if self.y.numel() else float("nan")
 
     @property
     def robust_accuracy(self) -> float:
         """Fraction of inputs still classified correctly after the attack."""
-        return float((self.pred_adv == self.y).float().mean()) if self.y.numel() else float("nan")
+        return metrics.robust_accuracy(self.pred_adv, self.y)
 
     @property
     def success_rate(self) -> float:
         """Fraction of the clean-correct inputs the attack succeeded on."""
-        n = int(self.clean_correct.sum())
-        return float((self.success & self.clean_correct).sum()) / n if n else float("nan")
+        return metrics.attack_success_rate(self.success, self.clean_correct)
 
     @property
     def median_perturbation(self) -> float:
