@@ -86,7 +86,7 @@ def peers_available() -> dict[str, bool]:
         try:
             __import__(name)
             out[name] = True
-        except Exception:  # noqa: BLE001 - report, don't crash
+        except Exception:
             out[name] = False
     return out
 
@@ -243,14 +243,14 @@ def section_cw(model, x, y, repeats: int, have: dict[str, bool], n: int = 200) -
         a = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=bss, steps=steps, stepsize=lr, confidence=0,
                                              initial_const=c0, abort_early=True)
         fm = fb.PyTorchModel(model.module, bounds=(0, 1))
-        out, sec = timed(lambda: a(fm, x, y, epsilons=None)[1])
+        out, sec = timed(lambda a=a, fm=fm: a(fm, x, y, epsilons=None)[1])
         advs["foolbox"] = (out, sec)
     if have["art"]:
         from art.attacks.evasion import CarliniL2Method
 
         a = CarliniL2Method(art_classifier(model.module), confidence=0.0, targeted=False, learning_rate=lr,
                             binary_search_steps=bss, max_iter=steps, initial_const=c0, batch_size=x.shape[0], verbose=False)
-        out, sec = timed(lambda: a.generate(x.numpy(), y=y.numpy()))
+        out, sec = timed(lambda a=a: a.generate(x.numpy(), y=y.numpy()))
         advs["art"] = (torch.as_tensor(out), sec)
     _min_norm_rows(f"cw-l2 ({bss}x{steps}, lr {lr}, c0 {c0})", model, x, y, advs)
 
@@ -270,14 +270,14 @@ def section_deepfool(model, x, y, repeats: int, have: dict[str, bool], n: int = 
             cls = fb.attacks.L2DeepFoolAttack if norm == "l2" else fb.attacks.LinfDeepFoolAttack
             a = cls(steps=steps, candidates=cands, overshoot=overshoot)
             fm = fb.PyTorchModel(model.module, bounds=(0, 1))
-            out, sec = timed(lambda: a(fm, x, y, epsilons=None)[1])
+            out, sec = timed(lambda a=a, fm=fm: a(fm, x, y, epsilons=None)[1])
             advs["foolbox"] = (out, sec)
         if have["art"] and norm == "l2":  # ART's DeepFool is L2 only
             from art.attacks.evasion import DeepFool as ArtDeepFool
 
             a = ArtDeepFool(art_classifier(model.module), max_iter=steps, epsilon=overshoot, nb_grads=cands,
                             batch_size=x.shape[0], verbose=False)
-            out, sec = timed(lambda: a.generate(x.numpy(), y=y.numpy()))
+            out, sec = timed(lambda a=a: a.generate(x.numpy(), y=y.numpy()))
             advs["art"] = (torch.as_tensor(out), sec)
         _min_norm_rows(f"deepfool-{norm} ({steps} steps)", model, x, y, advs)
 

@@ -46,7 +46,7 @@ class ProbaHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         x = np.asarray(payload["inputs"], dtype=np.float64).reshape(len(payload["inputs"]), -1)
         self.server.requests += 1  # type: ignore[attr-defined]

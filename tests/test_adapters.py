@@ -22,7 +22,6 @@ from bastion.models.remote import RemoteClassifier
 from bastion.models.sklearn import SklearnClassifier
 from bastion.models.training import TrainConfig, train_module
 
-
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*(legacy TorchScript-based ONNX|is deprecated|will be removed).*:DeprecationWarning"
 )
@@ -51,7 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         srv = self.server
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         x = np.asarray(payload["inputs"], dtype=np.float64).reshape(len(payload["inputs"]), -1)

@@ -132,7 +132,7 @@ def test_attack_steps_compute_no_weight_gradients(digits_mlp, digits):
 @pytest.mark.parametrize("defense", ["pgd-at", "fast-at"])  # fast-at: its per-example prior is in the checkpoint
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, digits_mlp, digits, defense):
     cfg = config(defense, epochs=3, attack_steps=3)
-    straight, rec_straight = adversarial_train(digits_mlp, digits, cfg)
+    straight, _rec_straight = adversarial_train(digits_mlp, digits, cfg)
     ck = tmp_path / "ck.pt"
 
     def stop_after_first(entry):

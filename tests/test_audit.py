@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -176,7 +177,7 @@ def test_an_interrupted_audit_resumes_and_refuses_other_settings(tmp_path, digit
                        on_probe=lambda r, resumed: seen.append((r.probe, resumed)))
     assert seen == [("model", True), ("whitebox", True), ("noise", False)]
     assert report["resumed"] and (out / "report.json").exists()
-    with pytest.raises(UsageError, match="other settings.*seed"):
+    with pytest.raises(UsageError, match=r"other settings.*seed"):
         run_audit(digits_mlp, digits, out, profile=SMALL, seed=1)
     assert (out / "report.json").exists()  # a refused run leaves the finished report alone
 
@@ -221,7 +222,7 @@ def test_a_registered_probe_runs_in_a_custom_profile(tmp_path, digits_mlp, digit
         name = "test-margin"
         title = "Logit margin"
         threat = "test"
-        defaults = {"quantile": 0.5}
+        defaults: ClassVar[dict[str, Any]] = {"quantile": 0.5}
 
         def run(self, ctx):
             z = ctx.model.logits(ctx.x)

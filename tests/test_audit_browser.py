@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from browser_helpers import inspect_report, require_browser
 from test_audit_html import write_report_dir
 

@@ -73,7 +73,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     # a terminal's Ctrl-C: SIGINT at its default disposition in the child, even when this test runs in a
     # background job (where the shell hands SIGINT down ignored, and Python then never raises KeyboardInterrupt)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 - no threads yet
     saved = out / ".audit-state" / "probe-model.json"
     deadline = time.time() + 120
     while not saved.exists() and time.time() < deadline and proc.poll() is None:

@@ -206,7 +206,7 @@ def test_self_contained(written):
 
 
 def test_every_image_is_a_png_data_uri(written):
-    report, _, _, page, _ = written
+    _report, _, _, page, _ = written
     imgs = [a for t, a in page.tags if t == "img"]
     # 3 plots of probe 1 + 1 of probe 2, 3 images (clean, adversarial, perturbation) per mnist example
     assert len(imgs) == 4 + 3 * 2
@@ -244,8 +244,8 @@ def test_summary_table_first_one_row_per_probe(written):
     report, _, text, page, _ = written
     names = [p["probe"] for p in report["probes"]]
     assert page.summary_rows == names
-    order = [(t, a) for t, a in page.tags if (t == "table" and a.get("id") == "summary") or t == "section"
-             and (a.get("id") or "").startswith("probe-")]
+    order = [(t, a) for t, a in page.tags if (t == "table" and a.get("id") == "summary") or (t == "section"
+             and (a.get("id") or "").startswith("probe-"))]
     assert order[0][1].get("id") == "summary"
     assert [a["id"] for t, a in order[1:]] == [f"probe-{n}" for n in names]
     assert text.index('id="summary"') < text.index('id="checks"') < text.index('id="probe-whitebox"')

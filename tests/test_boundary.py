@@ -10,7 +10,8 @@ from bastion.attacks.evasion.boundary import BoundaryAttack
 from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models.zoo import load_zoo
-from blackbox_helpers import BlackBoxTorch as _BlackBox, GradientFree as _Guarded
+from blackbox_helpers import BlackBoxTorch as _BlackBox
+from blackbox_helpers import GradientFree as _Guarded
 
 
 def test_registered_and_decision_based():

@@ -49,10 +49,10 @@ def test_npz_errors(tmp_path):
     bad = x.copy()
     bad[5, 2] = np.nan
     np.savez(tmp_path / "nan.npz", x=bad, y=y)
-    with pytest.raises(UsageError, match="nan.npz.*NaN"):
+    with pytest.raises(UsageError, match=r"nan.npz.*NaN"):
         load_dataset(tmp_path / "nan.npz")
     np.savez(tmp_path / "neg.npz", x=x, y=y - 1)
-    with pytest.raises(UsageError, match="0..K-1"):
+    with pytest.raises(UsageError, match=r"0..K-1"):
         load_dataset(tmp_path / "neg.npz")
     np.savez(tmp_path / "noy.npz", features=x)
     with pytest.raises(UsageError, match="'x' and 'y'"):
@@ -95,7 +95,7 @@ def test_csv_string_labels_and_scaling(tmp_path):
 def test_csv_errors(tmp_path):
     p = tmp_path / "nan.csv"
     _write_csv(p, [[1.0, 2.0, 0], [3.0, "", 1], [4.0, 5.0, 0], [1.0, 1.0, 1]], ["a", "b", "label"])
-    with pytest.raises(UsageError, match="nan.csv.*NaN"):
+    with pytest.raises(UsageError, match=r"nan.csv.*NaN"):
         load_dataset(p)
     p = tmp_path / "text.csv"
     _write_csv(p, [[1.0, "red", 0], [3.0, "blue", 1], [4.0, "red", 0], [1.0, "red", 1]], ["a", "colour", "label"])
@@ -148,6 +148,6 @@ def test_image_folder_gray_split_and_shape_errors(tmp_path):
         (bad / cls).mkdir(parents=True)
         _png(bad / cls / "x.png", rng.integers(0, 256, size=(5, 5), dtype=np.uint8))
     _png(bad / "b" / "y.png", rng.integers(0, 256, size=(6, 5), dtype=np.uint8))
-    with pytest.raises(UsageError, match="images differ in shape.*size="):
+    with pytest.raises(UsageError, match=r"images differ in shape.*size="):
         load_dataset(bad)
     assert load_dataset(bad, size=(5, 5), test_fraction=0.34).input_shape == (1, 5, 5)

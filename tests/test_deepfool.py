@@ -30,7 +30,7 @@ def l2_result(mnist):
 
 
 def test_l2_succeeds_with_plausible_norms(mnist, l2_result):
-    model, x, y = mnist
+    _model, _x, _y = mnist
     r = l2_result
     assert r.success_rate >= 0.95
     assert 0.8 <= r.median_perturbation <= 2.5
@@ -69,7 +69,7 @@ def _reference_deepfool(model, x, y, *, steps=50, overshoot=0.02, candidates=10)
         xi = xi[None]
         with torch.no_grad():
             order = model.logits(xi)[0].argsort(descending=True)
-        classes = [int(yi)] + [int(c) for c in order if int(c) != int(yi)][: candidates - 1]
+        classes = [int(yi), *[int(c) for c in order if int(c) != int(yi)][:candidates - 1]]
         r_tot = torch.zeros_like(xi)
         cur = xi.clone()
         for _ in range(steps):

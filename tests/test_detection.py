@@ -229,12 +229,12 @@ def test_detecting_classifier_rejects_exactly_where_the_detector_fires(detectors
 def test_usage_errors(detectors, mnist_cnn, digits_mlp, mnist):
     x = mnist.x_test[:40]
     det = MahalanobisDetector()
-    with pytest.raises(UsageError, match="not fitted.*fit"):
+    with pytest.raises(UsageError, match=r"not fitted.*fit"):
         det.score(x)
     with pytest.raises(UsageError, match="not fitted"):
         det.calibrate(x)
     det.fit(mnist_cnn, mnist.x_train[:300], mnist.y_train[:300])
-    with pytest.raises(UsageError, match="no threshold.*calibrate"):
+    with pytest.raises(UsageError, match=r"no threshold.*calibrate"):
         det.detect(x)
     with pytest.raises(UsageError, match="no threshold"):
         DetectingClassifier(mnist_cnn, det)

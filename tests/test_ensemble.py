@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bastion.attacks.base import get_attack
@@ -40,7 +42,7 @@ def test_ensemble_is_the_worst_case_over_members(model, data):
     trail = ens.extra["robust_accuracy_after"]
     assert [name for name, _ in trail] == ["fgsm", "apgd-ce", "apgd-t"]
     accs = [acc for _, acc in trail]
-    assert all(a >= b for a, b in zip(accs, accs[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(accs))
     assert accs[0] < ens.extra["clean_accuracy"]  # FGSM alone breaks some
     assert accs[1] < accs[0]  # APGD-CE breaks what FGSM missed
     assert ens.extra["n_samples"] == 100

@@ -13,7 +13,8 @@ from bastion.attacks.evasion.hopskipjump import HopSkipJump
 from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models.zoo import load_zoo
-from blackbox_helpers import BlackBoxTorch as _BlackBox, GradientFree as _Guarded
+from blackbox_helpers import BlackBoxTorch as _BlackBox
+from blackbox_helpers import GradientFree as _Guarded
 
 
 class _LabelsOnly(nn.Module):

@@ -20,7 +20,6 @@ from bastion.models.sklearn import SklearnClassifier
 from bastion.models.torch import TorchClassifier
 from bastion.models.zoo import load_zoo
 
-
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*(legacy TorchScript-based ONNX|is deprecated|will be removed).*:DeprecationWarning"
 )
@@ -46,7 +45,7 @@ def _check_same(loaded, x, ref, atol=1e-4):
 
 
 def test_zoo_spec(mnist):
-    module, x, ref = mnist
+    _module, x, ref = mnist
     _check_same(load_model("zoo:mnist-cnn"), x, ref, atol=0)
 
 

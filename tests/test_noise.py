@@ -10,7 +10,8 @@ from bastion.attacks.evasion.square import Square
 from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models.zoo import load_zoo
-from blackbox_helpers import BlackBoxTorch, GradientFree as _Opaque
+from blackbox_helpers import BlackBoxTorch
+from blackbox_helpers import GradientFree as _Opaque
 
 
 def _check_counts(r, max_queries: int) -> None:

@@ -27,7 +27,7 @@ def test_register_lookup_and_list():
 def test_duplicates_are_refused_unless_replaced():
     r: Registry[str] = Registry("thing")
     r.register("a", "first")
-    with pytest.raises(UsageError, match="a thing named 'a' is already registered.*replace=True"):
+    with pytest.raises(UsageError, match=r"a thing named 'a' is already registered.*replace=True"):
         r.register("A", "second")
     assert r.get("a") == "first"
     r.register("a", "second", replace=True)

@@ -9,12 +9,12 @@ import json
 import httpx
 import pytest
 import torch
-from serve_helpers import running
 
-from bastion.serve.config import load_config  # noqa: E402
-from bastion.serve.keys import create_key  # noqa: E402
-from bastion.serve.server import build_app  # noqa: E402
-from bastion.serve.store import Store  # noqa: E402
+from bastion.serve.config import load_config
+from bastion.serve.keys import create_key
+from bastion.serve.server import build_app
+from bastion.serve.store import Store
+from serve_helpers import running
 
 IMG = [[[0.5] * 28] * 28]  # one (1, 28, 28) input
 
@@ -189,7 +189,7 @@ def test_fuzz_every_endpoint_gets_no_5xx(service):
             @given(case=op.as_strategy(generation_mode=mode))
             @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                       database=None)
-            def check(case):
+            def check(case, op=op):
                 for headers in ({"Authorization": f"Bearer {key}"}, {}):
                     response = case.call(headers=headers, timeout=30)
                     seen[op.label] = seen.get(op.label, 0) + 1

@@ -8,13 +8,13 @@ import shutil
 
 import httpx
 import pytest
+
+from bastion.serve.config import load_config
+from bastion.serve.keys import create_key
+from bastion.serve.server import build_app
+from bastion.serve.store import Store
 from browser_helpers import CHROMIUM_ARGS, require_browser
 from serve_helpers import running, wait_drift_windows
-
-from bastion.serve.config import load_config  # noqa: E402
-from bastion.serve.keys import create_key  # noqa: E402
-from bastion.serve.server import build_app  # noqa: E402
-from bastion.serve.store import Store  # noqa: E402
 
 
 @pytest.fixture
@@ -66,5 +66,5 @@ def test_dashboard_renders_with_data_and_refuses_without_admin_key(browser, tmp_
     assert any(c.startswith("Abstention") for c in charts) and any(c.startswith("Detector scores") for c in charts)
     assert polylines >= 3 and bars >= 5
     assert "records committed 10" in summary, summary
-    alarms = [c for c in charts if c.startswith("Drift")][0]
+    alarms = next(c for c in charts if c.startswith("Drift"))
     assert "0 alarm" not in alarms, alarms  # the noisy half raised at least one

@@ -5,17 +5,16 @@ none."""
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import torch
+
+from bastion.attacks import PGD
+from bastion.serve.config import load_config
+from bastion.serve.keys import create_key
+from bastion.serve.server import build_app
+from bastion.serve.store import Store
 from serve_helpers import running, wait_drift_windows
-
-import httpx  # noqa: E402
-
-from bastion.attacks import PGD  # noqa: E402
-from bastion.serve.config import load_config  # noqa: E402
-from bastion.serve.keys import create_key  # noqa: E402
-from bastion.serve.server import build_app  # noqa: E402
-from bastion.serve.store import Store  # noqa: E402
 
 UNSEEN = slice(500, 1000)  # the guard calibrates on the first half of the test split; traffic uses the second
 
@@ -49,8 +48,9 @@ def test_pgd_inputs_are_flagged_by_the_activation_detector(tmp_path, mnist_cnn, 
 
 
 def test_extraction_client_is_flagged_then_blocked_and_benign_clients_are_not(tmp_path, mnist_cnn, mnist):
-    from test_serve_extraction import BATCH, LAMBDA  # the attacker of the monitor's own tests
     from torch import nn
+
+    from test_serve_extraction import BATCH, LAMBDA  # the attacker of the monitor's own tests
 
     app, store = _service(tmp_path, mnist_cnn, mnist, extraction={"action": "block"},
                           limits={"rate": 1e6, "burst": 10**6, "max_batch": 32})

@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serve_helpers import running
 
-from bastion.serve.auditlog import AuditLog  # noqa: E402
-from bastion.serve.config import load_config  # noqa: E402
-from bastion.serve.keys import create_key  # noqa: E402
-from bastion.serve.server import build_app  # noqa: E402
-from bastion.serve.store import MIGRATIONS, Store  # noqa: E402
+from bastion.serve.auditlog import AuditLog
+from bastion.serve.config import load_config
+from bastion.serve.keys import create_key
+from bastion.serve.server import build_app
+from bastion.serve.store import MIGRATIONS, Store
+from serve_helpers import running
 
 
 def _load(url: str, key: str, images: list, n: int, workers: int, on_progress=None) -> list[httpx.Response]:

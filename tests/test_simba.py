@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -11,7 +10,8 @@ from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models.remote import RemoteClassifier
 from bastion.models.zoo import load_zoo
-from blackbox_helpers import BlackBoxTorch, digits_endpoint, GradientFree as _Opaque
+from blackbox_helpers import BlackBoxTorch, digits_endpoint
+from blackbox_helpers import GradientFree as _Opaque
 
 
 def _check_counts(r, max_queries: int) -> None:

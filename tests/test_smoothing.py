@@ -156,7 +156,7 @@ def test_seeded_runs_reproduce_and_secure_runs_do_not(digits, digits_mlp):
     assert not torch.equal(s1[2], s2[2])
     assert "secure=True" in repr(smooth(digits_mlp, secure=True))
     for kw in ({"seed": 1}, {"seed": 0}, {"generator": torch.Generator()}):
-        with pytest.raises(UsageError, match="secure=True .* takes no seed or generator"):
+        with pytest.raises(UsageError, match=r"secure=True .* takes no seed or generator"):
             SmoothedClassifier(digits_mlp, SIGMA, secure=True, **kw)
     SmoothedClassifier(digits_mlp, SIGMA, secure=True, seed=None)  # None is no seed: allowed
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from bastion.attacks.base import get_attack
 from bastion.attacks.evasion.square import Square, p_selection
+from bastion.data import load_dataset
 from bastion.errors import UsageError
 from bastion.models.remote import RemoteClassifier
 from bastion.models.zoo import load_zoo
-from bastion.data import load_dataset
-from blackbox_helpers import BlackBoxTorch, digits_endpoint, GradientFree as _Opaque
+from blackbox_helpers import BlackBoxTorch, digits_endpoint
+from blackbox_helpers import GradientFree as _Opaque
 
 
 def _check_counts(r, max_queries: int) -> None:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -66,5 +68,5 @@ def test_threat_model_rejects_bad_values(bad):
 def test_threat_model_is_frozen_and_canonical():
     t = ThreatModel("Linf", 0.3)
     assert t.norm == "linf"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         t.eps = 0.5  # type: ignore[misc]

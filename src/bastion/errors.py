@@ -7,7 +7,7 @@ where an input is checked. Any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["BastionError", "UsageError", "MissingExtraError", "UnsafeModelError"]
+__all__ = ["BastionError", "MissingExtraError", "UnsafeModelError", "UsageError"]
 
 
 class BastionError(Exception):
@@ -34,7 +34,7 @@ class MissingExtraError(BastionError, ImportError):
         self.package = package
 
 
-def require(module: str, extra: str):  # noqa: ANN201 - returns a module
+def require(module: str, extra: str):
     """Import an optional dependency or raise :class:`MissingExtraError` naming the extra."""
     import importlib
 

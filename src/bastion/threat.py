@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .errors import UsageError
 
-__all__ = ["NORMS", "ThreatModel", "project", "perturbation_norm", "project_l1_ball"]
+__all__ = ["NORMS", "ThreatModel", "perturbation_norm", "project", "project_l1_ball"]
 
 NORMS = ("linf", "l2", "l1")
 _ALIASES = {"inf": "linf", "linf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2", "l1": "l1", "1": "l1"}

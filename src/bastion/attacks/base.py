@@ -23,7 +23,7 @@ from ..models.base import Classifier, validate_inputs
 from ..registry import Registry
 from ..threat import ThreatModel, canonical_norm
 
-__all__ = ["Attack", "AttackResult", "Budget", "ATTACKS", "register", "get_attack", "is_adversarial"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "Budget", "get_attack", "is_adversarial", "register"]
 
 
 @dataclass

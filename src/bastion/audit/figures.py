@@ -8,7 +8,7 @@ import io
 import math
 from typing import Any
 
-__all__ = ["render_plot", "image_pngs"]
+__all__ = ["image_pngs", "render_plot"]
 
 _GALLERY_TARGET_PX = 128  # images are upscaled (nearest neighbour) to about this many pixels on the long side
 

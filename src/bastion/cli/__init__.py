@@ -14,8 +14,8 @@ import typer
 
 from ..errors import BastionError, UsageError
 from .attack import attack
-from .common import flagged
 from .audit import audit
+from .common import flagged
 from .harden import harden
 from .keys import keys_app
 from .serve import serve

@@ -9,10 +9,10 @@ from typing import Any
 
 import typer
 
+from ..errors import UsageError
 from .common import fail as _fail
 from .common import json_default as _json_default
 from .common import log as _log
-from ..errors import UsageError
 
 
 def audit(
@@ -45,12 +45,12 @@ def audit(
     """
     import time
 
-    from ..data import load_dataset
-    from ..models.loading import load_model
-    from ..threat import canonical_norm
     from ..audit import get_profile, parse_gate
     from ..audit.profiles import default_eps
     from ..audit.runner import run_audit
+    from ..data import load_dataset
+    from ..models.loading import load_model
+    from ..threat import canonical_norm
 
     prof = get_profile(profile)  # UsageError -> exit 2 before anything loads
     try:

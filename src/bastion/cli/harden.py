@@ -9,9 +9,9 @@ from typing import Any
 
 import typer
 
+from ..errors import UsageError
 from .common import log as _log
 from .common import refuse as _fail
-from ..errors import UsageError
 
 
 def _harden_gaussian(clf: Any, ds: Any, sigma: float, *, epochs: int, batch_size: int, lr: float, seed: int, out: str,
@@ -22,8 +22,8 @@ def _harden_gaussian(clf: Any, ds: Any, sigma: float, *, epochs: int, batch_size
 
     import torch
 
-    from ..models.training import accuracy
     from ..defenses.certification import train_with_noise
+    from ..models.training import accuracy
 
     module = copy.deepcopy(clf.module)
     start = time.perf_counter()
@@ -101,9 +101,9 @@ def harden(
     from pathlib import Path
 
     from ..data import load_dataset
+    from ..defenses.training import DEFENSES, FAST_INITS, LR_SCHEDULES, AdversarialTrainingConfig, adversarial_train
     from ..models.loading import load_model
     from ..models.torch import TorchClassifier
-    from ..defenses.training import DEFENSES, FAST_INITS, LR_SCHEDULES, AdversarialTrainingConfig, adversarial_train
 
     if defense not in (*DEFENSES, "gaussian"):
         _fail(f"--defense: unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}, gaussian")

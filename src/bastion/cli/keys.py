@@ -9,7 +9,6 @@ import typer
 from .common import log as _log
 from .common import refuse as _fail
 
-
 keys_app = typer.Typer(help="Manage the guard service's API keys (stored as salted hashes).", no_args_is_help=True)
 
 DB_HELP = "Database URL: sqlite:///path.db (default $BASTION_HOME/serve.db) or postgresql+psycopg://user@host/db."

@@ -8,7 +8,7 @@ from ..errors import UsageError
 from .builtin import DATASETS, load_builtin
 from .dataset import Dataset
 
-__all__ = ["Dataset", "DATASETS", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "load_dataset"]
 
 
 def load_dataset(spec: str | Path, **kwargs: object) -> Dataset:

@@ -58,7 +58,7 @@ def stratified_split(y: Tensor, test_size: int, seed: int) -> tuple[Tensor, Tens
     for c in classes:
         idx = torch.nonzero(y == c).flatten()
         idx = idx[torch.randperm(idx.numel(), generator=g)]
-        k = int(round(test_size * idx.numel() / n))
+        k = round(test_size * idx.numel() / n)
         test_idx.append(idx[:k])
     test = torch.cat(test_idx)
     # fix rounding so the test split has exactly test_size samples

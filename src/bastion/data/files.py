@@ -76,7 +76,7 @@ def _split(x: np.ndarray, y: np.ndarray, path: Path, options: dict[str, object],
     frac = float(options.get("test_fraction", 0.2))  # type: ignore[arg-type]
     if not 0.0 < frac < 1.0:
         raise UsageError(f"test_fraction must lie in (0, 1), got {frac}")
-    n_test = int(round(frac * len(y)))
+    n_test = round(frac * len(y))
     if n_test < 1 or n_test >= len(y):
         raise UsageError(f"{path}: {len(y)} samples are too few for a test_fraction of {frac}")
     tr, te = stratified_split(yt, n_test, int(options.get("seed", SPLIT_SEED)))  # type: ignore[call-overload]

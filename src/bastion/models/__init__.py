@@ -14,8 +14,21 @@ from .wrapped import WrappedClassifier, unwrap, wrapper_chain
 from .zoo import ZOO, load_zoo
 
 __all__ = [
-    "Classifier", "BaseClassifier", "validate_inputs", "TorchClassifier", "SklearnClassifier",
-    "WrappedClassifier", "unwrap", "wrapper_chain", "HasFeatures",
-    "OnnxClassifier", "RemoteClassifier", "load_model", "save_model",
-    "ARCHITECTURES", "register_architecture", "ZOO", "load_zoo",
+    "ARCHITECTURES",
+    "ZOO",
+    "BaseClassifier",
+    "Classifier",
+    "HasFeatures",
+    "OnnxClassifier",
+    "RemoteClassifier",
+    "SklearnClassifier",
+    "TorchClassifier",
+    "WrappedClassifier",
+    "load_model",
+    "load_zoo",
+    "register_architecture",
+    "save_model",
+    "unwrap",
+    "validate_inputs",
+    "wrapper_chain",
 ]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..registry import Registry
 
-__all__ = ["Architecture", "ARCHITECTURES", "register_architecture", "build_architecture"]
+__all__ = ["ARCHITECTURES", "Architecture", "build_architecture", "register_architecture"]
 
 
 @dataclass(frozen=True)

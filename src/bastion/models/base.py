@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import UsageError
 
-__all__ = ["Classifier", "BaseClassifier", "validate_inputs"]
+__all__ = ["BaseClassifier", "Classifier", "validate_inputs"]
 
 Output = Literal["logits", "probabilities"]
 

@@ -122,7 +122,7 @@ def _zip_kind(path: Path) -> str | None:
         names = z.namelist()
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return "torchscript"
-    if any(n.endswith("/archive_format") or "/models/" in n and n.endswith(".json") for n in names):
+    if any(n.endswith("/archive_format") or ("/models/" in n and n.endswith(".json")) for n in names):
         return "export"
     return None
 

@@ -18,7 +18,7 @@ from ..data.dataset import Dataset
 from ..errors import UsageError
 from .architectures import build_architecture
 
-__all__ = ["TrainConfig", "TRAIN_CONFIGS", "train_module", "train_architecture", "accuracy"]
+__all__ = ["TRAIN_CONFIGS", "TrainConfig", "accuracy", "train_architecture", "train_module"]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .base import Classifier
 
-__all__ = ["ZOO", "ZooEntry", "load_zoo", "bastion_home"]
+__all__ = ["ZOO", "ZooEntry", "bastion_home", "load_zoo"]
 
 RECIPE_VERSION = "1"
 

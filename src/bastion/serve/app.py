@@ -177,7 +177,7 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
         info = _key(request)
         rate, burst = limits.rate, float(limits.burst)
         st = guard.client_status(info.id)
-        throttled = st.get("flagged") and cfg.extraction.action == "throttle" or st.get("over_budget")
+        throttled = (st.get("flagged") and cfg.extraction.action == "throttle") or st.get("over_budget")
         if throttled:
             rate, burst = limits.throttled_rate, 1.0
         wait = buckets.take(info.id, rate, burst)

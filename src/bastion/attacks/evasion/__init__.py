@@ -26,7 +26,24 @@ from .tabular import ConstrainedAttack
 from .transfer import TransferAttack, train_surrogate
 
 __all__ = [
-    "FGSM", "PGD", "MIFGSM", "APGD", "APGDDLR", "APGDT", "CarliniWagnerL2", "DeepFool", "Ensemble", "EOT",
-    "Square", "SimBA", "RandomNoise", "HopSkipJump", "BoundaryAttack", "TransferAttack", "train_surrogate",
-    "ConstrainedAttack", "FeatureConstraints", "AdversarialPatch",
+    "APGD",
+    "APGDDLR",
+    "APGDT",
+    "EOT",
+    "FGSM",
+    "MIFGSM",
+    "PGD",
+    "AdversarialPatch",
+    "BoundaryAttack",
+    "CarliniWagnerL2",
+    "ConstrainedAttack",
+    "DeepFool",
+    "Ensemble",
+    "FeatureConstraints",
+    "HopSkipJump",
+    "RandomNoise",
+    "SimBA",
+    "Square",
+    "TransferAttack",
+    "train_surrogate",
 ]

@@ -42,7 +42,7 @@ from ...models.base import Classifier
 from ...threat import ThreatModel, perturbation_norm
 from ..base import Attack, Budget, register
 
-__all__ = ["HopSkipJump", "DecisionOracle", "noise_init", "boundary_search"]
+__all__ = ["DecisionOracle", "HopSkipJump", "boundary_search", "noise_init"]
 
 
 def _bc(v: Tensor, like: Tensor) -> Tensor:

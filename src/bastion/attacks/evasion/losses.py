@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ...errors import UsageError
 
-__all__ = ["LOSSES", "get_loss", "as_logits", "ce_loss", "margin_loss", "dlr_loss"]
+__all__ = ["LOSSES", "as_logits", "ce_loss", "dlr_loss", "get_loss", "margin_loss"]
 
 LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 

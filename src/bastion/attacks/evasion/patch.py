@@ -33,7 +33,7 @@ from ...threat import ThreatModel
 from ..base import Attack, Budget, register
 from .losses import as_logits, margin_loss
 
-__all__ = ["AdversarialPatch", "fit", "apply", "evaluate", "patch_side", "save_png"]
+__all__ = ["AdversarialPatch", "apply", "evaluate", "fit", "patch_side", "save_png"]
 
 
 def patch_side(input_shape: tuple[int, ...], area: float) -> int:

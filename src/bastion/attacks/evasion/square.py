@@ -130,7 +130,7 @@ class Square(Attack):
     def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
                 generator: torch.Generator, budget: Budget) -> Tensor:
         xi = _as_images(x)
-        n, c, h, w = xi.shape
+        n, _c, h, w = xi.shape
         if threat.norm == "l2" and min(h, w) < 2:
             raise UsageError(f"the L2 Square attack needs image inputs (C, H, W) with H, W >= 2, got {tuple(x.shape[1:])}: "
                              "use norm='linf' or the 'simba' attack")
@@ -167,7 +167,7 @@ class Square(Attack):
     # -- Linf -------------------------------------------------------------------------------
     @staticmethod
     def _init_linf(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-        n, c, h, w = x.shape
+        n, c, _h, w = x.shape
         stripes = eps * _rand_sign((n, c, 1, w), generator, x.device, x.dtype)  # vertical stripes
         return x + stripes
 
@@ -177,9 +177,9 @@ class Square(Attack):
         n, c, h, w = x.shape
         lo, hi = bounds
         if h == 1:  # vectors: segments covering a fraction p of the features
-            sh, sw = 1, min(max(int(round(p * w)), 1), max(w - 1, 1))
+            sh, sw = 1, min(max(round(p * w), 1), max(w - 1, 1))
         else:
-            s = min(max(int(round(math.sqrt(p * h * w))), 1), min(h, w) - 1)
+            s = min(max(round(math.sqrt(p * h * w)), 1), min(h, w) - 1)
             sh = sw = s
         mask = _window_mask(n, h, w, sh, sw, generator, x.device)
         delta = x_best - x
@@ -219,7 +219,7 @@ class Square(Attack):
                  generator: torch.Generator) -> Tensor:
         n, c, h, w = x.shape
         lo, hi = bounds
-        s = max(int(round(math.sqrt(p * h * w))), 3)
+        s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + 1 if s % 2 == 0 else s, min(h, w) - 1)
         dev = x.device
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["random_start", "ascent_direction"]
+__all__ = ["ascent_direction", "random_start"]
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
@@ -47,7 +47,7 @@ def ascent_direction(g: Tensor, norm: str, *, x: Tensor | None = None, bounds: t
         xf = x.reshape(x.shape[0], -1)
         blocked = ((xf <= bounds[0]) & (flat < 0)) | ((xf >= bounds[1]) & (flat > 0))
         a = a.masked_fill(blocked, 0.0)
-    k = max(1, int(round((1 - l1_sparsity) * flat.shape[1])))
+    k = max(1, round((1 - l1_sparsity) * flat.shape[1]))
     thresh = a.topk(k, dim=1).values[:, -1:]
     e = torch.where((a >= thresh) & (a > 0), flat.sign(), torch.zeros_like(flat))
     e = e / e.abs().sum(dim=1, keepdim=True).clamp_min(1.0)

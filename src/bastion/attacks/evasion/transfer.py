@@ -26,7 +26,7 @@ from ...models.training import TrainConfig, train_module
 from ...threat import ThreatModel
 from ..base import ATTACKS, Attack, Budget, get_attack, is_adversarial, register
 
-__all__ = ["TransferAttack", "train_surrogate", "surrogate_mlp"]
+__all__ = ["TransferAttack", "surrogate_mlp", "train_surrogate"]
 
 
 class _Rescale(nn.Module):

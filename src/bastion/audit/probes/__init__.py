@@ -1,5 +1,5 @@
 """The built-in probes, registered on import (in the order profiles run them)."""
 
-from . import blackbox, certification, detection, minnorm, model, noise, patch, whitebox  # noqa: F401
+from . import blackbox, certification, detection, minnorm, model, noise, patch, whitebox
 
-__all__ = ["model", "whitebox", "minnorm", "blackbox", "noise", "patch", "certification", "detection"]
+__all__ = ["blackbox", "certification", "detection", "minnorm", "model", "noise", "patch", "whitebox"]

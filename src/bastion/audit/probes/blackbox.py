@@ -17,7 +17,7 @@ medium, else low).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,7 +32,7 @@ class BlackBoxProbe(Probe):
     name = "blackbox"
     title = "Black-box evasion (queries only)"
     threat = "evasion / black-box (scores, labels)"
-    defaults: dict[str, Any] = {"n_square": 500, "square_queries": 1000, "n_hsj": 50, "hsj_queries": 2500,
+    defaults: ClassVar[dict[str, Any]] = {"n_square": 500, "square_queries": 1000, "n_hsj": 50, "hsj_queries": 2500,
                                 "examples": 2, "tolerance": 0.01, "batch_size": 1000}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:

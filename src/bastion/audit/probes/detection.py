@@ -25,7 +25,7 @@ detector is worth what survives the attacker who knows about it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -52,7 +52,7 @@ class DetectionProbe(Probe):
     name = "detection"
     title = "Adversarial-input detection"
     threat = "evasion / detector in front of the model"
-    defaults: dict[str, Any] = {"n": 500, "pgd_steps": 40, "adaptive_steps": 100, "adaptive_restarts": 3,
+    defaults: ClassVar[dict[str, Any]] = {"n": 500, "pgd_steps": 40, "adaptive_steps": 100, "adaptive_restarts": 3,
                                 "batch_size": 500, "examples": 2}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:

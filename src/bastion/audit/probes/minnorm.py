@@ -12,7 +12,7 @@ medium, else low.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,7 +34,7 @@ class MinimumNormProbe(Probe):
     name = "minimum-norm"
     title = "Minimum-norm perturbations"
     threat = "evasion / white-box (minimal perturbation)"
-    defaults: dict[str, Any] = {"n_deepfool": 1000, "deepfool_steps": 50, "n_cw": 100, "cw_search_steps": 5,
+    defaults: ClassVar[dict[str, Any]] = {"n_deepfool": 1000, "deepfool_steps": 50, "n_cw": 100, "cw_search_steps": 5,
                                 "cw_iterations": 100, "examples": 2, "batch_size": 500}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:

@@ -15,6 +15,8 @@ Checks (AutoAttack's ``checks.py``; Carlini et al. 2019, section 4):
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
 from ...attacks.evasion.losses import as_logits, margin_loss
@@ -28,7 +30,7 @@ class ModelProbe(Probe):
     name = "model"
     title = "Model and clean accuracy"
     threat = "baseline"
-    defaults = {"check_inputs": 64}
+    defaults: ClassVar[dict[str, Any]] = {"check_inputs": 64}
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         model, data = ctx.model, ctx.data

@@ -10,7 +10,7 @@ Risk: noise robust accuracy at the largest eps relative to clean (< 50% high, < 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,7 +25,7 @@ class NoiseProbe(Probe):
     name = "noise"
     title = "Random-noise baseline"
     threat = "baseline (no attacker)"
-    defaults: dict[str, Any] = {"n": 500, "queries": 100, "tolerance": 0.01, "batch_size": 1000}
+    defaults: ClassVar[dict[str, Any]] = {"n": 500, "queries": 100, "tolerance": 0.01, "batch_size": 1000}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if canonical_norm(ctx.norm) not in ("linf", "l2"):

@@ -12,7 +12,7 @@ Risk: untargeted success >= 50% high, >= 20% medium, else low.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -27,7 +27,7 @@ class PatchProbe(Probe):
     name = "patch"
     title = "Adversarial patch (physical)"
     threat = "evasion / physical (universal patch)"
-    defaults: dict[str, Any] = {"area": 0.1, "steps": 500, "fit_images": 2000, "batch_size": 64, "lr": 0.05,
+    defaults: ClassVar[dict[str, Any]] = {"area": 0.1, "steps": 500, "fit_images": 2000, "batch_size": 64, "lr": 0.05,
                                 "targets": [], "examples": 4}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:

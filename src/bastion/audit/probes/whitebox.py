@@ -28,7 +28,7 @@ medium, else low).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -56,7 +56,7 @@ class WhiteBoxProbe(Probe):
     name = "whitebox"
     title = "White-box evasion"
     threat = "evasion / white-box (gradients)"
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         "pgd_steps": 40, "pgd_restarts": 1, "apgd_steps": 100, "apgd_t_targets": 9, "ensemble": True,
         "convergence_factor": 2, "extra_restarts": 2, "examples": 4, "eot_samples": 10, "batch_size": 1000,
         "tolerance": 0.01,
