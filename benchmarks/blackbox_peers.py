@@ -78,13 +78,20 @@ def main() -> None:
         sec = time.perf_counter() - t
         ok = r.success & r.clean_correct
         q = r.extra["queries"]
-        rows[library] = {"library": library, "attack": attack if library == "bastion" else f"noise-linf-{args.eps}",
-                         "n": args.n, "seconds": round(sec, 3), "clean_accuracy": round(clean, 4),
-                         "robust_accuracy": round(r.robust_accuracy, 4),
-                         "mean_queries_successful": round(float(q[ok].float().mean()), 2) if bool(ok.any()) else None,
-                         "median_queries_successful": float(q[ok].float().median()) if bool(ok.any()) else None,
-                         "max_queries_used": int(q.max()), "attack_queries": r.queries,
-                         "forward_samples": counted.samples, "linf_max": round(float(r.norms.max()), 6)}
+        rows[library] = {
+            "library": library,
+            "attack": attack if library == "bastion" else f"noise-linf-{args.eps}",
+            "n": args.n,
+            "seconds": round(sec, 3),
+            "clean_accuracy": round(clean, 4),
+            "robust_accuracy": round(r.robust_accuracy, 4),
+            "mean_queries_successful": round(float(q[ok].float().mean()), 2) if bool(ok.any()) else None,
+            "median_queries_successful": float(q[ok].float().median()) if bool(ok.any()) else None,
+            "max_queries_used": int(q.max()),
+            "attack_queries": r.queries,
+            "forward_samples": counted.samples,
+            "linf_max": round(float(r.norms.max()), 6),
+        }
         emit(rows[library])
 
     bastion_row("bastion", Square(eps=args.eps, norm="linf", max_queries=args.max_queries, p_init=0.8))
@@ -95,31 +102,66 @@ def main() -> None:
         from art.estimators.classification import PyTorchClassifier
 
         counted = Counting(module)
-        est = PyTorchClassifier(model=counted, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
-                                clip_values=(0.0, 1.0), device_type="cpu")
-        art = SquareAttack(est, norm=np.inf, eps=args.eps, max_iter=args.max_queries, p_init=0.8, nb_restarts=1,
-                           batch_size=args.n, verbose=False)
+        est = PyTorchClassifier(
+            model=counted,
+            loss=nn.CrossEntropyLoss(),
+            input_shape=(1, 28, 28),
+            nb_classes=10,
+            clip_values=(0.0, 1.0),
+            device_type="cpu",
+        )
+        art = SquareAttack(
+            est,
+            norm=np.inf,
+            eps=args.eps,
+            max_iter=args.max_queries,
+            p_init=0.8,
+            nb_restarts=1,
+            batch_size=args.n,
+            verbose=False,
+        )
         xn, yn = x.numpy(), y.numpy()
         t = time.perf_counter()
         x_adv = art.generate(xn, yn)
         sec = time.perf_counter() - t
         x_adv = torch.as_tensor(x_adv)
-        rows["art"] = {"library": "art", "attack": attack, "n": args.n, "seconds": round(sec, 3),
-                       "clean_accuracy": round(clean, 4), "robust_accuracy": round(accuracy(module, x_adv, y), 4),
-                       "mean_queries_successful": None, "forward_samples": counted.samples,
-                       "forward_samples_per_image": round(counted.samples / args.n, 2),
-                       "linf_max": round(float((x_adv - x).abs().amax()), 6)}
+        rows["art"] = {
+            "library": "art",
+            "attack": attack,
+            "n": args.n,
+            "seconds": round(sec, 3),
+            "clean_accuracy": round(clean, 4),
+            "robust_accuracy": round(accuracy(module, x_adv, y), 4),
+            "mean_queries_successful": None,
+            "forward_samples": counted.samples,
+            "forward_samples_per_image": round(counted.samples / args.n, 2),
+            "linf_max": round(float((x_adv - x).abs().amax()), 6),
+        }
         emit(rows["art"])
         b, a = rows["bastion"], rows["art"]
-        emit({"ratio": "square art / bastion (time)", "value": round(a["seconds"] / b["seconds"], 3),
-              "target": ">= 3"})
-        emit({"ratio": "square art / bastion (forward samples)",
-              "value": round(a["forward_samples"] / b["forward_samples"], 3), "target": ">= 1"})
-        emit({"check": "square bastion robust acc <= art's", "value": b["robust_accuracy"],
-              "art": a["robust_accuracy"], "target": "<= art"})
-    emit({"check": "square beats the noise floor (robust acc points)",
-          "value": round(100 * (rows["noise"]["robust_accuracy"] - rows["bastion"]["robust_accuracy"]), 2),
-          "target": "> 0"})
+        emit({"ratio": "square art / bastion (time)", "value": round(a["seconds"] / b["seconds"], 3), "target": ">= 3"})
+        emit(
+            {
+                "ratio": "square art / bastion (forward samples)",
+                "value": round(a["forward_samples"] / b["forward_samples"], 3),
+                "target": ">= 1",
+            }
+        )
+        emit(
+            {
+                "check": "square bastion robust acc <= art's",
+                "value": b["robust_accuracy"],
+                "art": a["robust_accuracy"],
+                "target": "<= art",
+            }
+        )
+    emit(
+        {
+            "check": "square beats the noise floor (robust acc points)",
+            "value": round(100 * (rows["noise"]["robust_accuracy"] - rows["bastion"]["robust_accuracy"]), 2),
+            "target": "> 0",
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,10 @@ def main() -> None:
     x_cal, x_held = data.x_test[c0:c1], data.x_test[c1:]
 
     t = time.perf_counter()
-    pgd_runs = {"fixed": PGD(eps=args.eps, steps=args.pgd_steps, early_stop=False)(model, x, y),
-                "early_stop": PGD(eps=args.eps, steps=args.pgd_steps)(model, x, y)}
+    pgd_runs = {
+        "fixed": PGD(eps=args.eps, steps=args.pgd_steps, early_stop=False)(model, x, y),
+        "early_stop": PGD(eps=args.eps, steps=args.pgd_steps)(model, x, y),
+    }
     pgd_seconds = time.perf_counter() - t
     summary = {}
     for name in args.detectors.split(","):
@@ -80,10 +82,19 @@ def main() -> None:
         with torch.no_grad():
             fpr_held = float(det.detect(x_held).float().mean())
             correct = dc.predict(x) == y
-        row: dict = {"detector": name, "config": repr(det), "model": "zoo:mnist-cnn", "data": "mnist5k",
-                     "n": args.n, "eps": args.eps, "fpr_target": args.fpr, "threshold": round(det.threshold_, 6),
-                     "fpr_heldout": round(fpr_held, 4), "n_heldout": int(x_held.shape[0]),
-                     "clean_accuracy_combined": round(float(correct.float().mean()), 4)}
+        row: dict = {
+            "detector": name,
+            "config": repr(det),
+            "model": "zoo:mnist-cnn",
+            "data": "mnist5k",
+            "n": args.n,
+            "eps": args.eps,
+            "fpr_target": args.fpr,
+            "threshold": round(det.threshold_, 6),
+            "fpr_heldout": round(fpr_held, 4),
+            "n_heldout": int(x_held.shape[0]),
+            "clean_accuracy_combined": round(float(correct.float().mean()), 4),
+        }
         for key, r in pgd_runs.items():
             fooled = r.success & r.clean_correct
             detected = det.detect(r.x_adv)
@@ -98,10 +109,15 @@ def main() -> None:
         row["adaptive_seconds"] = round(time.perf_counter() - t, 1)
         row["fit_calibrate_seconds"] = round(fit_seconds, 1)
         row["adaptive_at_least_nonadaptive"] = ra.success_rate >= max(
-            row["pgd_fixed_success_combined"], row["pgd_early_stop_success_combined"])
+            row["pgd_fixed_success_combined"], row["pgd_early_stop_success_combined"]
+        )
         emit(row)
-        summary[name] = {"fpr": row["fpr_heldout"], "detected_pgd": row["pgd_fixed_detection_rate"],
-                         "nonadaptive": row["pgd_fixed_success_combined"], "adaptive": row["adaptive_success_combined"]}
+        summary[name] = {
+            "fpr": row["fpr_heldout"],
+            "detected_pgd": row["pgd_fixed_detection_rate"],
+            "nonadaptive": row["pgd_fixed_success_combined"],
+            "adaptive": row["adaptive_success_combined"],
+        }
     emit({"summary": summary, "pgd_seconds": round(pgd_seconds, 1)})
 
 

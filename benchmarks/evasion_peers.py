@@ -37,14 +37,21 @@ def emit(obj: dict) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def record(library: str, attack: str, seconds: float, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-           model, **extra) -> dict:
+def record(
+    library: str, attack: str, seconds: float, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, model, **extra
+) -> dict:
     with torch.no_grad():
         pred = model.predict(torch.as_tensor(x_adv, dtype=torch.float32))
     x_adv = torch.as_tensor(x_adv, dtype=torch.float32)
-    row = {"library": library, "attack": attack, "n": int(x.shape[0]), "seconds": round(seconds, 3),
-           "robust_accuracy": round(float((pred == y).float().mean()), 4),
-           "linf_max": round(float((x_adv - x).abs().amax()), 6), **extra}
+    row = {
+        "library": library,
+        "attack": attack,
+        "n": int(x.shape[0]),
+        "seconds": round(seconds, 3),
+        "robust_accuracy": round(float((pred == y).float().mean()), 4),
+        "linf_max": round(float((x_adv - x).abs().amax()), 6),
+        **extra,
+    }
     RESULTS[(library, attack)].append({**row, "_x_adv": x_adv, "_pred": pred})
     return row
 
@@ -94,8 +101,14 @@ def peers_available() -> dict[str, bool]:
 def art_classifier(module, n_classes=10, shape=(1, 28, 28)):
     from art.estimators.classification import PyTorchClassifier
 
-    return PyTorchClassifier(model=module, loss=torch.nn.CrossEntropyLoss(), input_shape=shape, nb_classes=n_classes,
-                             clip_values=(0.0, 1.0), device_type="cpu")
+    return PyTorchClassifier(
+        model=module,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=shape,
+        nb_classes=n_classes,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
 
 
 def section_pgd(model, x, y, repeats: int, have: dict[str, bool]) -> None:
@@ -114,8 +127,16 @@ def section_pgd(model, x, y, repeats: int, have: dict[str, bool]) -> None:
     if have["art"]:
         from art.attacks.evasion import ProjectedGradientDescent
 
-        art_pgd = ProjectedGradientDescent(art_classifier(module), norm=np.inf, eps=eps, eps_step=alpha, max_iter=steps,
-                                           num_random_init=1, batch_size=x.shape[0], verbose=False)
+        art_pgd = ProjectedGradientDescent(
+            art_classifier(module),
+            norm=np.inf,
+            eps=eps,
+            eps_step=alpha,
+            max_iter=steps,
+            num_random_init=1,
+            batch_size=x.shape[0],
+            verbose=False,
+        )
         xn, yn = x.numpy(), y.numpy()
         runners["art"] = lambda: art_pgd.generate(xn, yn)
     if have["foolbox"]:
@@ -136,18 +157,36 @@ def section_pgd(model, x, y, repeats: int, have: dict[str, bool]) -> None:
     ratio("pgd40 bastion-fixed / bare-loop (time)", sec["bastion-fixed"], sec["bare-loop"], "<= 1.10")
     if "torchattacks" in sec:
         ratio("pgd40 bastion-eval / torchattacks (time)", sec["bastion-eval"], sec["torchattacks"], "<= 0.5")
-        emit({"check": "pgd40 |bastion-fixed - torchattacks| robust acc (points)",
-              "value": round(100 * abs(acc["bastion-fixed"] - acc["torchattacks"]), 2), "target": "<= 1"})
+        emit(
+            {
+                "check": "pgd40 |bastion-fixed - torchattacks| robust acc (points)",
+                "value": round(100 * abs(acc["bastion-fixed"] - acc["torchattacks"]), 2),
+                "target": "<= 1",
+            }
+        )
     if "art" in sec:
         ratio("pgd40 bastion-eval / art (time)", sec["bastion-eval"], sec["art"], "<= 0.333")
-        emit({"check": "pgd40 |bastion-fixed - art| robust acc (points)",
-              "value": round(100 * abs(acc["bastion-fixed"] - acc["art"]), 2), "target": "<= 1"})
-    emit({"check": "pgd40 bastion-eval robust acc <= every peer's", "value": acc["bastion-eval"],
-          "peers": {k: v for k, v in acc.items() if not k.startswith("bastion")}, "target": "<= min(peers)"})
+        emit(
+            {
+                "check": "pgd40 |bastion-fixed - art| robust acc (points)",
+                "value": round(100 * abs(acc["bastion-fixed"] - acc["art"]), 2),
+                "target": "<= 1",
+            }
+        )
+    emit(
+        {
+            "check": "pgd40 bastion-eval robust acc <= every peer's",
+            "value": acc["bastion-eval"],
+            "peers": {k: v for k, v in acc.items() if not k.startswith("bastion")},
+            "target": "<= min(peers)",
+        }
+    )
     emit({"check": "pgd40 bastion robust acc at eps=0.3", "value": acc["bastion-eval"], "target": "<= 0.01"})
     # at eps=0.3 every library reaches 0%: compare accuracy where it discriminates too (eps=0.1)
-    acc01 = {"bastion-fixed": PGD(eps=0.1, steps=steps, step_size=alpha, early_stop=False)(model, x, y).robust_accuracy,
-             "bastion-eval": PGD(eps=0.1, steps=steps, step_size=alpha)(model, x, y).robust_accuracy}
+    acc01 = {
+        "bastion-fixed": PGD(eps=0.1, steps=steps, step_size=alpha, early_stop=False)(model, x, y).robust_accuracy,
+        "bastion-eval": PGD(eps=0.1, steps=steps, step_size=alpha)(model, x, y).robust_accuracy,
+    }
     if have["torchattacks"]:
         import torchattacks
 
@@ -156,12 +195,27 @@ def section_pgd(model, x, y, repeats: int, have: dict[str, bool]) -> None:
     if have["art"]:
         from art.attacks.evasion import ProjectedGradientDescent
 
-        adv = ProjectedGradientDescent(art_classifier(module), norm=np.inf, eps=0.1, eps_step=alpha, max_iter=steps,
-                                       num_random_init=1, batch_size=x.shape[0], verbose=False).generate(x.numpy(), y.numpy())
+        adv = ProjectedGradientDescent(
+            art_classifier(module),
+            norm=np.inf,
+            eps=0.1,
+            eps_step=alpha,
+            max_iter=steps,
+            num_random_init=1,
+            batch_size=x.shape[0],
+            verbose=False,
+        ).generate(x.numpy(), y.numpy())
         acc01["art"] = float((model.predict(torch.as_tensor(adv)) == y).float().mean())
-    emit({"check": "pgd40 robust accuracy at eps=0.1, identical settings", "value": acc01,
-          "max_gap_points_vs_bastion_fixed": round(100 * max(abs(v - acc01["bastion-fixed"]) for v in acc01.values()), 2),
-          "target": "<= 1 point"})
+    emit(
+        {
+            "check": "pgd40 robust accuracy at eps=0.1, identical settings",
+            "value": acc01,
+            "max_gap_points_vs_bastion_fixed": round(
+                100 * max(abs(v - acc01["bastion-fixed"]) for v in acc01.values()), 2
+            ),
+            "target": "<= 1 point",
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------- strength
@@ -182,16 +236,34 @@ def section_strength(model, x, y, repeats: int, have: dict[str, bool]) -> None:
     for name, atk in attacks.items():
         r = atk(model, x, y)
         acc[name] = r.robust_accuracy
-        row = {"library": "bastion", "attack": f"{name}-linf-0.1", "n": int(x.shape[0]), "seconds": round(r.seconds, 2),
-               "robust_accuracy": round(r.robust_accuracy, 4), "gradients": r.gradients}
+        row = {
+            "library": "bastion",
+            "attack": f"{name}-linf-0.1",
+            "n": int(x.shape[0]),
+            "seconds": round(r.seconds, 2),
+            "robust_accuracy": round(r.robust_accuracy, 4),
+            "gradients": r.gradients,
+        }
         if "robust_accuracy_after" in r.extra:
             row["robust_accuracy_after"] = r.extra["robust_accuracy_after"]
         emit(row)
-    emit({"check": "apgd-ce robust acc <= pgd40 (eps=0.1)", "value": acc["apgd-ce"], "pgd40": acc["pgd40"],
-          "pass": acc["apgd-ce"] <= acc["pgd40"]})
+    emit(
+        {
+            "check": "apgd-ce robust acc <= pgd40 (eps=0.1)",
+            "value": acc["apgd-ce"],
+            "pgd40": acc["pgd40"],
+            "pass": acc["apgd-ce"] <= acc["pgd40"],
+        }
+    )
     members = {k: v for k, v in acc.items() if k in ("apgd-ce", "apgd-t")}
-    emit({"check": "ensemble robust acc <= every member run alone (eps=0.1)", "value": acc["ensemble"], "members": members,
-          "pass": all(acc["ensemble"] <= v for v in members.values())})
+    emit(
+        {
+            "check": "ensemble robust acc <= every member run alone (eps=0.1)",
+            "value": acc["ensemble"],
+            "members": members,
+            "pass": all(acc["ensemble"] <= v for v in members.values()),
+        }
+    )
 
 
 # --------------------------------------------------------------------- minimum-norm attacks
@@ -208,23 +280,49 @@ def _min_norm_rows(name: str, model, x, y, advs: dict[str, tuple[torch.Tensor, f
         fallback = adv.flatten(1).abs().amax(1) == 0
         ok[lib] = clean_ok & (pred != y) & ~fallback
         l2[lib], linf[lib] = flat.norm(dim=1), flat.abs().amax(1)
-        emit({"library": lib, "attack": name, "n": int(x.shape[0]), "seconds": round(sec, 2),
-              "success": int(ok[lib].sum()), "clean_correct": int(clean_ok.sum()),
-              "median_l2_own_successes": round(float(l2[lib][ok[lib]].median()), 4) if bool(ok[lib].any()) else None})
+        emit(
+            {
+                "library": lib,
+                "attack": name,
+                "n": int(x.shape[0]),
+                "seconds": round(sec, 2),
+                "success": int(ok[lib].sum()),
+                "clean_correct": int(clean_ok.sum()),
+                "median_l2_own_successes": round(float(l2[lib][ok[lib]].median()), 4) if bool(ok[lib].any()) else None,
+            }
+        )
     ours = next(k for k in advs if k.startswith("bastion"))
     for lib in advs:
         if lib == ours:
             continue
         common = ok[ours] & ok[lib]  # pairwise: images both succeed on
-        emit({"check": f"{name}: bastion successes >= {lib}", "value": int(ok[ours].sum()), "peer": int(ok[lib].sum()),
-              "pass": int(ok[ours].sum()) >= int(ok[lib].sum())})
+        emit(
+            {
+                "check": f"{name}: bastion successes >= {lib}",
+                "value": int(ok[ours].sum()),
+                "peer": int(ok[lib].sum()),
+                "pass": int(ok[ours].sum()) >= int(ok[lib].sum()),
+            }
+        )
         if bool(common.any()):
             norm = linf if "linf" in name else l2
-            emit({"attack": name, "peer": lib, "common_successes": int(common.sum()),
-                  "median_norm_common": {ours: round(float(norm[ours][common].median()), 4),
-                                         lib: round(float(norm[lib][common].median()), 4)}})
-            ratio(f"{name}: median norm bastion / {lib} (common successes)", float(norm[ours][common].median()),
-                  float(norm[lib][common].median()), "<= 1.10")
+            emit(
+                {
+                    "attack": name,
+                    "peer": lib,
+                    "common_successes": int(common.sum()),
+                    "median_norm_common": {
+                        ours: round(float(norm[ours][common].median()), 4),
+                        lib: round(float(norm[lib][common].median()), 4),
+                    },
+                }
+            )
+            ratio(
+                f"{name}: median norm bastion / {lib} (common successes)",
+                float(norm[ours][common].median()),
+                float(norm[lib][common].median()),
+                "<= 1.10",
+            )
         target = "<= 0.1" if (name.startswith("cw") and lib == "art") else "reported"
         ratio(f"{name}: time bastion / {lib}", advs[ours][1], advs[lib][1], target)
 
@@ -240,16 +338,26 @@ def section_cw(model, x, y, repeats: int, have: dict[str, bool], n: int = 200) -
     if have["foolbox"]:
         import foolbox as fb
 
-        a = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=bss, steps=steps, stepsize=lr, confidence=0,
-                                             initial_const=c0, abort_early=True)
+        a = fb.attacks.L2CarliniWagnerAttack(
+            binary_search_steps=bss, steps=steps, stepsize=lr, confidence=0, initial_const=c0, abort_early=True
+        )
         fm = fb.PyTorchModel(model.module, bounds=(0, 1))
         out, sec = timed(lambda a=a, fm=fm: a(fm, x, y, epsilons=None)[1])
         advs["foolbox"] = (out, sec)
     if have["art"]:
         from art.attacks.evasion import CarliniL2Method
 
-        a = CarliniL2Method(art_classifier(model.module), confidence=0.0, targeted=False, learning_rate=lr,
-                            binary_search_steps=bss, max_iter=steps, initial_const=c0, batch_size=x.shape[0], verbose=False)
+        a = CarliniL2Method(
+            art_classifier(model.module),
+            confidence=0.0,
+            targeted=False,
+            learning_rate=lr,
+            binary_search_steps=bss,
+            max_iter=steps,
+            initial_const=c0,
+            batch_size=x.shape[0],
+            verbose=False,
+        )
         out, sec = timed(lambda a=a: a.generate(x.numpy(), y=y.numpy()))
         advs["art"] = (torch.as_tensor(out), sec)
     _min_norm_rows(f"cw-l2 ({bss}x{steps}, lr {lr}, c0 {c0})", model, x, y, advs)
@@ -275,8 +383,14 @@ def section_deepfool(model, x, y, repeats: int, have: dict[str, bool], n: int = 
         if have["art"] and norm == "l2":  # ART's DeepFool is L2 only
             from art.attacks.evasion import DeepFool as ArtDeepFool
 
-            a = ArtDeepFool(art_classifier(model.module), max_iter=steps, epsilon=overshoot, nb_grads=cands,
-                            batch_size=x.shape[0], verbose=False)
+            a = ArtDeepFool(
+                art_classifier(model.module),
+                max_iter=steps,
+                epsilon=overshoot,
+                nb_grads=cands,
+                batch_size=x.shape[0],
+                verbose=False,
+            )
             out, sec = timed(lambda a=a: a.generate(x.numpy(), y=y.numpy()))
             advs["art"] = (torch.as_tensor(out), sec)
         _min_norm_rows(f"deepfool-{norm} ({steps} steps)", model, x, y, advs)
@@ -297,8 +411,16 @@ def main() -> None:
     data = bastion.load_dataset("mnist5k")
     x, y = data.x_test[: args.n].contiguous(), data.y_test[: args.n].contiguous()
     have = peers_available()
-    emit({"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__, "peers": have,
-                      "clean_accuracy": float((model.predict(x) == y).float().mean())}})
+    emit(
+        {
+            "machine": {
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "peers": have,
+                "clean_accuracy": float((model.predict(x) == y).float().mean()),
+            }
+        }
+    )
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     for name in chosen:
         if name not in SECTIONS:

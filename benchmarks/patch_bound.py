@@ -51,7 +51,7 @@ def per_pair_bound(net: torch.nn.Module, x: torch.Tensor, target: int, side: int
     xb = x.repeat_interleave(p, 0)
     mask = torch.zeros(p, 1, h, w)
     for i, (r, c) in enumerate(pos):
-        mask[i, :, r:r + side, c:c + side] = 1
+        mask[i, :, r : r + side, c : c + side] = 1
     mask = mask.repeat(n, 1, 1, 1)
     g = torch.Generator().manual_seed(0)
     param = (2 * torch.rand(xb.shape, generator=g) - 1).requires_grad_(True)
@@ -86,41 +86,104 @@ def main() -> None:
     model = bastion.models.load_zoo("mnist-cnn")
     data = bastion.load_dataset("mnist5k")
     side = patch_side((1, 28, 28), 0.1)
-    emit({"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
-          "model": "zoo:mnist-cnn", "train_images": int(data.x_train.shape[0]),
-          "test_images": int(data.x_test.shape[0]),
-          "patch": f"{side}x{side}", "area": side * side / 784})
+    emit(
+        {
+            "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
+            "model": "zoo:mnist-cnn",
+            "train_images": int(data.x_train.shape[0]),
+            "test_images": int(data.x_test.shape[0]),
+            "patch": f"{side}x{side}",
+            "area": side * side / 784,
+        }
+    )
 
     for eot, transforms in (("placement", PLACEMENT_ONLY), ("full", {})):
         rates = {}
         start = time.perf_counter()
         for t in range(10):
-            patch = fit(model, data.x_train, data.y_train, t, area=0.1, steps=args.steps, batch_size=128,
-                        generator=torch.Generator().manual_seed(0), **transforms)
-            rates[t] = round(evaluate(model, data.x_test, data.y_test, patch, t,
-                                      generator=torch.Generator().manual_seed(1), **PLACEMENT_ONLY), 4)
-        emit({"measure": "universal", "area": 0.1, "eot": eot, "held_out_success_by_target": rates,
-              "best": max(rates.values()), "seconds": round(time.perf_counter() - start, 1)})
+            patch = fit(
+                model,
+                data.x_train,
+                data.y_train,
+                t,
+                area=0.1,
+                steps=args.steps,
+                batch_size=128,
+                generator=torch.Generator().manual_seed(0),
+                **transforms,
+            )
+            rates[t] = round(
+                evaluate(
+                    model,
+                    data.x_test,
+                    data.y_test,
+                    patch,
+                    t,
+                    generator=torch.Generator().manual_seed(1),
+                    **PLACEMENT_ONLY,
+                ),
+                4,
+            )
+        emit(
+            {
+                "measure": "universal",
+                "area": 0.1,
+                "eot": eot,
+                "held_out_success_by_target": rates,
+                "best": max(rates.values()),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
 
     for t in args.bound_targets:
         keep = data.y_test != t
         x = data.x_test[keep][: args.bound_n]
         start = time.perf_counter()
         hit, pos = per_pair_bound(model.module, x, t, side, args.bound_steps)
-        emit({"measure": "bound", "target": t, "images": int(x.shape[0]), "positions": len(pos),
-              "upper_bound_uniform_placement": round(float(hit.float().mean()), 4),
-              "best_position_per_image": round(float(hit.any(1).float().mean()), 4),
-              "best_single_position": round(float(hit.float().mean(0).max()), 4),
-              "seconds": round(time.perf_counter() - start, 1)})
+        emit(
+            {
+                "measure": "bound",
+                "target": t,
+                "images": int(x.shape[0]),
+                "positions": len(pos),
+                "upper_bound_uniform_placement": round(float(hit.float().mean()), 4),
+                "best_position_per_image": round(float(hit.any(1).float().mean()), 4),
+                "best_single_position": round(float(hit.float().mean(0).max()), 4),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
 
     if not args.skip_area:
         for area in args.areas:
-            patch = fit(model, data.x_train, data.y_train, args.area_target, area=area, steps=args.steps,
-                        batch_size=128, generator=torch.Generator().manual_seed(0), **PLACEMENT_ONLY)
-            s = evaluate(model, data.x_test, data.y_test, patch, args.area_target,
-                         generator=torch.Generator().manual_seed(1), **PLACEMENT_ONLY)
-            emit({"measure": "area", "target": args.area_target, "area": area,
-                  "patch": f"{patch.shape[-1]}x{patch.shape[-1]}", "held_out_success": round(s, 4)})
+            patch = fit(
+                model,
+                data.x_train,
+                data.y_train,
+                args.area_target,
+                area=area,
+                steps=args.steps,
+                batch_size=128,
+                generator=torch.Generator().manual_seed(0),
+                **PLACEMENT_ONLY,
+            )
+            s = evaluate(
+                model,
+                data.x_test,
+                data.y_test,
+                patch,
+                args.area_target,
+                generator=torch.Generator().manual_seed(1),
+                **PLACEMENT_ONLY,
+            )
+            emit(
+                {
+                    "measure": "area",
+                    "target": args.area_target,
+                    "area": area,
+                    "patch": f"{patch.shape[-1]}x{patch.shape[-1]}",
+                    "held_out_success": round(s, 4),
+                }
+            )
 
 
 if __name__ == "__main__":

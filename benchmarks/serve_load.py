@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BASTION = str(Path(sys.executable).parent / "bastion")
 
-BARE_APP = textwrap.dedent('''
+BARE_APP = textwrap.dedent("""
     import torch, uvicorn
     from fastapi import FastAPI
     from pydantic import BaseModel
@@ -63,7 +63,7 @@ BARE_APP = textwrap.dedent('''
     def health():
         return {"status": "ok"}
     uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), log_level="warning", access_log=False)
-''')
+""")
 
 
 def emit(obj: dict) -> None:
@@ -94,23 +94,52 @@ def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 def start_guard(db: str, workdir: Path, env: dict, extra: str = "") -> tuple[subprocess.Popen, str, str, str]:
-    key = subprocess.run([BASTION, "keys", "create", "--db", db], capture_output=True, text=True, env=env,
-                         check=True).stdout.strip()
-    admin = subprocess.run([BASTION, "keys", "create", "--role", "admin", "--db", db], capture_output=True, text=True,
-                           env=env, check=True).stdout.strip()
+    key = subprocess.run(
+        [BASTION, "keys", "create", "--db", db], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
+    admin = subprocess.run(
+        [BASTION, "keys", "create", "--role", "admin", "--db", db], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
     cfg = workdir / "guard.toml"
     cfg.write_text('[extraction]\naction = "flag"\n[limits]\nrate = 100000.0\nburst = 100000\n' + extra)
     port = free_port()
-    proc = subprocess.Popen([BASTION, "serve", "--model", "zoo:mnist-cnn", "--reference", "mnist5k", "--db", db,
-                             "--config", str(cfg), "--port", str(port), "--spool", str(workdir / "spool.jsonl")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            BASTION,
+            "serve",
+            "--model",
+            "zoo:mnist-cnn",
+            "--reference",
+            "mnist5k",
+            "--db",
+            db,
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+            "--spool",
+            str(workdir / "spool.jsonl"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_up(url, proc)
     return proc, url, key, admin
 
 
-async def closed_loop(url: str, key: str | None, images: list, *, clients: int, seconds: float | None = None,
-                      requests: int | None = None, on_progress=None) -> dict:
+async def closed_loop(
+    url: str,
+    key: str | None,
+    images: list,
+    *,
+    clients: int,
+    seconds: float | None = None,
+    requests: int | None = None,
+    on_progress=None,
+) -> dict:
     """`clients` concurrent clients, each sending one request after the previous answer."""
     lat: list[float] = []
     codes: dict[int, int] = {}
@@ -147,16 +176,24 @@ async def closed_loop(url: str, key: str | None, images: list, *, clients: int, 
     await asyncio.gather(*(client(i) for i in range(clients)))
     wall = time.perf_counter() - t0
     a = np.asarray(lat) * 1000
-    return {"requests": len(lat), "seconds": round(wall, 2), "rps": round(len(lat) / wall, 1),
-            "p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
-            "codes": {str(k): v for k, v in sorted(codes.items())}, "request_ids": ids}
+    return {
+        "requests": len(lat),
+        "seconds": round(wall, 2),
+        "rps": round(len(lat) / wall, 1),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "codes": {str(k): v for k, v in sorted(codes.items())},
+        "request_ids": ids,
+    }
 
 
 async def paced(url: str, key: str, images: list, *, rate: float, seconds: float) -> dict:
     lat: list[float] = []
     codes: dict[int, int] = {}
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
-                                 limits=httpx.Limits(max_connections=64)) as c:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=httpx.Limits(max_connections=64)
+    ) as c:
+
         async def one(i: int) -> None:
             t0 = time.perf_counter()
             r = await c.post("/v1/predict", json={"inputs": images[i % len(images)]})
@@ -172,9 +209,14 @@ async def paced(url: str, key: str, images: list, *, rate: float, seconds: float
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
     a = np.asarray(lat) * 1000
-    return {"rate": rate, "requests": len(lat), "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2), "max_ms": round(float(a.max()), 2),
-            "codes": {str(k): v for k, v in sorted(codes.items())}}
+    return {
+        "rate": rate,
+        "requests": len(lat),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "max_ms": round(float(a.max()), 2),
+        "codes": {str(k): v for k, v in sorted(codes.items())},
+    }
 
 
 def count_records(db: str) -> tuple[int, int]:
@@ -202,6 +244,7 @@ def audit_count_run(name: str, db: str, workdir: Path, env: dict, images: list, 
     proc, url, key, admin = start_guard(db, workdir, env)
     outage: dict = {}
     try:
+
         def progress(done: int) -> None:
             if pg is not None and not outage and done >= n // 3:
                 outage["stopped_at"] = done
@@ -212,6 +255,7 @@ def audit_count_run(name: str, db: str, workdir: Path, env: dict, images: list, 
                     time.sleep(3)
                     pg.start()
                     outage["restarted_at"] = time.time()
+
                 threading.Thread(target=restart, daemon=True).start()
 
         res = asyncio.run(closed_loop(url, key, images, clients=32, requests=n, on_progress=progress))
@@ -225,13 +269,24 @@ def audit_count_run(name: str, db: str, workdir: Path, env: dict, images: list, 
         proc.wait(60)
     records, distinct = count_records(db)
     answered = res["codes"].get("200", 0)
-    spooled = next((float(line.split()[-1]) for line in metrics.splitlines()
-                    if line.startswith("bastion_audit_spooled ")), None)
+    spooled = next(
+        (float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("bastion_audit_spooled ")), None
+    )
     ids_match = None
-    out = {"store": name, "requests": res["requests"], "codes": res["codes"], "answered": answered,
-           "audit_records": records, "distinct_request_ids": distinct, "rps": res["rps"], "p99_ms": res["p99_ms"],
-           "health_after": health, "spooled_after": spooled, **({"outage": outage} if pg is not None else {}),
-           "pass": records == distinct == answered}
+    out = {
+        "store": name,
+        "requests": res["requests"],
+        "codes": res["codes"],
+        "answered": answered,
+        "audit_records": records,
+        "distinct_request_ids": distinct,
+        "rps": res["rps"],
+        "p99_ms": res["p99_ms"],
+        "health_after": health,
+        "spooled_after": spooled,
+        **({"outage": outage} if pg is not None else {}),
+        "pass": records == distinct == answered,
+    }
     del ids_match
     return out
 
@@ -249,9 +304,13 @@ def signal_rates(work: Path, env: dict, data, detector: str) -> dict:
     proc, url, key, _ = start_guard(db, work, env, f'[ood]\ndetector = "{detector}"\nfpr = 0.05\n')
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+
             def rate(batch: torch.Tensor) -> float:
-                res = [r for i in range(0, len(batch), 16)
-                       for r in c.post("/v1/predict", json={"inputs": batch[i:i + 16].tolist()}).json()["results"]]
+                res = [
+                    r
+                    for i in range(0, len(batch), 16)
+                    for r in c.post("/v1/predict", json={"inputs": batch[i : i + 16].tolist()}).json()["results"]
+                ]
                 return round(float(np.mean(["ood" in r["reasons"] for r in res])), 4)
 
             return {"detector": detector, "fpr_target": 0.05, "clean_flagged": rate(x), "pgd_flagged": rate(adv)}
@@ -279,8 +338,13 @@ def main() -> None:
 
     # 1. throughput, bare vs guarded (guarded first, then bare, then guarded again: the median pair is reported)
     port = free_port()
-    bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    bare = subprocess.Popen(
+        [sys.executable, "-c", BARE_APP, str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     bare_url = f"http://127.0.0.1:{port}"
     wait_up(bare_url, bare)
     guard, url, key, admin = start_guard(f"sqlite:///{work / 'tput.db'}", work, env)
@@ -297,8 +361,18 @@ def main() -> None:
         p = asyncio.run(paced(url, key, images, rate=100, seconds=args.seconds))
         emit({"server": "guarded", "paced": p})
         metrics = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {admin}"}).text
-        summary = [line for line in metrics.splitlines() if line.startswith(("bastion_flags_total",
-                   "bastion_abstentions_total", "bastion_inputs_total", "bastion_drift_alarms_total"))]
+        summary = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith(
+                (
+                    "bastion_flags_total",
+                    "bastion_abstentions_total",
+                    "bastion_inputs_total",
+                    "bastion_drift_alarms_total",
+                )
+            )
+        ]
         emit({"guard_metrics": summary})
     finally:
         guard.terminate()
@@ -306,12 +380,28 @@ def main() -> None:
         guard.wait(60)
     g = max(r["rps"] for r in results["guarded"])
     b = max(r["rps"] for r in results["bare"])
-    emit({"check": "throughput guarded / bare (best of 2 each)", "value": round(g / b, 3), "guarded_rps": g,
-          "bare_rps": b, "p99_ms": {"guarded": min(r["p99_ms"] for r in results["guarded"]),
-                                     "bare": min(r["p99_ms"] for r in results["bare"])},
-          "target": ">= 0.6", "pass": g >= 0.6 * b})
-    emit({"check": "p99 latency at 100 requests/s (guarded)", "value": p["p99_ms"], "target": "< 50 ms",
-          "pass": p["p99_ms"] < 50 and p["codes"] == {"200": p["requests"]}})
+    emit(
+        {
+            "check": "throughput guarded / bare (best of 2 each)",
+            "value": round(g / b, 3),
+            "guarded_rps": g,
+            "bare_rps": b,
+            "p99_ms": {
+                "guarded": min(r["p99_ms"] for r in results["guarded"]),
+                "bare": min(r["p99_ms"] for r in results["bare"]),
+            },
+            "target": ">= 0.6",
+            "pass": g >= 0.6 * b,
+        }
+    )
+    emit(
+        {
+            "check": "p99 latency at 100 requests/s (guarded)",
+            "value": p["p99_ms"],
+            "target": "< 50 ms",
+            "pass": p["p99_ms"] < 50 and p["codes"] == {"200": p["requests"]},
+        }
+    )
 
     for det in ("mahalanobis", "activations"):
         emit({"signal": "ood", **signal_rates(work, env, data, det)})
@@ -335,8 +425,13 @@ def main() -> None:
     try:
         (work / "spool.jsonl").unlink(missing_ok=True)
         r = audit_count_run("postgresql", pg.url, work, env, images, args.requests, pg=pg)
-        emit({"check": f"audit records == answered requests ({args.requests}, PostgreSQL stopped and restarted "
-                       f"mid-run)", **r})
+        emit(
+            {
+                "check": f"audit records == answered requests ({args.requests}, PostgreSQL stopped and restarted "
+                f"mid-run)",
+                **r,
+            }
+        )
     finally:
         pg.stop("immediate")
         pg.remove()

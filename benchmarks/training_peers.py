@@ -48,10 +48,13 @@ def evaluate(model, x, y, eps: float) -> dict:
     t0 = time.perf_counter()
     pgd = PGD(eps=eps, steps=40)(model, x, y)
     ens = Ensemble(eps=eps)(model, x, y)
-    return {"clean_accuracy": round(pgd.clean_accuracy, 4), "pgd40_robust_accuracy": round(pgd.robust_accuracy, 4),
-            "ensemble_robust_accuracy": round(ens.robust_accuracy, 4),
-            "ensemble_trail": ens.extra.get("robust_accuracy_after"),
-            "eval_seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "clean_accuracy": round(pgd.clean_accuracy, 4),
+        "pgd40_robust_accuracy": round(pgd.robust_accuracy, 4),
+        "ensemble_robust_accuracy": round(ens.robust_accuracy, 4),
+        "ensemble_trail": ens.extra.get("robust_accuracy_after"),
+        "eval_seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def art_madry(base: TorchClassifier, data, epochs: int, eps: float, step: float, steps: int, lr: float, seed: int):
@@ -61,11 +64,18 @@ def art_madry(base: TorchClassifier, data, epochs: int, eps: float, step: float,
     module = copy.deepcopy(base.module)
     for p in module.parameters():
         p.requires_grad_(True)
-    clf = PyTorchClassifier(model=module, loss=torch.nn.CrossEntropyLoss(),
-                            optimizer=torch.optim.Adam(module.parameters(), lr=lr), input_shape=(1, 28, 28),
-                            nb_classes=10, clip_values=(np.float32(0.0), np.float32(1.0)), device_type="cpu")
-    trainer = AdversarialTrainerMadryPGD(clf, nb_epochs=epochs, batch_size=128, eps=eps, eps_step=step,
-                                         max_iter=steps, num_random_init=1)
+    clf = PyTorchClassifier(
+        model=module,
+        loss=torch.nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(module.parameters(), lr=lr),
+        input_shape=(1, 28, 28),
+        nb_classes=10,
+        clip_values=(np.float32(0.0), np.float32(1.0)),
+        device_type="cpu",
+    )
+    trainer = AdversarialTrainerMadryPGD(
+        clf, nb_epochs=epochs, batch_size=128, eps=eps, eps_step=step, max_iter=steps, num_random_init=1
+    )
     np.random.seed(seed)  # ART shuffles and draws its random starts with numpy's global RNG
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -97,28 +107,56 @@ def main() -> None:
     base = bastion.models.load_zoo("mnist-cnn")
     data = bastion.load_dataset("mnist5k")
     x, y = data.x_test[: args.n_eval], data.y_test[: args.n_eval]
-    emit({"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__}, "model": "zoo:mnist-cnn",
-          "epochs": args.epochs, "eps": args.eps, "inner_pgd": {"steps": args.steps, "step_size": step},
-          "n_eval": args.n_eval})
+    emit(
+        {
+            "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
+            "model": "zoo:mnist-cnn",
+            "epochs": args.epochs,
+            "eps": args.eps,
+            "inner_pgd": {"steps": args.steps, "step_size": step},
+            "n_eval": args.n_eval,
+        }
+    )
     emit({"model": "undefended", **evaluate(base, x, y, args.eps)})
 
     results: dict[str, dict] = {}
 
     def bastion_run(defense: str, epochs: int, fast_init: str = "prior") -> None:
-        cfg = AdversarialTrainingConfig(defense=defense, eps=args.eps, epochs=epochs, batch_size=128, lr=args.lr,
-                                        attack_steps=args.steps, step_size=None if defense == "fast-at" else step,
-                                        fast_init=fast_init, holdout=False, seed=args.seed)
+        cfg = AdversarialTrainingConfig(
+            defense=defense,
+            eps=args.eps,
+            epochs=epochs,
+            batch_size=128,
+            lr=args.lr,
+            attack_steps=args.steps,
+            step_size=None if defense == "fast-at" else step,
+            fast_init=fast_init,
+            holdout=False,
+            seed=args.seed,
+        )
         name = defense if defense != "fast-at" or fast_init == "prior" else f"{defense}-{fast_init}"
         t0 = time.perf_counter()
         model, record = adversarial_train(base, data, cfg)
         seconds = time.perf_counter() - t0
         results[name] = {"seconds": round(seconds, 1), **evaluate(model, x, y, args.eps)}
-        emit({"model": f"bastion {name}", "seed": args.seed, "epochs_run": len(record["epochs"]),
-              "step_size": cfg.alpha(args.eps), "overfit_events": record["overfit_events"], **results[name],
-              "val_curve": [(e["val_clean_accuracy"], e["val_robust_accuracy"]) for e in record["epochs"]]})
+        emit(
+            {
+                "model": f"bastion {name}",
+                "seed": args.seed,
+                "epochs_run": len(record["epochs"]),
+                "step_size": cfg.alpha(args.eps),
+                "overfit_events": record["overfit_events"],
+                **results[name],
+                "val_curve": [(e["val_clean_accuracy"], e["val_robust_accuracy"]) for e in record["epochs"]],
+            }
+        )
         if args.save_dir:
-            bastion.save_model(model, f"{args.save_dir}/mnist-cnn-{name}.safetensors", arch="mnist-cnn",
-                               metadata={"bastion_record": record})
+            bastion.save_model(
+                model,
+                f"{args.save_dir}/mnist-cnn-{name}.safetensors",
+                arch="mnist-cnn",
+                metadata={"bastion_record": record},
+            )
 
     bastion_run("pgd-at", args.epochs)
     if not args.skip_art:
@@ -133,19 +171,47 @@ def main() -> None:
     pgd, fast = results["pgd-at"], results["fast-at"]
     if "art" in results:
         art = results["art"]
-        emit({"check": "PGD-AT worst-case robust accuracy bastion >= ART (same epochs)",
-              "value": pgd["ensemble_robust_accuracy"], "peer": art["ensemble_robust_accuracy"],
-              "pass": pgd["ensemble_robust_accuracy"] >= art["ensemble_robust_accuracy"]})
-        emit({"check": "PGD-AT time bastion / ART", "value": round(pgd["seconds"] / art["seconds"], 3),
-              "target": "<= 0.7", "pass": pgd["seconds"] <= 0.7 * art["seconds"]})
+        emit(
+            {
+                "check": "PGD-AT worst-case robust accuracy bastion >= ART (same epochs)",
+                "value": pgd["ensemble_robust_accuracy"],
+                "peer": art["ensemble_robust_accuracy"],
+                "pass": pgd["ensemble_robust_accuracy"] >= art["ensemble_robust_accuracy"],
+            }
+        )
+        emit(
+            {
+                "check": "PGD-AT time bastion / ART",
+                "value": round(pgd["seconds"] / art["seconds"], 3),
+                "target": "<= 0.7",
+                "pass": pgd["seconds"] <= 0.7 * art["seconds"],
+            }
+        )
     share = fast["ensemble_robust_accuracy"] / max(pgd["ensemble_robust_accuracy"], 1e-9)
-    emit({"check": "fast-AT robust accuracy / PGD-AT's", "value": round(share, 3),
-          "target": ">= 0.9", "pass": fast["ensemble_robust_accuracy"] >= 0.9 * pgd["ensemble_robust_accuracy"]})
-    emit({"info": "fast-AT with Wong et al.'s random start, robust accuracy / PGD-AT's",
-          "value": round(results["fast-at-random"]["ensemble_robust_accuracy"]
-                         / max(pgd["ensemble_robust_accuracy"], 1e-9), 3)})
-    emit({"check": "fast-AT time / PGD-AT time", "value": round(fast["seconds"] / pgd["seconds"], 3),
-          "target": "<= 0.35", "pass": fast["seconds"] <= 0.35 * pgd["seconds"]})
+    emit(
+        {
+            "check": "fast-AT robust accuracy / PGD-AT's",
+            "value": round(share, 3),
+            "target": ">= 0.9",
+            "pass": fast["ensemble_robust_accuracy"] >= 0.9 * pgd["ensemble_robust_accuracy"],
+        }
+    )
+    emit(
+        {
+            "info": "fast-AT with Wong et al.'s random start, robust accuracy / PGD-AT's",
+            "value": round(
+                results["fast-at-random"]["ensemble_robust_accuracy"] / max(pgd["ensemble_robust_accuracy"], 1e-9), 3
+            ),
+        }
+    )
+    emit(
+        {
+            "check": "fast-AT time / PGD-AT time",
+            "value": round(fast["seconds"] / pgd["seconds"], 3),
+            "target": "<= 0.35",
+            "pass": fast["seconds"] <= 0.35 * pgd["seconds"],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def digits_endpoint():
     from bastion.data import load_dataset
 
     digits = load_dataset("digits")
-    est = LogisticRegression(max_iter=500).fit(digits.x_train.reshape(len(digits.x_train), -1).numpy(),
-                                               digits.y_train.numpy())
+    est = LogisticRegression(max_iter=500).fit(
+        digits.x_train.reshape(len(digits.x_train), -1).numpy(), digits.y_train.numpy()
+    )
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), ProbaHandler)
     httpd.model, httpd.requests = est, 0  # type: ignore[attr-defined]
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

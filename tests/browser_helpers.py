@@ -13,8 +13,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 _IN_PAGE = """() => {
   const imgs = Array.from(document.images);
@@ -50,14 +58,17 @@ def require_browser() -> None:
     if reason is None:
         return
     if os.environ.get("BASTION_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"BASTION_REQUIRE_BROWSER=1 but {reason}. Install Debian's chromium "
-                    "(sudo apt-get install -y chromium) and the test extra (pip install -e '.[test]').")
+        pytest.fail(
+            f"BASTION_REQUIRE_BROWSER=1 but {reason}. Install Debian's chromium "
+            "(sudo apt-get install -y chromium) and the test extra (pip install -e '.[test]')."
+        )
     # a developer machine without chromium; CI sets BASTION_REQUIRE_BROWSER=1, so there it fails above instead
     pytest.skip(f"headless browser test needs Debian's chromium and playwright: {reason}")
 
 
-def inspect_report(html_path: str | Path, screenshot: Path | None = None, width: int = 1280,
-                   height: int = 800) -> dict[str, Any]:
+def inspect_report(
+    html_path: str | Path, screenshot: Path | None = None, width: int = 1280, height: int = 800
+) -> dict[str, Any]:
     """Load ``html_path`` in headless Chromium and return what happened.
 
     Returns a dict with ``console_errors`` (texts of console messages of type error), ``page_errors``

@@ -111,12 +111,14 @@ def test_remote_logits_results_and_auth(server, digits):
     est, x, _ = digits
     xs = torch.tensor(x[1500:1530], dtype=torch.float32)
     logits = RemoteClassifier(_url(server, "/logits"), input_shape=(64,), n_classes=10)
-    assert torch.allclose(logits.logits(xs), torch.tensor(est.decision_function(x[1500:1530]), dtype=torch.float32),
-                          atol=1e-4)
+    assert torch.allclose(
+        logits.logits(xs), torch.tensor(est.decision_function(x[1500:1530]), dtype=torch.float32), atol=1e-4
+    )
     assert logits.output == "logits"
     server.auth.clear()
-    results = RemoteClassifier(_url(server, "/results"), input_shape=(1, 8, 8), n_classes=10, api_key="s3cret",
-                               batch_size=7)
+    results = RemoteClassifier(
+        _url(server, "/results"), input_shape=(1, 8, 8), n_classes=10, api_key="s3cret", batch_size=7
+    )
     probs = results.logits(xs.reshape(-1, 1, 8, 8))
     assert torch.allclose(probs, torch.tensor(est.predict_proba(x[1500:1530]), dtype=torch.float32), atol=1e-5)
     assert results.n_requests == 5 and set(server.auth) == {"Bearer s3cret"}
@@ -173,8 +175,15 @@ def prob_mlp(digits):
 def test_onnx_probabilities_output(prob_mlp, digits, tmp_path):
     _, x, y = digits
     path = tmp_path / "probs.onnx"
-    torch.onnx.export(prob_mlp, (torch.zeros(2, 64),), str(path), dynamo=False, input_names=["x"],
-                      output_names=["probs"], dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}})
+    torch.onnx.export(
+        prob_mlp,
+        (torch.zeros(2, 64),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["probs"],
+        dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}},
+    )
     clf = OnnxClassifier(path.read_bytes())
     assert clf.input_shape == (64,) and clf.n_classes == 10 and not clf.white_box
     xs = torch.tensor(x[1500:], dtype=torch.float32)
@@ -228,8 +237,9 @@ def test_sklearn_logistic_gradients_match_finite_differences(digits):
     assert clf.white_box and clf.output == "logits"
     x0 = x[1500:1504]
     xs = torch.tensor(x0, dtype=torch.float32).reshape(-1, 1, 8, 8).requires_grad_(True)
-    assert torch.allclose(clf.logits(xs).detach(), torch.tensor(est.decision_function(x0), dtype=torch.float32),
-                          atol=1e-4)
+    assert torch.allclose(
+        clf.logits(xs).detach(), torch.tensor(est.decision_function(x0), dtype=torch.float32), atol=1e-4
+    )
     w = torch.randn(4, 10, generator=torch.Generator().manual_seed(1))
     grad = torch.autograd.grad((clf.logits(xs) * w).sum(), xs)[0].reshape(4, 64).double().numpy()
     h = 1e-4

@@ -23,12 +23,14 @@ EPS = 0.1  # digits-mlp: PGD-20 at this eps leaves the undefended model at ~0.37
 
 
 def config(defense: str, **kw) -> AdversarialTrainingConfig:
-    return AdversarialTrainingConfig(**{"defense": defense, "eps": EPS, "epochs": 10, "batch_size": 64, "lr": 2e-3,
-                                        "val_size": 128, **kw})
+    return AdversarialTrainingConfig(
+        **{"defense": defense, "eps": EPS, "epochs": 10, "batch_size": 64, "lr": 2e-3, "val_size": 128, **kw}
+    )
 
 
-@pytest.mark.parametrize("defense,extra", [("pgd-at", {}), ("trades", {}), ("fast-at", {}),
-                                           ("fast-at", {"fast_init": "random"})])
+@pytest.mark.parametrize(
+    "defense,extra", [("pgd-at", {}), ("trades", {}), ("fast-at", {}), ("fast-at", {"fast_init": "random"})]
+)
 def test_adversarial_training_buys_robustness(digits_mlp, digits, defense, extra):
     x, y = digits.x_test, digits.y_test
     before = PGD(eps=EPS, steps=20)(digits_mlp, x, y)
@@ -50,16 +52,18 @@ def test_fast_at_prior_start_beats_the_random_start_on_mnist_at_eps_03(mnist_cnn
     x, y = mnist.x_test[:200], mnist.y_test[:200]
     robust = {}
     for init in ("prior", "random"):
-        cfg = AdversarialTrainingConfig(defense="fast-at", eps=0.3, epochs=6, fast_init=init, val_size=128,
-                                        eval_steps=5)
+        cfg = AdversarialTrainingConfig(
+            defense="fast-at", eps=0.3, epochs=6, fast_init=init, val_size=128, eval_steps=5
+        )
         model, record = adversarial_train(mnist_cnn, mnist, cfg)
         assert record["config"]["fast_init"] == init and not record["overfit_events"]
         robust[init] = PGD(eps=0.3, steps=40)(model, x, y).robust_accuracy
     assert robust["prior"] >= 0.3 and robust["prior"] >= robust["random"] + 0.1, robust
 
 
-def test_catastrophic_overfitting_stops_at_the_best_epoch_or_restarts_with_half_the_rate(monkeypatch, digits_mlp,
-                                                                                            digits):
+def test_catastrophic_overfitting_stops_at_the_best_epoch_or_restarts_with_half_the_rate(
+    monkeypatch, digits_mlp, digits
+):
     """The collapse check's control flow, on real training: the held-out PGD accuracy is scripted (a collapse
     cannot be provoked reliably on a model this small), everything else runs."""
     from bastion.defenses.training import adversarial as adv
@@ -153,22 +157,55 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_
 
 
 def test_bad_configurations_say_what_to_change(digits_mlp, digits):
-    for kw, needle in [({"defense": "mart"}, "unknown defense"), ({"norm": "l1"}, "linf and l2"), ({"eps": 0}, "eps"),
-                       ({"epochs": 0}, "epochs"), ({"on_overfit": "panic"}, "on_overfit"),
-                       ({"eps_warmup": 99}, "warmup"), ({"fast_init": "zero"}, "fast_init"),
-                       ({"holdout": "no"}, "holdout"), ({"lr_schedule": "step"}, "lr_schedule")]:
+    for kw, needle in [
+        ({"defense": "mart"}, "unknown defense"),
+        ({"norm": "l1"}, "linf and l2"),
+        ({"eps": 0}, "eps"),
+        ({"epochs": 0}, "epochs"),
+        ({"on_overfit": "panic"}, "on_overfit"),
+        ({"eps_warmup": 99}, "warmup"),
+        ({"fast_init": "zero"}, "fast_init"),
+        ({"holdout": "no"}, "holdout"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+    ]:
         with pytest.raises(UsageError, match=needle):
             AdversarialTrainingConfig(**{"defense": "pgd-at", **kw})
     with pytest.raises(UsageError, match="torch model"):
-        adversarial_train(bastion.models.load_zoo("cancer-gbt"), bastion.load_dataset("breast-cancer"),
-                          config("pgd-at"))
+        adversarial_train(
+            bastion.models.load_zoo("cancer-gbt"), bastion.load_dataset("breast-cancer"), config("pgd-at")
+        )
 
 
 def test_harden_cli_writes_a_model_that_loads_back_and_a_record(tmp_path):
     out = tmp_path / "digits-at.safetensors"
-    p = subprocess.run([BASTION, "harden", "--model", "zoo:digits-mlp", "--data", "digits", "--defense", "trades",
-                        "--eps", str(EPS), "--epochs", "3", "--batch-size", "64", "--lr", "0.002", "--steps", "5",
-                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            BASTION,
+            "harden",
+            "--model",
+            "zoo:digits-mlp",
+            "--data",
+            "digits",
+            "--defense",
+            "trades",
+            "--eps",
+            str(EPS),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.002",
+            "--steps",
+            "5",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     rec = json.loads(p.stdout)
     assert rec["config"]["defense"] == "trades" and rec["config"]["beta"] == 6.0 and len(rec["epochs"]) == 3
@@ -181,23 +218,50 @@ def test_harden_cli_writes_a_model_that_loads_back_and_a_record(tmp_path):
     model = bastion.load_model(str(out))
     data = bastion.load_dataset("digits")
     assert float((model.predict(data.x_test) == data.y_test).float().mean()) > 0.85
-    a = subprocess.run([BASTION, "attack", "--model", str(out), "--data", "digits", "--attack", "pgd", "--eps",
-                        str(EPS), "--n", "100", "--json"], capture_output=True, text=True, timeout=300)
+    a = subprocess.run(
+        [
+            BASTION,
+            "attack",
+            "--model",
+            str(out),
+            "--data",
+            "digits",
+            "--attack",
+            "pgd",
+            "--eps",
+            str(EPS),
+            "--n",
+            "100",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert a.returncode == 0, a.stderr and json.loads(a.stdout)["robust_accuracy"] > 0.45
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--defense", "mart"], "--defense"),
-    (["--model", "zoo:cancer-gbt", "--data", "breast-cancer"], "not a torch model"),
-    (["--out", "x.pt"], ".safetensors"),
-    (["--data", "mnist5k"], "shape"),
-    (["--defense", "fast-at", "--fast-init", "zeros"], "--fast-init"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--defense", "mart"], "--defense"),
+        (["--model", "zoo:cancer-gbt", "--data", "breast-cancer"], "not a torch model"),
+        (["--out", "x.pt"], ".safetensors"),
+        (["--data", "mnist5k"], "shape"),
+        (["--defense", "fast-at", "--fast-init", "zeros"], "--fast-init"),
+    ],
+)
 def test_harden_cli_usage_errors_exit_2(tmp_path, args, needle):
-    argv = {"--model": "zoo:digits-mlp", "--data": "digits", "--defense": "pgd-at",
-            "--out": str(tmp_path / "m.safetensors"), "--epochs": "1"}
+    argv = {
+        "--model": "zoo:digits-mlp",
+        "--data": "digits",
+        "--defense": "pgd-at",
+        "--out": str(tmp_path / "m.safetensors"),
+        "--epochs": "1",
+    }
     for i in range(0, len(args), 2):
         argv[args[i]] = args[i + 1]
-    p = subprocess.run([BASTION, "harden", *[t for kv in argv.items() for t in kv]], capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run(
+        [BASTION, "harden", *[t for kv in argv.items() for t in kv]], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr

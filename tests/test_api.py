@@ -6,33 +6,94 @@ import bastion
 
 
 def test_public_api_is_pinned():
-    assert sorted(bastion.__all__) == sorted([
-        "__version__", "attacks", "audit", "data", "defenses", "metrics", "models", "registry",
-        "Attack", "AttackResult", "get_attack",
-        "Dataset", "load_dataset",
-        "Classifier", "TorchClassifier", "load_model", "save_model",
-        "ThreatModel",
-        "BastionError", "MissingExtraError", "UnsafeModelError", "UsageError",
-    ])
+    assert sorted(bastion.__all__) == sorted(
+        [
+            "__version__",
+            "attacks",
+            "audit",
+            "data",
+            "defenses",
+            "metrics",
+            "models",
+            "registry",
+            "Attack",
+            "AttackResult",
+            "get_attack",
+            "Dataset",
+            "load_dataset",
+            "Classifier",
+            "TorchClassifier",
+            "load_model",
+            "save_model",
+            "ThreatModel",
+            "BastionError",
+            "MissingExtraError",
+            "UnsafeModelError",
+            "UsageError",
+        ]
+    )
     for name in bastion.__all__:
         assert hasattr(bastion, name)
 
 
 def test_audit_surface_is_pinned():
-    assert sorted(bastion.audit.__all__) == sorted([
-        "run_audit", "PROBES", "Probe", "AuditContext", "register_probe", "PROFILES", "Profile", "get_profile",
-        "default_eps", "Gate", "parse_gate", "SCHEMA", "ProbeResult", "Check", "Plot", "Series", "Example",
-    ])
+    assert sorted(bastion.audit.__all__) == sorted(
+        [
+            "run_audit",
+            "PROBES",
+            "Probe",
+            "AuditContext",
+            "register_probe",
+            "PROFILES",
+            "Profile",
+            "get_profile",
+            "default_eps",
+            "Gate",
+            "parse_gate",
+            "SCHEMA",
+            "ProbeResult",
+            "Check",
+            "Plot",
+            "Series",
+            "Example",
+        ]
+    )
     assert list(bastion.audit.PROFILES) == ["quick", "standard", "thorough"]
     assert list(bastion.audit.PROFILES["standard"].probes) == [
-        "model", "whitebox", "minimum-norm", "blackbox", "noise", "patch", "certification", "detection"]
+        "model",
+        "whitebox",
+        "minimum-norm",
+        "blackbox",
+        "noise",
+        "patch",
+        "certification",
+        "detection",
+    ]
     assert set(bastion.audit.PROBES) >= set(bastion.audit.PROFILES["standard"].probes)
 
 
 def test_registered_attack_names():
     assert sorted(bastion.attacks.ATTACKS) == sorted(
-        ["fgsm", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t", "cw", "deepfool", "ensemble",
-         "square", "simba", "noise", "hopskipjump", "boundary", "transfer", "tabular", "patch"])
+        [
+            "fgsm",
+            "pgd",
+            "mifgsm",
+            "apgd-ce",
+            "apgd-dlr",
+            "apgd-t",
+            "cw",
+            "deepfool",
+            "ensemble",
+            "square",
+            "simba",
+            "noise",
+            "hopskipjump",
+            "boundary",
+            "transfer",
+            "tabular",
+            "patch",
+        ]
+    )
 
 
 def test_readme_example_runs_as_written(mnist_cnn):

@@ -35,8 +35,16 @@ def test_quick_audit_of_the_undefended_cnn(quick_audit):
     assert {p.name for p in out.iterdir()} >= {"report.json", "index.html", "junit.xml", STATE_DIR}
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     assert report["schema"] == "bastion.audit/1" and report["settings"]["n"] == 200
-    assert [p["probe"] for p in report["probes"]] == ["model", "whitebox", "minimum-norm", "blackbox", "noise", "patch",
-                                                      "certification", "detection"]
+    assert [p["probe"] for p in report["probes"]] == [
+        "model",
+        "whitebox",
+        "minimum-norm",
+        "blackbox",
+        "noise",
+        "patch",
+        "certification",
+        "detection",
+    ]
     status = {p["probe"]: p["status"] for p in report["probes"]}
     assert status.pop("certification") == status.pop("detection") == "skipped"  # no smoothing, no detector here
     assert set(status.values()) == {"ok"}, [(p["probe"], p["reason"]) for p in report["probes"]]
@@ -82,13 +90,19 @@ class _Quantise(nn.Module):
 
 
 def test_masked_gradients_are_flagged_and_the_black_box_probe_still_breaks_the_model(tmp_path, mnist_cnn, mnist):
-    masked = TorchClassifier(nn.Sequential(_Quantise(), mnist_cnn.module).eval(), n_classes=10, input_shape=(1, 28, 28),
-                             output="logits")
-    profile = Profile("masking-test", "small budgets", 100, {
-        "model": {},
-        "whitebox": {"pgd_steps": 10, "apgd_steps": 10, "apgd_t_targets": 1, "extra_restarts": 1},
-        "blackbox": {"n_square": 100, "square_queries": 300, "n_hsj": 0},
-    })
+    masked = TorchClassifier(
+        nn.Sequential(_Quantise(), mnist_cnn.module).eval(), n_classes=10, input_shape=(1, 28, 28), output="logits"
+    )
+    profile = Profile(
+        "masking-test",
+        "small budgets",
+        100,
+        {
+            "model": {},
+            "whitebox": {"pgd_steps": 10, "apgd_steps": 10, "apgd_t_targets": 1, "extra_restarts": 1},
+            "blackbox": {"n_square": 100, "square_queries": 300, "n_hsj": 0},
+        },
+    )
     report = run_audit(masked, mnist, tmp_path / "masked", profile=profile, eps=[0.3], write=False)
     checks = checks_of(report)
     assert checks["gradients"] == "fail"
@@ -110,10 +124,15 @@ class _NoisyInput(nn.Module):
 
 
 def test_a_randomised_model_is_flagged_and_attacked_through_eot(tmp_path, digits_mlp, digits):
-    noisy = TorchClassifier(nn.Sequential(_NoisyInput(), digits_mlp.module), n_classes=10, input_shape=(1, 8, 8),
-                            output="logits")
-    profile = Profile("eot-test", "", 60, {"model": {}, "whitebox": {"pgd_steps": 10, "apgd_steps": 10,
-                                                                      "apgd_t_targets": 1, "eot_samples": 4}})
+    noisy = TorchClassifier(
+        nn.Sequential(_NoisyInput(), digits_mlp.module), n_classes=10, input_shape=(1, 8, 8), output="logits"
+    )
+    profile = Profile(
+        "eot-test",
+        "",
+        60,
+        {"model": {}, "whitebox": {"pgd_steps": 10, "apgd_steps": 10, "apgd_t_targets": 1, "eot_samples": 4}},
+    )
     report = run_audit(noisy, digits, tmp_path / "noisy", profile=profile, eps=[0.1, 0.3], write=False)
     assert checks_of(report)["deterministic"] == "warn"
     wb = next(p for p in report["probes"] if p["probe"] == "whitebox")
@@ -136,13 +155,21 @@ def test_black_box_and_tabular_models_skip_what_does_not_apply(tmp_path):
 # -- gates ------------------------------------------------------------------------------------------------
 def test_gates_parse_and_compare_like_the_closed_form():
     metrics = {"clean_accuracy": 0.97, "robust_accuracy@eps=0.1": 0.62, "robust_accuracy[square]@eps=0.3": 0.0}
-    gates = [parse_gate("robust_accuracy@eps=0.10>=0.5", [0.1, 0.3]), parse_gate("clean_accuracy > 0.98"),
-             parse_gate("robust_accuracy[square]@eps=0.3<=0"), parse_gate("patch_success[untargeted]<0.5")]
+    gates = [
+        parse_gate("robust_accuracy@eps=0.10>=0.5", [0.1, 0.3]),
+        parse_gate("clean_accuracy > 0.98"),
+        parse_gate("robust_accuracy[square]@eps=0.3<=0"),
+        parse_gate("patch_success[untargeted]<0.5"),
+    ]
     res = evaluate_gates(gates, metrics)
     assert [r["passed"] for r in res] == [True, False, True, False]
     assert res[0]["value"] == 0.62 and res[3]["value"] is None and "not measured" in res[3]["message"]
-    for bad, needle in [("robust_accuracy@eps=0.1=>0.5", "cannot parse"), ("accuracy>=0.5", "unknown metric"),
-                        ("robust_accuracy@eps=0.2>=0.5", "not audited"), ("", "cannot parse")]:
+    for bad, needle in [
+        ("robust_accuracy@eps=0.1=>0.5", "cannot parse"),
+        ("accuracy>=0.5", "unknown metric"),
+        ("robust_accuracy@eps=0.2>=0.5", "not audited"),
+        ("", "cannot parse"),
+    ]:
         with pytest.raises(UsageError, match=needle):
             parse_gate(bad, [0.1, 0.3])
 
@@ -154,11 +181,16 @@ def test_wilson_interval_matches_the_closed_form():
 
 
 # -- resume, refusal, reproducibility ---------------------------------------------------------------------
-SMALL = Profile("small", "test budgets", 60, {
-    "model": {},
-    "whitebox": {"pgd_steps": 10, "apgd_steps": 10, "apgd_t_targets": 2, "extra_restarts": 1},
-    "noise": {"n": 60, "queries": 20},
-})
+SMALL = Profile(
+    "small",
+    "test budgets",
+    60,
+    {
+        "model": {},
+        "whitebox": {"pgd_steps": 10, "apgd_steps": 10, "apgd_t_targets": 2, "extra_restarts": 1},
+        "noise": {"n": 60, "queries": 20},
+    },
+)
 
 
 def test_an_interrupted_audit_resumes_and_refuses_other_settings(tmp_path, digits_mlp, digits):
@@ -173,8 +205,9 @@ def test_an_interrupted_audit_resumes_and_refuses_other_settings(tmp_path, digit
     assert not (out / "report.json").exists() and not (out / "index.html").exists()
     assert sorted(p.name for p in (out / STATE_DIR).glob("probe-*.json")) == ["probe-model.json", "probe-whitebox.json"]
     seen = []
-    report = run_audit(digits_mlp, digits, out, profile=SMALL,
-                       on_probe=lambda r, resumed: seen.append((r.probe, resumed)))
+    report = run_audit(
+        digits_mlp, digits, out, profile=SMALL, on_probe=lambda r, resumed: seen.append((r.probe, resumed))
+    )
     assert seen == [("model", True), ("whitebox", True), ("noise", False)]
     assert report["resumed"] and (out / "report.json").exists()
     with pytest.raises(UsageError, match=r"other settings.*seed"):
@@ -205,9 +238,14 @@ def test_output_directory_rules(tmp_path, digits_mlp, digits):
 
 
 def test_bad_arguments_are_usage_errors_before_anything_runs(tmp_path, digits_mlp, digits, mnist):
-    for kwargs, needle in [({"profile": "nope"}, "unknown profile"), ({"norm": "l1"}, "linf and l2"),
-                           ({"eps": [0.1, -1]}, "eps"), ({"probes": ["whitebox", "fuzz"]}, "unknown probe"),
-                           ({"gates": ["robust_accuracy@eps=0.7>=0.1"]}, "not audited"), ({"n": 0}, "--n")]:
+    for kwargs, needle in [
+        ({"profile": "nope"}, "unknown profile"),
+        ({"norm": "l1"}, "linf and l2"),
+        ({"eps": [0.1, -1]}, "eps"),
+        ({"probes": ["whitebox", "fuzz"]}, "unknown probe"),
+        ({"gates": ["robust_accuracy@eps=0.7>=0.1"]}, "not audited"),
+        ({"n": 0}, "--n"),
+    ]:
         with pytest.raises(UsageError, match=needle):
             run_audit(digits_mlp, digits, tmp_path / "x", **kwargs)
     with pytest.raises(UsageError, match="shape"):
@@ -228,9 +266,20 @@ def test_a_registered_probe_runs_in_a_custom_profile(tmp_path, digits_mlp, digit
             z = ctx.model.logits(ctx.x)
             top2 = z.topk(2, dim=1).values
             q = float((top2[:, 0] - top2[:, 1]).quantile(self.params["quantile"]))
-            return self.result(ctx, risk="low", summary=f"median margin {q:.2f}", metrics={"margin": q},
-                               checks=[Check("margin-positive", "Margins are positive", "pass" if q > 0 else "fail",
-                                             "the median logit margin")])
+            return self.result(
+                ctx,
+                risk="low",
+                summary=f"median margin {q:.2f}",
+                metrics={"margin": q},
+                checks=[
+                    Check(
+                        "margin-positive",
+                        "Margins are positive",
+                        "pass" if q > 0 else "fail",
+                        "the median logit margin",
+                    )
+                ],
+            )
 
     try:
         prof = Profile("custom", "one probe", 50, {"model": {}, "test-margin": {"quantile": 0.5}})

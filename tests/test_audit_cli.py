@@ -21,8 +21,15 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_json_output_and_gates_decide_the_exit_code(tmp_path):
     base = ["--model", "zoo:digits-mlp", "--data", "digits", "--n", "100", "--probes", "model,whitebox", "--json"]
-    p = run(*base, "--out", str(tmp_path / "ok"), "--fail-under", "clean_accuracy>=0.5",
-            "--fail-under", "robust_accuracy@eps=0.3<=0.05")
+    p = run(
+        *base,
+        "--out",
+        str(tmp_path / "ok"),
+        "--fail-under",
+        "clean_accuracy>=0.5",
+        "--fail-under",
+        "robust_accuracy@eps=0.3<=0.05",
+    )
     assert p.returncode == 0, p.stderr
     lines = [line for line in p.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
@@ -39,17 +46,20 @@ def test_json_output_and_gates_decide_the_exit_code(tmp_path):
     assert "<failure" in junit and "robust_accuracy@eps=0.1&gt;=0.9" in junit
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--model", "BAD_FILE"], "not a readable safetensors file"),
-    (["--data", "digits"], "shape"),
-    (["--profile", "turbo"], "unknown profile"),
-    (["--fail-under", "robustness>0.5"], "unknown metric"),
-    (["--fail-under", "robust_accuracy@eps=0.15>=0.5"], "not audited"),
-    (["--out", "FILE"], "not a directory"),
-    (["--eps", "0.1,-2"], "--eps"),
-    (["--norm", "l1"], "linf and l2"),
-    (["--probes", "whitebox,fuzzing"], "unknown probe"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "BAD_FILE"], "not a readable safetensors file"),
+        (["--data", "digits"], "shape"),
+        (["--profile", "turbo"], "unknown profile"),
+        (["--fail-under", "robustness>0.5"], "unknown metric"),
+        (["--fail-under", "robust_accuracy@eps=0.15>=0.5"], "not audited"),
+        (["--out", "FILE"], "not a directory"),
+        (["--eps", "0.1,-2"], "--eps"),
+        (["--norm", "l1"], "linf and l2"),
+        (["--probes", "whitebox,fuzzing"], "unknown probe"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_no_report(tmp_path, args, needle):
     bad = tmp_path / "weights.safetensors"
     bad.write_bytes(b"not a safetensors file at all")
@@ -68,12 +78,29 @@ def test_bad_input_exits_2_with_one_line_and_writes_no_report(tmp_path, args, ne
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "run"
-    argv = [BASTION, "audit", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--out", str(out), "--n", "300",
-            "--probes", "model,whitebox,noise"]
+    argv = [
+        BASTION,
+        "audit",
+        "--model",
+        "zoo:mnist-cnn",
+        "--data",
+        "mnist5k",
+        "--out",
+        str(out),
+        "--n",
+        "300",
+        "--probes",
+        "model,whitebox,noise",
+    ]
     # a terminal's Ctrl-C: SIGINT at its default disposition in the child, even when this test runs in a
     # background job (where the shell hands SIGINT down ignored, and Python then never raises KeyboardInterrupt)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 - no threads yet
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads yet
+    )
     saved = out / ".audit-state" / "probe-model.json"
     deadline = time.time() + 120
     while not saved.exists() and time.time() < deadline and proc.poll() is None:

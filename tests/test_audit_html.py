@@ -44,9 +44,20 @@ def _image_examples() -> tuple[list[Example], list[tuple[int, int, int]]]:
         adv[0, stroke[0], stroke[1]] = 0.0
         lowered.append((0, *stroke))
         label = int(mnist.y_test[i])
-        examples.append(Example(index=i, label=label, pred_clean=label, pred_adv=(label + 1) % 10, attack="pgd",
-                                norm="l2", eps=2.0, perturbation=float((adv - clean).norm()),
-                                clean=clean.tolist(), adversarial=adv.tolist()))
+        examples.append(
+            Example(
+                index=i,
+                label=label,
+                pred_clean=label,
+                pred_adv=(label + 1) % 10,
+                attack="pgd",
+                norm="l2",
+                eps=2.0,
+                perturbation=float((adv - clean).norm()),
+                clean=clean.tolist(),
+                adversarial=adv.tolist(),
+            )
+        )
     return examples, lowered
 
 
@@ -57,9 +68,18 @@ def _tabular_example() -> Example:
     for j in range(15):  # 15 of 30 features move: the table must stop at 12
         adv[j] = float(min(max(clean[j] + (0.01 * (j + 1)) * (1 if j % 2 else -1), 0.0), 1.0))
     label = int(cancer.y_test[0])
-    return Example(index=0, label=label, pred_clean=label, pred_adv=1 - label, attack="tabular", norm="linf",
-                   eps=0.15, perturbation=float((adv - clean).abs().max()), clean=clean.tolist(),
-                   adversarial=adv.tolist())
+    return Example(
+        index=0,
+        label=label,
+        pred_clean=label,
+        pred_adv=1 - label,
+        attack="tabular",
+        norm="linf",
+        eps=0.15,
+        perturbation=float((adv - clean).abs().max()),
+        clean=clean.tolist(),
+        adversarial=adv.tolist(),
+    )
 
 
 def build_report(lowered_out: list[Any] | None = None) -> dict[str, Any]:
@@ -69,66 +89,183 @@ def build_report(lowered_out: list[Any] | None = None) -> dict[str, Any]:
         lowered_out.extend(lowered)
     eps = [0.5, 1.0, 2.0, 4.0]
     whitebox = ProbeResult(
-        probe="whitebox", title="White-box evasion", threat="evasion / white-box", risk="high",
+        probe="whitebox",
+        title="White-box evasion",
+        threat="evasion / white-box",
+        risk="high",
         summary="Robust accuracy falls from 0.99 to 0.07 at eps=2 (L2) under APGD-CE + PGD.",
-        params={"attacks": ["APGD(loss='ce', steps=100)", "PGD(steps=40, restarts=1)"], "eps": eps,
-                "norm": "l2", "schedule": {"step_size": 0.1, "decay": [0.5, 0.75]}, "note": "<b>bold</b>"},
-        metrics={"clean_accuracy": 0.99, **{f"robust_accuracy@eps={e}": a for e, a in zip(eps, [0.9, 0.6, 0.07, 0.0])},
-                 "median_perturbation": 1.37, "nan_metric": None},
+        params={
+            "attacks": ["APGD(loss='ce', steps=100)", "PGD(steps=40, restarts=1)"],
+            "eps": eps,
+            "norm": "l2",
+            "schedule": {"step_size": 0.1, "decay": [0.5, 0.75]},
+            "note": "<b>bold</b>",
+        },
+        metrics={
+            "clean_accuracy": 0.99,
+            **{f"robust_accuracy@eps={e}": a for e, a in zip(eps, [0.9, 0.6, 0.07, 0.0])},
+            "median_perturbation": 1.37,
+            "nan_metric": None,
+        },
         plots=[
-            Plot(id="robustness", title="Robust accuracy vs eps", kind="line", x_label="eps (L2)",
-                 y_label="robust accuracy", series=[Series("apgd-ce", eps, [0.9, 0.6, 0.07, 0.0]),
-                                                    Series("pgd", eps, [0.92, 0.66, 0.1, 0.01]),
-                                                    Series("empty", [], [])], x_log=True),
-            Plot(id="norms", title="Minimal perturbation norms", kind="hist", x_label="||delta||_2",
-                 y_label="inputs", series=[Series("cw", [0.8, 1.1, 1.3, 1.4, 1.5, 1.9, 2.2]),
-                                           Series("deepfool", [1.0, 1.2, 1.6, 1.7, 2.5]), Series("none", [])]),
-            Plot(id="empty-hist", title="Nothing measured", kind="hist", x_label="x", y_label="count",
-                 series=[Series("a", [])]),
+            Plot(
+                id="robustness",
+                title="Robust accuracy vs eps",
+                kind="line",
+                x_label="eps (L2)",
+                y_label="robust accuracy",
+                series=[
+                    Series("apgd-ce", eps, [0.9, 0.6, 0.07, 0.0]),
+                    Series("pgd", eps, [0.92, 0.66, 0.1, 0.01]),
+                    Series("empty", [], []),
+                ],
+                x_log=True,
+            ),
+            Plot(
+                id="norms",
+                title="Minimal perturbation norms",
+                kind="hist",
+                x_label="||delta||_2",
+                y_label="inputs",
+                series=[
+                    Series("cw", [0.8, 1.1, 1.3, 1.4, 1.5, 1.9, 2.2]),
+                    Series("deepfool", [1.0, 1.2, 1.6, 1.7, 2.5]),
+                    Series("none", []),
+                ],
+            ),
+            Plot(
+                id="empty-hist",
+                title="Nothing measured",
+                kind="hist",
+                x_label="x",
+                y_label="count",
+                series=[Series("a", [])],
+            ),
         ],
-        checks=[Check("wb.eps-monotone", "Accuracy falls as eps grows", "pass",
-                      "Robust accuracy is non-increasing in eps.", {"robust_accuracy": [0.9, 0.6, 0.07, 0.0]}),
-                Check("wb.zero-grad", "Gradients are non-zero", "warn",
-                      "3% of inputs have a zero gradient: possible gradient masking.", {"fraction": 0.03})],
-        examples=image_examples, seconds=12.4, seed=0,
+        checks=[
+            Check(
+                "wb.eps-monotone",
+                "Accuracy falls as eps grows",
+                "pass",
+                "Robust accuracy is non-increasing in eps.",
+                {"robust_accuracy": [0.9, 0.6, 0.07, 0.0]},
+            ),
+            Check(
+                "wb.zero-grad",
+                "Gradients are non-zero",
+                "warn",
+                "3% of inputs have a zero gradient: possible gradient masking.",
+                {"fraction": 0.03},
+            ),
+        ],
+        examples=image_examples,
+        seconds=12.4,
+        seed=0,
     )
     blackbox = ProbeResult(
-        probe="blackbox", title="Black-box evasion (score-based)", threat="evasion / black-box", risk="medium",
+        probe="blackbox",
+        title="Black-box evasion (score-based)",
+        threat="evasion / black-box",
+        risk="medium",
         summary="Square attack fools 41% of correctly classified inputs within 500 queries.",
         params={"attack": "Square(eps=0.15, max_queries=500)", "max_queries": 500},
         metrics={"success_rate": 0.41, "median_queries": 120.0},
-        plots=[Plot(id="success-by-class", title="Success rate by class", kind="bar", x_label="class",
-                    y_label="success rate", series=[Series("square", [0, 1], [0.3, 0.5]),
-                                                    Series("noise", [0, 1], [0.0, 0.02])],
-                    categories=["malignant", "benign"])],
-        checks=[Check("bb.beats-wb", "Black-box does not beat white-box", "fail",
-                      "Black-box success 0.41 exceeds white-box 0.2: gradient masking likely.",
-                      {"blackbox": 0.41, "whitebox": 0.2})],
-        examples=[_tabular_example()], seconds=3.25, seed=1,
+        plots=[
+            Plot(
+                id="success-by-class",
+                title="Success rate by class",
+                kind="bar",
+                x_label="class",
+                y_label="success rate",
+                series=[Series("square", [0, 1], [0.3, 0.5]), Series("noise", [0, 1], [0.0, 0.02])],
+                categories=["malignant", "benign"],
+            )
+        ],
+        checks=[
+            Check(
+                "bb.beats-wb",
+                "Black-box does not beat white-box",
+                "fail",
+                "Black-box success 0.41 exceeds white-box 0.2: gradient masking likely.",
+                {"blackbox": 0.41, "whitebox": 0.2},
+            )
+        ],
+        examples=[_tabular_example()],
+        seconds=3.25,
+        seed=1,
     )
-    transfer = ProbeResult(probe="transfer", title="Transfer attack", threat="evasion / transfer", status="skipped",
-                           reason="no surrogate model given (--surrogate)", seconds=0.0, seed=2,
-                           checks=[Check("tr.surrogate", "Surrogate agrees with target", "skipped",
-                                         "no surrogate model given")])
-    patch = ProbeResult(probe="patch", title="Universal patch", threat="evasion / physical", status="error",
-                        reason="RuntimeError: shape mismatch <b>[1, 28, 28]</b>\nTraceback line 2", seconds=0.5,
-                        seed=3)
+    transfer = ProbeResult(
+        probe="transfer",
+        title="Transfer attack",
+        threat="evasion / transfer",
+        status="skipped",
+        reason="no surrogate model given (--surrogate)",
+        seconds=0.0,
+        seed=2,
+        checks=[Check("tr.surrogate", "Surrogate agrees with target", "skipped", "no surrogate model given")],
+    )
+    patch = ProbeResult(
+        probe="patch",
+        title="Universal patch",
+        threat="evasion / physical",
+        status="error",
+        reason="RuntimeError: shape mismatch <b>[1, 28, 28]</b>\nTraceback line 2",
+        seconds=0.5,
+        seed=3,
+    )
     probes = [whitebox, blackbox, transfer, patch]
     gates = [
-        {"expression": "robust_accuracy@eps=2.0 >= 0.5", "metric": "robust_accuracy@eps=2.0", "op": ">=",
-         "threshold": 0.5, "value": 0.07, "passed": False},
-        {"expression": "clean_accuracy >= 0.9", "metric": "clean_accuracy", "op": ">=", "threshold": 0.9,
-         "value": 0.99, "passed": True},
+        {
+            "expression": "robust_accuracy@eps=2.0 >= 0.5",
+            "metric": "robust_accuracy@eps=2.0",
+            "op": ">=",
+            "threshold": 0.5,
+            "value": 0.07,
+            "passed": False,
+        },
+        {
+            "expression": "clean_accuracy >= 0.9",
+            "metric": "clean_accuracy",
+            "op": ">=",
+            "threshold": 0.9,
+            "value": 0.99,
+            "passed": True,
+        },
     ]
     return {
-        "schema": SCHEMA, "bastion_version": bastion.__version__, "created": "2026-01-02T03:04:05Z",
-        "seconds": 17.3, "resumed": False,
-        "settings": {"model": MODEL_SPEC, "data": "mnist5k", "profile": "quick", "norm": "l2", "eps": eps,
-                     "seed": 0, "n": 200, "probes": [p.probe for p in probes]},
-        "model": {"spec": MODEL_SPEC, "fingerprint": "sha256:" + "ab12" * 16, "kind": "onnx", "white_box": True,
-                  "output": "logits", "input_shape": [1, 28, 28], "n_classes": 10, "bounds": [0.0, 1.0]},
-        "data": {"spec": "mnist5k", "fingerprint": "sha256:" + "cd34" * 16, "n_test": 1000,
-                 "input_shape": [1, 28, 28], "n_classes": 10, "kind": "image"},
+        "schema": SCHEMA,
+        "bastion_version": bastion.__version__,
+        "created": "2026-01-02T03:04:05Z",
+        "seconds": 17.3,
+        "resumed": False,
+        "settings": {
+            "model": MODEL_SPEC,
+            "data": "mnist5k",
+            "profile": "quick",
+            "norm": "l2",
+            "eps": eps,
+            "seed": 0,
+            "n": 200,
+            "probes": [p.probe for p in probes],
+        },
+        "model": {
+            "spec": MODEL_SPEC,
+            "fingerprint": "sha256:" + "ab12" * 16,
+            "kind": "onnx",
+            "white_box": True,
+            "output": "logits",
+            "input_shape": [1, 28, 28],
+            "n_classes": 10,
+            "bounds": [0.0, 1.0],
+        },
+        "data": {
+            "spec": "mnist5k",
+            "fingerprint": "sha256:" + "cd34" * 16,
+            "n_test": 1000,
+            "input_shape": [1, 28, 28],
+            "n_classes": 10,
+            "kind": "image",
+        },
         "environment": {"python": "3.11.9", "torch": "2.13.0", "platform": "linux", "threads": 2},
         "probes": [p.to_dict() for p in probes],
         "checks": [c.to_dict() for p in probes for c in p.checks],
@@ -244,15 +381,18 @@ def test_summary_table_first_one_row_per_probe(written):
     report, _, text, page, _ = written
     names = [p["probe"] for p in report["probes"]]
     assert page.summary_rows == names
-    order = [(t, a) for t, a in page.tags if (t == "table" and a.get("id") == "summary") or (t == "section"
-             and (a.get("id") or "").startswith("probe-"))]
+    order = [
+        (t, a)
+        for t, a in page.tags
+        if (t == "table" and a.get("id") == "summary") or (t == "section" and (a.get("id") or "").startswith("probe-"))
+    ]
     assert order[0][1].get("id") == "summary"
     assert [a["id"] for t, a in order[1:]] == [f"probe-{n}" for n in names]
     assert text.index('id="summary"') < text.index('id="checks"') < text.index('id="probe-whitebox"')
     body = "".join(page.text)
     for p in report["probes"]:
         assert p["title"] in body
-    rows = text[text.index('id="summary"'):text.index("</table>", text.index('id="summary"'))]
+    rows = text[text.index('id="summary"') : text.index("</table>", text.index('id="summary"'))]
     assert "no surrogate model given (--surrogate)" in rows  # a skipped row shows its reason
     assert "RuntimeError: shape mismatch" in rows and "Traceback line 2" not in rows  # an error: its first line
     checks_rows = [a["data-check"] for t, a in page.tags if t == "tr" and "data-check" in a]
@@ -268,8 +408,8 @@ def test_badges_and_verdict(written):
 
 def test_tabular_example_shows_at_most_12_changed_features(written):
     report, _, text, _, _ = written
-    section = text[text.index('id="probe-blackbox"'):text.index('id="probe-transfer"')]
-    gallery = section[section.index('class="gallery"'):]
+    section = text[text.index('id="probe-blackbox"') : text.index('id="probe-transfer"')]
+    gallery = section[section.index('class="gallery"') :]
     assert "15 of 30 features changed" in gallery
     assert gallery.count("<tr>") == 1 + 12  # header + 12 rows
     ex = report["probes"][1]["examples"][0]
@@ -350,16 +490,28 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
 
 
 def test_empty_and_partial_reports_do_not_crash(tmp_path):
-    for i, report in enumerate([
-        {},
-        {"probes": None, "checks": None, "gates": None, "verdict": None, "settings": None},
-        {"probes": [{"probe": "bare"}], "checks": [{"id": "c"}], "gates": [{"expression": "x > 1", "value": None}]},
-        {"probes": [{"probe": "odd",
-                     "plots": [{"kind": "line", "series": [{"name": "s", "x": [1, 2], "y": [None, 0.5]}]},
-                               {"kind": "bar", "series": [{"name": "b", "y": []}]}],
-                     "examples": [{"clean": [], "adversarial": []},
-                                  {"clean": [[[0.0, 1.0]]], "adversarial": [[[0.0, 1.0]]], "index": 1}]}]},
-    ]):
+    for i, report in enumerate(
+        [
+            {},
+            {"probes": None, "checks": None, "gates": None, "verdict": None, "settings": None},
+            {"probes": [{"probe": "bare"}], "checks": [{"id": "c"}], "gates": [{"expression": "x > 1", "value": None}]},
+            {
+                "probes": [
+                    {
+                        "probe": "odd",
+                        "plots": [
+                            {"kind": "line", "series": [{"name": "s", "x": [1, 2], "y": [None, 0.5]}]},
+                            {"kind": "bar", "series": [{"name": "b", "y": []}]},
+                        ],
+                        "examples": [
+                            {"clean": [], "adversarial": []},
+                            {"clean": [[[0.0, 1.0]]], "adversarial": [[[0.0, 1.0]]], "index": 1},
+                        ],
+                    }
+                ]
+            },
+        ]
+    ):
         text = write_html(report, tmp_path / f"r{i}.html").read_text(encoding="utf-8")
         assert text.startswith("<!DOCTYPE html>") and '<table id="summary">' in text
         page = _Page()

@@ -60,10 +60,19 @@ def test_sklearn_black_box():
     assert r.median_perturbation < 0.9 * float(r.extra["initial_norms"].median())
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"max_queries": 0}, {"norm": "linf"}, {"spherical_step": 0.0}, {"source_step": -1.0},
-    {"step_adaptation": 1.0}, {"update_stats_every_k": 0}, {"init_trials": 0}, {"source_step_convergence": 0.0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_queries": 0},
+        {"norm": "linf"},
+        {"spherical_step": 0.0},
+        {"source_step": -1.0},
+        {"step_adaptation": 1.0},
+        {"update_stats_every_k": 0},
+        {"init_trials": 0},
+        {"source_step_convergence": 0.0},
+    ],
+)
 def test_invalid_arguments(kwargs):
     with pytest.raises(UsageError):
         BoundaryAttack(**kwargs)

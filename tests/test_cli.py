@@ -14,7 +14,20 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_attack_json_is_one_object_with_the_documented_keys():
-    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--eps", "0.3", "--n", "100", "--json")
+    p = run(
+        "attack",
+        "--model",
+        "zoo:mnist-cnn",
+        "--data",
+        "mnist5k",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.3",
+        "--n",
+        "100",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     lines = [line for line in p.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
@@ -27,20 +40,30 @@ def test_attack_json_is_one_object_with_the_documented_keys():
 def test_attack_table_on_a_terminal_free_run():
     p = run("attack", "--model", "zoo:digits-mlp", "--data", "digits", "--attack", "fgsm", "--eps", "0.1", "--n", "50")
     assert p.returncode == 0, p.stderr
-    for word in ("clean accuracy", "robust accuracy", "attack success rate", "median perturbation", "model queries", "seconds"):
+    for word in (
+        "clean accuracy",
+        "robust accuracy",
+        "attack success rate",
+        "median perturbation",
+        "model queries",
+        "seconds",
+    ):
         assert word in p.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--eps", "-0.1"], "--eps"),
-    (["--attack", "nope"], "--attack"),
-    (["--norm", "l3"], "--norm"),
-    (["--data", "/nonexistent.npz"], "nonexistent"),
-    (["--data", "digits"], "shape"),
-    (["--model", "zoo:resnet"], "resnet"),
-    (["--attack", "fgsm", "--steps", "3"], "--steps"),
-    (["--n", "0"], "--n"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--eps", "-0.1"], "--eps"),
+        (["--attack", "nope"], "--attack"),
+        (["--norm", "l3"], "--norm"),
+        (["--data", "/nonexistent.npz"], "nonexistent"),
+        (["--data", "digits"], "shape"),
+        (["--model", "zoo:resnet"], "resnet"),
+        (["--attack", "fgsm", "--steps", "3"], "--steps"),
+        (["--n", "0"], "--n"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(args, needle):
     base = {"--model": "zoo:mnist-cnn", "--data": "mnist5k", "--attack": "pgd", "--n": "10"}
     for i in range(0, len(args), 2):
@@ -66,7 +89,9 @@ def test_train_then_attack_the_saved_model(tmp_path):
     assert p.returncode == 0, p.stderr
     rec = json.loads(p.stdout)
     assert rec["test_accuracy"] >= 0.95 and out.exists()
-    p = run("attack", "--model", str(out), "--data", "digits", "--attack", "pgd", "--eps", "0.2", "--n", "100", "--json")
+    p = run(
+        "attack", "--model", str(out), "--data", "digits", "--attack", "pgd", "--eps", "0.2", "--n", "100", "--json"
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["robust_accuracy"] < 0.2
 
@@ -88,15 +113,31 @@ def test_minimum_norm_attacks_use_their_own_norm_and_no_eps():
 
 
 def test_black_box_attack_with_query_budget_on_a_tree_model():
-    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "square", "--eps", "0.3",
-            "--max-queries", "300", "--n", "60", "--json")
+    p = run(
+        "attack",
+        "--model",
+        "zoo:cancer-gbt",
+        "--data",
+        "breast-cancer",
+        "--attack",
+        "square",
+        "--eps",
+        "0.3",
+        "--max-queries",
+        "300",
+        "--n",
+        "60",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["clean_accuracy"] > 0.9 and out["robust_accuracy"] < 0.5
     assert 60 <= out["queries"] <= 60 * 300
     p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "pgd", "--n", "5")
     assert p.returncode == 2 and "black-box" in p.stderr
-    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--max-queries", "5", "--n", "5")
+    p = run(
+        "attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--max-queries", "5", "--n", "5"
+    )
     assert p.returncode == 2 and "--max-queries" in p.stderr
 
 
@@ -104,13 +145,37 @@ def test_patch_attack_writes_its_png(tmp_path):
     from PIL import Image
 
     out = tmp_path / "patch.png"
-    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "patch", "--n", "64",
-            "--save-patch", str(out), "--json")
+    p = run(
+        "attack",
+        "--model",
+        "zoo:mnist-cnn",
+        "--data",
+        "mnist5k",
+        "--attack",
+        "patch",
+        "--n",
+        "64",
+        "--save-patch",
+        str(out),
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     assert set(json.loads(p.stdout)) == KEYS
     img = Image.open(out)
     assert img.size[0] * img.size[1] <= 0.1 * 28 * 28  # the patch covers at most 10% of the image
-    p = run("attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "pgd", "--n", "4", "--save-patch", str(out))
+    p = run(
+        "attack",
+        "--model",
+        "zoo:mnist-cnn",
+        "--data",
+        "mnist5k",
+        "--attack",
+        "pgd",
+        "--n",
+        "4",
+        "--save-patch",
+        str(out),
+    )
     assert p.returncode == 2 and "--save-patch" in p.stderr
 
 
@@ -130,32 +195,74 @@ eps = 0.2
 def test_tabular_attack_reads_a_constraints_file(tmp_path):
     spec = tmp_path / "cons.toml"
     spec.write_text(CONSTRAINTS_TOML)
-    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "tabular",
-            "--constraints", str(spec), "--n", "114", "--max-queries", "300", "--json")
+    p = run(
+        "attack",
+        "--model",
+        "zoo:cancer-gbt",
+        "--data",
+        "breast-cancer",
+        "--attack",
+        "tabular",
+        "--constraints",
+        str(spec),
+        "--n",
+        "114",
+        "--max-queries",
+        "300",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert set(out) == KEYS | {"snapped_records"}
     assert out["success_rate"] >= 0.5 and 0.19 < out["median_perturbation"] <= 0.2 + 1e-6
     # the same file as JSON, with the budget overridden on the command line
     (tmp_path / "cons.json").write_text(json.dumps({"immutable": list(range(10)), "norm": "l2", "eps": 0.5}))
-    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "tabular",
-            "--constraints", str(tmp_path / "cons.json"), "--eps", "0.0", "--n", "50", "--json")
+    p = run(
+        "attack",
+        "--model",
+        "zoo:cancer-gbt",
+        "--data",
+        "breast-cancer",
+        "--attack",
+        "tabular",
+        "--constraints",
+        str(tmp_path / "cons.json"),
+        "--eps",
+        "0.0",
+        "--n",
+        "50",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["robust_accuracy"] == json.loads(p.stdout)["clean_accuracy"]
 
 
-@pytest.mark.parametrize("text,suffix,needle", [
-    ('{"immutable": ["no such feature"]}', ".json", "unknown feature 'no such feature'"),
-    ('{"immutable": [4], "integer": [4]}', ".json", "both immutable and integer"),
-    ('{"colour": 1}', ".json", "unknown constraint keys"),
-    ("immutable = [", ".toml", "not valid TOML"),
-    ("[1, 2]", ".json", "one mapping"),
-    ("{}", ".yaml", ".json or .toml"),
-])
+@pytest.mark.parametrize(
+    "text,suffix,needle",
+    [
+        ('{"immutable": ["no such feature"]}', ".json", "unknown feature 'no such feature'"),
+        ('{"immutable": [4], "integer": [4]}', ".json", "both immutable and integer"),
+        ('{"colour": 1}', ".json", "unknown constraint keys"),
+        ("immutable = [", ".toml", "not valid TOML"),
+        ("[1, 2]", ".json", "one mapping"),
+        ("{}", ".yaml", ".json or .toml"),
+    ],
+)
 def test_bad_constraint_files_exit_2_with_one_line(tmp_path, text, suffix, needle):
     spec = tmp_path / f"cons{suffix}"
     spec.write_text(text)
-    p = run("attack", "--model", "zoo:cancer-gbt", "--data", "breast-cancer", "--attack", "tabular",
-            "--constraints", str(spec), "--n", "5")
+    p = run(
+        "attack",
+        "--model",
+        "zoo:cancer-gbt",
+        "--data",
+        "breast-cancer",
+        "--attack",
+        "tabular",
+        "--constraints",
+        str(spec),
+        "--n",
+        "5",
+    )
     assert p.returncode == 2 and needle in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

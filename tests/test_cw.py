@@ -44,8 +44,11 @@ def test_smaller_than_deepfool_and_pgd(mnist, untargeted):
     df = DeepFool(norm="l2")(model, x, y)
     assert untargeted.median_perturbation <= df.median_perturbation
     # the smallest L2 budget at which PGD fools half the images is above C&W's median
-    pgd_eps = next(eps for eps in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-                   if PGD(eps=eps, norm="l2", steps=20)(model, x, y).success_rate >= 0.5)
+    pgd_eps = next(
+        eps
+        for eps in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+        if PGD(eps=eps, norm="l2", steps=20)(model, x, y).success_rate >= 0.5
+    )
     assert untargeted.median_perturbation <= pgd_eps
 
 
@@ -97,11 +100,25 @@ def test_eps_projects(mnist):
 
 
 def test_invalid_arguments():
-    bad = ({"binary_search_steps": 0}, {"max_iterations": -1}, {"learning_rate": 0}, {"initial_const": -1.0},
-           {"confidence": -0.5}, {"abort_early": "yes"}, {"norm": "linf"}, {"max_iterations": 2.5})
+    bad = (
+        {"binary_search_steps": 0},
+        {"max_iterations": -1},
+        {"learning_rate": 0},
+        {"initial_const": -1.0},
+        {"confidence": -0.5},
+        {"abort_early": "yes"},
+        {"norm": "linf"},
+        {"max_iterations": 2.5},
+    )
     for kwargs in bad:
         with pytest.raises(UsageError):
             CarliniWagnerL2(**kwargs)
     a = CarliniWagnerL2()
-    assert (a.binary_search_steps, a.max_iterations, a.learning_rate, a.initial_const, a.confidence) == (5, 100, 0.1, 1e-2, 0.0)
+    assert (a.binary_search_steps, a.max_iterations, a.learning_rate, a.initial_const, a.confidence) == (
+        5,
+        100,
+        0.1,
+        1e-2,
+        0.0,
+    )
     assert a.eps is None and "initial_const=0.01" in repr(a)

@@ -5,11 +5,14 @@ from bastion.data import load_dataset
 from bastion.errors import UsageError
 
 
-@pytest.mark.parametrize("name,shape,n_train,n_test,k", [
-    ("digits", (1, 8, 8), 1437, 360, 10),
-    ("mnist5k", (1, 28, 28), 4000, 1000, 10),
-    ("breast-cancer", (30,), 455, 114, 2),
-])
+@pytest.mark.parametrize(
+    "name,shape,n_train,n_test,k",
+    [
+        ("digits", (1, 8, 8), 1437, 360, 10),
+        ("mnist5k", (1, 28, 28), 4000, 1000, 10),
+        ("breast-cancer", (30,), 455, 114, 2),
+    ],
+)
 def test_builtin_datasets_shapes_splits_and_bounds(name, shape, n_train, n_test, k):
     d = load_dataset(name)
     assert d.input_shape == shape and d.n_classes == k
@@ -34,7 +37,9 @@ def test_split_is_fixed_and_test_order_is_mixed():
 
 def test_breast_cancer_scaling_uses_training_ranges():
     d = load_dataset("breast-cancer")
-    assert torch.allclose(d.x_train.min(0).values, torch.zeros(30)) and torch.allclose(d.x_train.max(0).values, torch.ones(30))
+    assert torch.allclose(d.x_train.min(0).values, torch.zeros(30)) and torch.allclose(
+        d.x_train.max(0).values, torch.ones(30)
+    )
     assert len(d.feature_names) == 30
 
 

@@ -69,7 +69,7 @@ def _reference_deepfool(model, x, y, *, steps=50, overshoot=0.02, candidates=10)
         xi = xi[None]
         with torch.no_grad():
             order = model.logits(xi)[0].argsort(descending=True)
-        classes = [int(yi), *[int(c) for c in order if int(c) != int(yi)][:candidates - 1]]
+        classes = [int(yi), *[int(c) for c in order if int(c) != int(yi)][: candidates - 1]]
         r_tot = torch.zeros_like(xi)
         cur = xi.clone()
         for _ in range(steps):
@@ -114,7 +114,9 @@ def linear_digits():
         opt.step()
     for p in lin.parameters():
         p.requires_grad_(False)
-    model = TorchClassifier(lin.eval(), bounds=(-50.0, 50.0), n_classes=10, input_shape=tuple(xt.shape[1:]), output="logits")
+    model = TorchClassifier(
+        lin.eval(), bounds=(-50.0, 50.0), n_classes=10, input_shape=tuple(xt.shape[1:]), output="logits"
+    )
     return model, lin[1], d.x_test[:80], d.y_test[:80]
 
 
@@ -129,8 +131,8 @@ def test_linear_model_closed_form(linear_digits, norm):
     assert keep.float().mean() > 0.85
     x, y, z = x[keep], y[keep], z[keep]
     W = lin.weight
-    dw = W[None, :, :] - W[y][:, None, :]                       # (n, 10, 64)
-    f = (z - z.gather(1, y[:, None])).abs()                     # (n, 10)
+    dw = W[None, :, :] - W[y][:, None, :]  # (n, 10, 64)
+    f = (z - z.gather(1, y[:, None])).abs()  # (n, 10)
     dual = dw.norm(p=2 if norm == "l2" else 1, dim=2)
     dist = (f / dual).masked_fill(nn.functional.one_hot(y, 10).bool(), float("inf")).amin(1)
     r = DeepFool(norm=norm, overshoot=overshoot)(model, x, y)

@@ -54,8 +54,10 @@ def pgd_runs(mnist_cnn, mnist):
     """Non-adaptive PGD on the bare model, on the first 40 test images: fixed 40 steps and early-stopped."""
     torch.set_num_threads(2)
     x, y = mnist.x_test[:40], mnist.y_test[:40]
-    return {"fixed": PGD(eps=EPS, steps=40, early_stop=False)(mnist_cnn, x, y),
-            "early-stop": PGD(eps=EPS, steps=40)(mnist_cnn, x, y)}
+    return {
+        "fixed": PGD(eps=EPS, steps=40, early_stop=False)(mnist_cnn, x, y),
+        "early-stop": PGD(eps=EPS, steps=40)(mnist_cnn, x, y),
+    }
 
 
 def test_registry_and_repr():
@@ -65,7 +67,8 @@ def test_registry_and_repr():
     assert not FeatureSqueezing.differentiable
     assert repr(get_detector("activations", combine="max")) == (
         "ActivationDetector(batch_size=500, layers=None, pool='avg', class_conditional=True, combine='max', "
-        "ridge=0.001)")
+        "ridge=0.001)"
+    )
     assert "BitDepth(bits=1, bpda_temperature=0.1)" in repr(FeatureSqueezing())
 
 
@@ -79,8 +82,9 @@ def test_calibrated_fpr_holds_on_other_clean_images(detectors, mnist, name):
     assert 0.01 <= fpr <= 0.12, fpr
 
 
-@pytest.mark.parametrize("name, low, high", [("activations", 0.9, 1.0), ("squeeze", 0.7, 1.0),
-                                             ("mahalanobis", 0.0, 0.25)])
+@pytest.mark.parametrize(
+    "name, low, high", [("activations", 0.9, 1.0), ("squeeze", 0.7, 1.0), ("mahalanobis", 0.0, 0.25)]
+)
 def test_detection_rate_against_non_adaptive_pgd(detectors, pgd_runs, name, low, high):
     """Activations and squeezing flag PGD's examples far above their 5% FPR; penultimate Mahalanobis does
     not (measured ~0.03): it is pinned low so that a change in either direction is noticed."""
@@ -98,14 +102,17 @@ def _combined_success(dc: DetectingClassifier, x_adv, y, correct) -> float:
 
 # the budgets keep the file fast; squeezing (three forward passes a step, few inputs solved early) runs the
 # mode that beats it — high-confidence examples on which every BPDA-squeezed view agrees
-ADAPTIVE = {"mahalanobis": ({"steps": 50, "restarts": 2}, 0.9),
-            "activations": ({"steps": 50, "restarts": 1}, 0.6),
-            "squeeze": ({"steps": 40, "restarts": 1, "modes": ("classifier",)}, 0.05)}
+ADAPTIVE = {
+    "mahalanobis": ({"steps": 50, "restarts": 2}, 0.9),
+    "activations": ({"steps": 50, "restarts": 1}, 0.6),
+    "squeeze": ({"steps": 40, "restarts": 1, "modes": ("classifier",)}, 0.05),
+}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_adaptive_attack_beats_the_non_adaptive_one_against_model_and_detector(
-        detectors, pgd_runs, mnist_cnn, mnist, name):
+    detectors, pgd_runs, mnist_cnn, mnist, name
+):
     """THE evaluation property: fooled-and-undetected by the adaptive attack >= by either non-adaptive PGD."""
     n = 40
     kwargs, adaptive_low = ADAPTIVE[name]
@@ -179,8 +186,11 @@ def test_median_smoothing_matches_scipy_and_bpda_is_straight_through(mnist):
     med = MedianSmoothing(size=2)
     ref = median_filter(x.numpy(), size=(1, 1, 2, 2), mode="reflect")
     np.testing.assert_allclose(med(x, (0.0, 1.0)).numpy(), ref, atol=1e-7)
-    np.testing.assert_allclose(MedianSmoothing(size=3)(x, (0.0, 1.0)).numpy(),
-                               median_filter(x.numpy(), size=(1, 1, 3, 3), mode="reflect"), atol=1e-7)
+    np.testing.assert_allclose(
+        MedianSmoothing(size=3)(x, (0.0, 1.0)).numpy(),
+        median_filter(x.numpy(), size=(1, 1, 3, 3), mode="reflect"),
+        atol=1e-7,
+    )
     bits = BitDepth(bits=1)
     assert set(bits(x, (0.0, 1.0)).unique().tolist()) <= {0.0, 1.0}
     for sq in (bits, BitDepth(bits=1, bpda_temperature=None), med):
@@ -215,8 +225,13 @@ def test_detecting_classifier_rejects_exactly_where_the_detector_fires(detectors
     for name in NAMES:
         det = detectors[name]
         dc = DetectingClassifier(mnist_cnn, det)
-        assert (dc.n_classes, dc.input_shape, dc.bounds, dc.output, dc.white_box) == \
-            (10, (1, 28, 28), (0.0, 1.0), "logits", True)
+        assert (dc.n_classes, dc.input_shape, dc.bounds, dc.output, dc.white_box) == (
+            10,
+            (1, 28, 28),
+            (0.0, 1.0),
+            "logits",
+            True,
+        )
         flagged = det.detect(x)
         pred = dc.predict(x)
         assert torch.equal(pred == REJECT, flagged)
@@ -255,9 +270,15 @@ def test_usage_errors(detectors, mnist_cnn, digits_mlp, mnist):
         MahalanobisDetector(layer="fc").fit(mnist_cnn, mnist.x_train[:50], mnist.y_train[:50])
     with pytest.raises(UsageError, match="median smoothing needs images"):
         FeatureSqueezing().fit(_tabular_model(), torch.rand(20, 30), torch.zeros(20, dtype=torch.long))
-    for make in (lambda: MahalanobisDetector(ridge=-1), lambda: ActivationDetector(combine="mean"),
-                 lambda: BitDepth(bits=0), lambda: MedianSmoothing(size=1), lambda: FeatureSqueezing(squeezers=[]),
-                 lambda: DetectorAwarePGD(modes=("sideways",)), lambda: MahalanobisDetector(batch_size=0)):
+    for make in (
+        lambda: MahalanobisDetector(ridge=-1),
+        lambda: ActivationDetector(combine="mean"),
+        lambda: BitDepth(bits=0),
+        lambda: MedianSmoothing(size=1),
+        lambda: FeatureSqueezing(squeezers=[]),
+        lambda: DetectorAwarePGD(modes=("sideways",)),
+        lambda: MahalanobisDetector(batch_size=0),
+    ):
         with pytest.raises(UsageError):
             make()
     with pytest.raises(UsageError, match="wrap them in DetectingClassifier"):
@@ -271,8 +292,12 @@ def _tabular_model():
     return TorchClassifier(net, n_classes=2, input_shape=(30,))
 
 
-PROFILE = Profile("detection-test", "small budgets", 40,
-                  {"detection": {"n": 40, "pgd_steps": 10, "adaptive_steps": 20, "adaptive_restarts": 2}})
+PROFILE = Profile(
+    "detection-test",
+    "small budgets",
+    40,
+    {"detection": {"n": 40, "pgd_steps": 10, "adaptive_steps": 20, "adaptive_restarts": 2}},
+)
 
 
 def test_detection_probe_in_an_audit(tmp_path, detectors, mnist_cnn, digits_mlp, mnist, digits):
@@ -281,8 +306,14 @@ def test_detection_probe_in_an_audit(tmp_path, detectors, mnist_cnn, digits_mlp,
     (probe,) = report["probes"]
     assert probe["status"] == "ok", probe["reason"]
     m = report["metrics"]
-    for key in ("false_positive_rate", "detection_rate[pgd]", "success_rate[pgd]", "success_rate[nonadaptive]",
-                "success_rate[adaptive]", "clean_accuracy[detecting]"):
+    for key in (
+        "false_positive_rate",
+        "detection_rate[pgd]",
+        "success_rate[pgd]",
+        "success_rate[nonadaptive]",
+        "success_rate[adaptive]",
+        "clean_accuracy[detecting]",
+    ):
         assert key in m
     assert 0.0 <= m["false_positive_rate"] <= 0.2 and m["success_rate[pgd]"] >= 0.9
     assert m["success_rate[adaptive]"] >= m["success_rate[nonadaptive]"] >= 0.5  # Mahalanobis is evaded

@@ -106,8 +106,9 @@ def test_transform_uses_the_seeded_generator(model, data):
 
 def test_probabilities_are_averaged(model, data):
     x = data[0][:20]
-    probs = TorchClassifier(nn.Sequential(NoisyNet(model.module, SIGMA, 3), nn.Softmax(dim=1)), n_classes=10,
-                            input_shape=(1, 28, 28))
+    probs = TorchClassifier(
+        nn.Sequential(NoisyNet(model.module, SIGMA, 3), nn.Softmax(dim=1)), n_classes=10, input_shape=(1, 28, 28)
+    )
     eot = EOT(probs, n_samples=5)
     with torch.no_grad():
         p = eot.logits(x)

@@ -119,10 +119,21 @@ def test_sklearn_black_box():
         assert int(r.extra["queries"].max()) <= 500
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"max_queries": 0}, {"max_queries": 2.5}, {"norm": "l1"}, {"init_num_evals": 0}, {"max_num_evals": 10},
-    {"gamma": -1.0}, {"steps": 0}, {"init_trials": 0}, {"query_batch_size": 0}, {"eps": -1.0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_queries": 0},
+        {"max_queries": 2.5},
+        {"norm": "l1"},
+        {"init_num_evals": 0},
+        {"max_num_evals": 10},
+        {"gamma": -1.0},
+        {"steps": 0},
+        {"init_trials": 0},
+        {"query_batch_size": 0},
+        {"eps": -1.0},
+    ],
+)
 def test_invalid_arguments(kwargs):
     with pytest.raises(UsageError):
         HopSkipJump(**kwargs)

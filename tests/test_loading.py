@@ -140,8 +140,15 @@ def test_torch_export(mnist, tmp_path):
 def test_onnx(mnist, tmp_path):
     module, x, ref = mnist
     path = tmp_path / "model.onnx"
-    torch.onnx.export(module, (x[:2],), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        module,
+        (x[:2],),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     loaded = load_model(path)
     assert isinstance(loaded, OnnxClassifier) and not loaded.white_box
     _check_same(loaded, x, ref)
@@ -209,7 +216,8 @@ def test_pt2_with_pickled_sample_inputs_refused(mnist, tmp_path):
 
 def _write_factory(tmp_path: Path) -> Path:
     src = tmp_path / "my_models.py"
-    src.write_text(textwrap.dedent("""
+    src.write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
         from sklearn.linear_model import LogisticRegression
@@ -229,7 +237,8 @@ def _write_factory(tmp_path: Path) -> Path:
 
         def not_a_model():
             return 42
-    """))
+    """)
+    )
     return src
 
 

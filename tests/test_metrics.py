@@ -66,7 +66,8 @@ def test_wilson_interval_refuses_bad_counts():
 
 
 _scores = st.lists(st.tuples(st.booleans(), st.integers(0, 20)), min_size=2, max_size=60).filter(
-    lambda rows: any(r[0] for r in rows) and not all(r[0] for r in rows))
+    lambda rows: any(r[0] for r in rows) and not all(r[0] for r in rows)
+)
 
 
 @settings(max_examples=300, deadline=None)

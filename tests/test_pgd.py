@@ -24,9 +24,9 @@ def test_pgd_is_stronger_than_fgsm_and_noise(mnist_cnn, mnist_batch):
     g = torch.Generator().manual_seed(0)
     noise = (x + 0.15 * torch.randint(0, 2, x.shape, generator=g).float().mul(2).sub(1)).clamp(0, 1)
     noise_acc = float((mnist_cnn.predict(noise) == y).float().mean())
-    assert noise_acc > 0.9          # random sign noise of the same size barely hurts
-    assert fgsm < noise_acc - 0.1   # a single gradient step does
-    assert pgd < fgsm - 0.1         # and iterating does much more
+    assert noise_acc > 0.9  # random sign noise of the same size barely hurts
+    assert fgsm < noise_acc - 0.1  # a single gradient step does
+    assert pgd < fgsm - 0.1  # and iterating does much more
 
 
 def _bare_pgd(module, x, y, eps, alpha, steps, x0):
@@ -98,8 +98,10 @@ def test_seeded_attacks_are_reproducible(mnist_cnn, mnist_batch):
     c = PGD(eps=0.1, steps=5, seed=4)(mnist_cnn, x, y).x_adv
     assert torch.equal(a, b) and not torch.equal(a, c)
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    assert torch.equal(PGD(eps=0.1, steps=5, generator=g1)(mnist_cnn, x, y).x_adv,
-                       PGD(eps=0.1, steps=5, generator=g2)(mnist_cnn, x, y).x_adv)
+    assert torch.equal(
+        PGD(eps=0.1, steps=5, generator=g1)(mnist_cnn, x, y).x_adv,
+        PGD(eps=0.1, steps=5, generator=g2)(mnist_cnn, x, y).x_adv,
+    )
 
 
 def test_attack_does_not_mutate_model_and_restores_training_flag(mnist_cnn, mnist_batch):
@@ -120,10 +122,17 @@ def test_queries_are_counted(mnist_cnn, mnist_batch):
     assert r.queries == 30 * 7 and r.gradients == 30 * 7
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(eps=-0.1), "eps"), (dict(steps=0), "steps"), (dict(norm="l7"), "norm"),
-    (dict(loss="hinge"), "loss"), (dict(step_size=-1.0), "step_size"), (dict(restarts=0), "restarts"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(eps=-0.1), "eps"),
+        (dict(steps=0), "steps"),
+        (dict(norm="l7"), "norm"),
+        (dict(loss="hinge"), "loss"),
+        (dict(step_size=-1.0), "step_size"),
+        (dict(restarts=0), "restarts"),
+    ],
+)
 def test_pgd_rejects_bad_arguments(kwargs, match):
     with pytest.raises(UsageError, match=match):
         PGD(**kwargs)

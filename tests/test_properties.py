@@ -67,13 +67,21 @@ def test_results_stay_inside_the_threat_model(name, base_module, digits):
 
     examples = EXAMPLES.get(name, EXAMPLES_PER_ATTACK)
 
-    @settings(max_examples=examples, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(
         norm=st.sampled_from(cls.norms),
         eps=st.one_of(st.floats(1e-3, 3.0), st.sampled_from([0.0, 0.3, 8.0])),
-        lo=st.floats(-2.0, 1.0), width=st.floats(0.2, 3.0),
-        n=st.integers(1, 6), seed=st.integers(0, 2**16), targeted=st.booleans(), real=st.booleans(),
+        lo=st.floats(-2.0, 1.0),
+        width=st.floats(0.2, 3.0),
+        n=st.integers(1, 6),
+        seed=st.integers(0, 2**16),
+        targeted=st.booleans(),
+        real=st.booleans(),
     )
     def check(norm, eps, lo, width, n, seed, targeted, real):
         hi = lo + width
@@ -97,12 +105,20 @@ def test_results_stay_inside_the_threat_model(name, base_module, digits):
             from bastion.attacks.evasion.apgd import APGD, APGDT
             from bastion.attacks.evasion.pgd import PGD
 
-            kwargs["members"] = ([PGD(eps=eps, norm=norm, steps=3), PGD(eps=eps, norm=norm, steps=3, loss="margin")]
-                                 if norm == "l1" else
-                                 [APGD(eps=eps, norm=norm, steps=4, seed=seed),
-                                  APGDT(eps=eps, norm=norm, steps=3, n_target_classes=2, seed=seed)])
+            kwargs["members"] = (
+                [PGD(eps=eps, norm=norm, steps=3), PGD(eps=eps, norm=norm, steps=3, loss="margin")]
+                if norm == "l1"
+                else [
+                    APGD(eps=eps, norm=norm, steps=4, seed=seed),
+                    APGDT(eps=eps, norm=norm, steps=3, n_target_classes=2, seed=seed),
+                ]
+            )
         attack = get_attack(name, eps=eps, norm=norm, seed=seed, **kwargs)
-        t = (y + 1 + torch.randint(0, 9, (n,), generator=g)) % 10 if targeted and cls.supports_targets and name != "apgd-t" else None
+        t = (
+            (y + 1 + torch.randint(0, 9, (n,), generator=g)) % 10
+            if targeted and cls.supports_targets and name != "apgd-t"
+            else None
+        )
         r = attack(model, x, y, t)
         cases.append(n)
         assert r.x_adv.shape == x.shape and torch.isfinite(r.x_adv).all()

@@ -39,8 +39,11 @@ def test_unknown_names_suggest_and_list():
     r: Registry[int] = Registry("attack")
     for name in ("pgd", "fgsm", "square"):
         r.register(name, 0)
-    with pytest.raises(UsageError, match=r"unknown attack 'pdg' \(did you mean 'pgd'\?\): choose one of fgsm, pgd, "
-                                         r"square"):
+    with pytest.raises(
+        UsageError,
+        match=r"unknown attack 'pdg' \(did you mean 'pgd'\?\): choose one of fgsm, pgd, "
+        r"square",
+    ):
         r.get("pdg")
     with pytest.raises(UsageError) as exc:
         r.get("zzz")

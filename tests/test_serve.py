@@ -23,11 +23,21 @@ IMG = [[[0.5] * 28] * 28]  # one (1, 28, 28) input
 def service(tmp_path_factory, mnist_cnn, mnist):
     d = tmp_path_factory.mktemp("serve")
     store = Store(f"sqlite:///{d / 'serve.db'}")
-    keys = {name: create_key(store, role, name)[0]
-            for name, role in [("client", "client"), ("admin", "admin"), ("burst", "client"), ("revoked", "client"),
-                               ("fuzz", "admin")]}
-    cfg = load_config(None, limits={"rate": 20.0, "burst": 10, "max_batch": 16, "max_body_bytes": 200_000},
-                      drift={"window": 100, "permutations": 99})
+    keys = {
+        name: create_key(store, role, name)[0]
+        for name, role in [
+            ("client", "client"),
+            ("admin", "admin"),
+            ("burst", "client"),
+            ("revoked", "client"),
+            ("fuzz", "admin"),
+        ]
+    }
+    cfg = load_config(
+        None,
+        limits={"rate": 20.0, "burst": 10, "max_batch": 16, "max_body_bytes": 200_000},
+        drift={"window": 100, "permutations": 99},
+    )
     app, info = build_app(model=mnist_cnn, reference=mnist, config=cfg, store=store, spool=str(d / "spool.jsonl"))
     with running(app) as url:
         yield {"url": url, "keys": keys, "store": store, "app": app, "info": info}
@@ -113,8 +123,9 @@ def test_bad_inputs_get_4xx_with_a_message_and_no_audit_record(service):
         assert r.status_code == 422 and "NaN" in r.json()["detail"], r.text
         r = c.post("/v1/predict", content=b"{not json", headers={"Content-Type": "application/json"})
         assert r.status_code == 422
-        r = c.post("/v1/predict", content=b"[" + b"0.5," * 100_000 + b"0]",
-                   headers={"Content-Type": "application/json"})
+        r = c.post(
+            "/v1/predict", content=b"[" + b"0.5," * 100_000 + b"0]", headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 413 and "exceeds" in r.json()["detail"]
         chunks = (b"[" + b"0.5," * 10_000 for _ in range(10))  # no Content-Length: counted as it streams in
         r = c.post("/v1/predict", content=chunks, headers={"Content-Type": "application/json"})
@@ -162,9 +173,15 @@ def test_metrics_in_prometheus_format(service):
     with httpx.Client(base_url=url, timeout=30) as c:
         c.post("/v1/predict", json={"inputs": IMG}, headers=auth(keys["client"]))
         text = c.get("/metrics", headers=auth(keys["admin"])).text
-    for name in ("bastion_requests_total", "bastion_inputs_total", "bastion_abstentions_total",
-                 "bastion_request_latency_seconds_bucket", "bastion_drift_p_value", "bastion_audit_spooled",
-                 "bastion_clients_flagged"):
+    for name in (
+        "bastion_requests_total",
+        "bastion_inputs_total",
+        "bastion_abstentions_total",
+        "bastion_request_latency_seconds_bucket",
+        "bastion_drift_p_value",
+        "bastion_audit_spooled",
+        "bastion_clients_flagged",
+    ):
         assert name in text, name
     assert 'bastion_requests_total{endpoint="/v1/predict",status="200"}' in text
 
@@ -186,15 +203,21 @@ def test_fuzz_every_endpoint_gets_no_5xx(service):
     assert {op.path for op in operations} >= {"/v1/predict", "/health", "/metrics", "/dashboard", "/v1/admin/events"}
     for op in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
             @given(case=op.as_strategy(generation_mode=mode))
-            @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                      database=None)
+            @settings(
+                max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+            )
             def check(case, op=op):
                 for headers in ({"Authorization": f"Bearer {key}"}, {}):
                     response = case.call(headers=headers, timeout=30)
                     seen[op.label] = seen.get(op.label, 0) + 1
-                    assert response.status_code < 500, (case.method, case.path, response.status_code,
-                                                        response.text[:300])
+                    assert response.status_code < 500, (
+                        case.method,
+                        case.path,
+                        response.status_code,
+                        response.text[:300],
+                    )
                     if 400 <= response.status_code < 500:
                         assert response.json()["detail"], response.text
 

@@ -33,7 +33,7 @@ def test_dashboard_renders_with_data_and_refuses_without_admin_key(browser, tmp_
     with running(app) as url:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {client}"}, timeout=30) as c:
             for i in range(0, 160, 16):  # clean traffic, then noise: abstentions, flags and a drift alarm
-                x = mnist.x_test[500 + i:516 + i]
+                x = mnist.x_test[500 + i : 516 + i]
                 if i >= 80:
                     x = (x + 0.5 * __import__("torch").randn_like(x)).clamp(0, 1)
                 assert c.post("/v1/predict", json={"inputs": x.tolist()}).status_code == 200

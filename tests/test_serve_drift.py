@@ -80,12 +80,18 @@ def test_clean_traffic_raises_no_alarm_over_ten_windows(feats):
 @pytest.mark.parametrize("shift", ["noise", "rotate"])
 def test_shifted_traffic_raises_drift_within_two_windows(feats, shift):
     mon = DriftMonitor(feats["reference"], window=WINDOW, alpha=ALPHA, permutations=500, seed=0)
-    before = mon.observe(feats["clean"][:2 * WINDOW])
+    before = mon.observe(feats["clean"][: 2 * WINDOW])
     assert not any(r["drift"] for r in before)
-    after = mon.observe(feats[shift][:2 * WINDOW])
-    print(shift, "p-values after the switch:", [r["p_value"] for r in after],
-          "MMD^2:", [round(r["statistic"], 4) for r in after],
-          "clean MMD^2:", [round(r["statistic"], 4) for r in before])
+    after = mon.observe(feats[shift][: 2 * WINDOW])
+    print(
+        shift,
+        "p-values after the switch:",
+        [r["p_value"] for r in after],
+        "MMD^2:",
+        [round(r["statistic"], 4) for r in after],
+        "clean MMD^2:",
+        [round(r["statistic"], 4) for r in before],
+    )
     assert [r["window"] for r in after] == [2, 3]
     assert any(r["drift"] for r in after), "no drift raised within 2 windows of the switch"
     assert after[0]["drift"] and after[0]["p_value"] == pytest.approx(1 / 501)
@@ -190,8 +196,9 @@ def test_ks_clean_window_passes_and_shifted_window_drifts_with_bh(cancer):
         reject, adjusted, _, _ = multipletests(raw, alpha=ALPHA, method="fdr_bh")
         assert result["p_value"] == pytest.approx(adjusted.min(), rel=1e-9)
         assert result["features_drifting"] == int(reject.sum())
-        assert result["statistic"] == pytest.approx(max(stats.ks_2samp(ref[:, j], window[:, j]).statistic
-                                                        for j in range(ref.shape[1])))
+        assert result["statistic"] == pytest.approx(
+            max(stats.ks_2samp(ref[:, j], window[:, j]).statistic for j in range(ref.shape[1]))
+        )
         if result is r_clean:  # the correction matters: the uncorrected smallest p is smaller
             assert raw.min() < adjusted.min()
 

@@ -37,7 +37,7 @@ def _jacobian_augmentation(model, monitor: ExtractionMonitor, seeds: torch.Tenso
     def oracle(xs: torch.Tensor) -> torch.Tensor:
         out = []
         for k in range(0, len(xs), BATCH):
-            xb = xs[k:k + BATCH]
+            xb = xs[k : k + BATCH]
             yb = model.predict(xb)
             st = monitor.observe("attacker", xb, yb)
             trace.append((st["queries"], st["w"]))
@@ -51,7 +51,7 @@ def _jacobian_augmentation(model, monitor: ExtractionMonitor, seeds: torch.Tenso
         for _ in range(10):
             perm = torch.randperm(len(s))
             for k in range(0, len(s), 64):
-                j = perm[k:k + 64]
+                j = perm[k : k + 64]
                 opt.zero_grad()
                 nn.functional.cross_entropy(sub(s[j]), labels[j]).backward()
                 opt.step()
@@ -77,8 +77,10 @@ def test_jacobian_augmentation_attacker_is_flagged_before_2000_queries(mnist_cnn
     rest = torch.from_numpy(np.setdiff1d(np.arange(len(y)), idx))
     with torch.no_grad():
         acc = (sub(mnist.x_test[rest]).argmax(1) == mnist.y_test[rest]).float().mean().item()
-    print(f"attacker: flagged_at {st['flagged_at']} of {st['queries']} queries; substitute accuracy {acc:.2f}; "
-          f"W trace {[(q, round(w, 3)) for q, w in trace if w is not None][:6]} ... final W {st['w']:.3f}")
+    print(
+        f"attacker: flagged_at {st['flagged_at']} of {st['queries']} queries; substitute accuracy {acc:.2f}; "
+        f"W trace {[(q, round(w, 3)) for q, w in trace if w is not None][:6]} ... final W {st['w']:.3f}"
+    )
     assert st["queries"] >= 1600  # the whole attack ran
     assert acc > 0.4  # a real extraction: the substitute learned the target (chance 0.1)
     assert st["flagged"] and st["flagged_at"] is not None
@@ -94,7 +96,7 @@ def test_benign_clients_replaying_test_images_are_not_flagged(mnist, test_labels
         order = torch.from_numpy(rng.permutation(len(mnist.x_test))[:150])
         ws, i = [], 0
         while i < len(order):
-            sel = order[i:i + int(rng.integers(1, 9))]
+            sel = order[i : i + int(rng.integers(1, 9))]
             i += len(sel)
             st = monitor.observe(f"benign-{k}", mnist.x_test[sel], test_labels[sel])
             if st["w"] is not None:
@@ -102,8 +104,10 @@ def test_benign_clients_replaying_test_images_are_not_flagged(mnist, test_labels
         assert st["queries"] == 150 and st["distances"] >= monitor.min_distances and ws  # W was computed
         finals.append(st["w"])
         minima.append(min(ws))
-    print(f"benign final W: {min(finals):.3f}-{max(finals):.3f}, minimum over each stream: "
-          f"{min(minima):.3f}-{max(minima):.3f}")
+    print(
+        f"benign final W: {min(finals):.3f}-{max(finals):.3f}, minimum over each stream: "
+        f"{min(minima):.3f}-{max(minima):.3f}"
+    )
     statuses = monitor.clients()
     assert len(statuses) == 20
     assert not any(s["flagged"] or s["flagged_at"] is not None or s["over_budget"] for s in statuses)
@@ -113,8 +117,15 @@ def test_benign_clients_replaying_test_images_are_not_flagged(mnist, test_labels
 def test_budget_flag_and_reset():
     g = torch.Generator().manual_seed(0)
     monitor = ExtractionMonitor(budget=5)
-    assert monitor.status("nobody") == {"client": "nobody", "queries": 0, "distances": 0, "w": None,
-                                        "flagged": False, "flagged_at": None, "over_budget": False}
+    assert monitor.status("nobody") == {
+        "client": "nobody",
+        "queries": 0,
+        "distances": 0,
+        "w": None,
+        "flagged": False,
+        "flagged_at": None,
+        "over_budget": False,
+    }
     x = torch.rand(6, 1, 4, 4, generator=g)
     st = monitor.observe("a", x[:5], torch.zeros(5, dtype=torch.long))
     assert st["queries"] == 5 and st["distances"] == 4 and not st["over_budget"]
@@ -135,7 +146,7 @@ def test_flag_is_sticky_until_reset():
     monitor = ExtractionMonitor(delta=0.8, min_distances=30, max_distances=40, check_every=5)
     base = torch.randn(10, 16, generator=g)
     bursts = torch.cat([base, (base[:, None] + 1e-3 * torch.randn(10, 5, 16, generator=g)).reshape(50, 16)])
-    ws = [monitor.observe("c", bursts[k:k + 5], torch.zeros(5, dtype=torch.long))["w"] for k in range(0, 60, 5)]
+    ws = [monitor.observe("c", bursts[k : k + 5], torch.zeros(5, dtype=torch.long))["w"] for k in range(0, 60, 5)]
     st = monitor.status("c")
     assert st["flagged"] and min(w for w in ws if w is not None) < 0.8
     flagged_at = st["flagged_at"]
@@ -197,8 +208,8 @@ def test_growing_sets_match_a_literal_per_query_algorithm_1(cap):
     i, statuses = 0, []
     while i < n:  # requests of 1-17 queries, mixing classes: the batched path must equal the per-query one
         b = int(rng.integers(1, 18))
-        xb = torch.from_numpy(stream[i:i + b]).reshape(-1, 2, 4)
-        st = monitor.observe("r", xb, torch.from_numpy(labels[i:i + b]))
+        xb = torch.from_numpy(stream[i : i + b]).reshape(-1, 2, 4)
+        st = monitor.observe("r", xb, torch.from_numpy(labels[i : i + b]))
         i += b
         statuses.append(st)
         w, flagged, flagged_at = ref_after[st["queries"] - 1]
@@ -207,7 +218,7 @@ def test_growing_sets_match_a_literal_per_query_algorithm_1(cap):
 
     state = monitor._clients["r"]
     assert state.n_distances == len(ref_d) == n - 3
-    np.testing.assert_allclose(state.window(), ref_d[-params["max_distances"]:], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(state.window(), ref_d[-params["max_distances"] :], rtol=0, atol=1e-5)
     for c, gs in state.sets.items():
         assert gs.size == ref_sizes[c]
         assert abs(gs.threshold - ref_thr[c]) < 1e-5
@@ -216,11 +227,22 @@ def test_growing_sets_match_a_literal_per_query_algorithm_1(cap):
     print("reference check:", {k: v for k, v in statuses[-1].items() if k != "client"})
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"delta": 0.0}, {"delta": 1.0}, {"delta": 1.5}, {"delta": True}, {"delta": "0.9"},
-    {"min_distances": 2}, {"min_distances": 10, "max_distances": 5}, {"max_growing": 0},
-    {"budget": -1}, {"check_every": 0}, {"check_every": 2.5},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"delta": 0.0},
+        {"delta": 1.0},
+        {"delta": 1.5},
+        {"delta": True},
+        {"delta": "0.9"},
+        {"min_distances": 2},
+        {"min_distances": 10, "max_distances": 5},
+        {"max_growing": 0},
+        {"budget": -1},
+        {"check_every": 0},
+        {"check_every": 2.5},
+    ],
+)
 def test_bad_arguments_raise_usage_error(kwargs):
     with pytest.raises(UsageError):
         ExtractionMonitor(**kwargs)

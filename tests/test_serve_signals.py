@@ -31,15 +31,24 @@ def _client(url: str, key: str) -> httpx.Client:
 
 
 def test_pgd_inputs_are_flagged_by_the_activation_detector(tmp_path, mnist_cnn, mnist):
-    app, store = _service(tmp_path, mnist_cnn, mnist, ood={"detector": "activations", "fpr": 0.05, "action": "flag"},
-                          limits={"rate": 1e6, "burst": 10**6})
+    app, store = _service(
+        tmp_path,
+        mnist_cnn,
+        mnist,
+        ood={"detector": "activations", "fpr": 0.05, "action": "flag"},
+        limits={"rate": 1e6, "burst": 10**6},
+    )
     key, _ = create_key(store, "client")
     x, y = mnist.x_test[UNSEEN][:200], mnist.y_test[UNSEEN][:200]
     adv = PGD(eps=0.3, steps=40)(mnist_cnn, x, y).x_adv
     with running(app) as url, _client(url, key) as c:
+
         def flagged(batch: torch.Tensor) -> float:
-            res = [r for i in range(0, len(batch), 16)
-                   for r in c.post("/v1/predict", json={"inputs": batch[i:i + 16].tolist()}).json()["results"]]
+            res = [
+                r
+                for i in range(0, len(batch), 16)
+                for r in c.post("/v1/predict", json={"inputs": batch[i : i + 16].tolist()}).json()["results"]
+            ]
             return float(np.mean(["ood" in r["reasons"] for r in res]))
 
         clean_rate, adv_rate = flagged(x), flagged(adv)
@@ -52,8 +61,13 @@ def test_extraction_client_is_flagged_then_blocked_and_benign_clients_are_not(tm
 
     from test_serve_extraction import BATCH, LAMBDA  # the attacker of the monitor's own tests
 
-    app, store = _service(tmp_path, mnist_cnn, mnist, extraction={"action": "block"},
-                          limits={"rate": 1e6, "burst": 10**6, "max_batch": 32})
+    app, store = _service(
+        tmp_path,
+        mnist_cnn,
+        mnist,
+        extraction={"action": "block"},
+        limits={"rate": 1e6, "burst": 10**6, "max_batch": 32},
+    )
     attacker, _ = create_key(store, "client", "attacker")
     benign = [create_key(store, "client", f"benign-{i}")[0] for i in range(20)]
     rng = np.random.default_rng(1)
@@ -65,7 +79,7 @@ def test_extraction_client_is_flagged_then_blocked_and_benign_clients_are_not(tm
                 k = 0
                 while k < len(order):
                     n = int(rng.integers(1, 9))
-                    r = c.post("/v1/predict", json={"inputs": unseen[order[k:k + n]].tolist()})
+                    r = c.post("/v1/predict", json={"inputs": unseen[order[k : k + n]].tolist()})
                     assert r.status_code == 200 and r.json()["client"]["status"] == "ok", (i, r.text[:200])
                     k += n
         # Papernot et al.'s Jacobian augmentation, with the service as its oracle
@@ -76,18 +90,21 @@ def test_extraction_client_is_flagged_then_blocked_and_benign_clients_are_not(tm
         sub = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
         sent, blocked_at = 0, None
         with _client(url, attacker) as c:
+
             def oracle(xs: torch.Tensor) -> torch.Tensor | None:
                 nonlocal sent, blocked_at
                 labels = []
                 for k in range(0, len(xs), BATCH):
-                    r = c.post("/v1/predict", json={"inputs": xs[k:k + BATCH].tolist()})
+                    r = c.post("/v1/predict", json={"inputs": xs[k : k + BATCH].tolist()})
                     if r.status_code == 403:
                         blocked_at = sent
                         return None
                     assert r.status_code == 200, r.text[:200]
-                    sent += len(xs[k:k + BATCH])
-                    labels += [res["label"] if res["label"] is not None else int(np.argmax(res["probabilities"]))
-                               for res in r.json()["results"]]
+                    sent += len(xs[k : k + BATCH])
+                    labels += [
+                        res["label"] if res["label"] is not None else int(np.argmax(res["probabilities"]))
+                        for res in r.json()["results"]
+                    ]
                 return torch.tensor(labels)
 
             labels = oracle(s)
@@ -111,23 +128,32 @@ def test_extraction_client_is_flagged_then_blocked_and_benign_clients_are_not(tm
     ids = {k.split("_")[1]: k for k in benign}
     assert not any(clients[i]["flagged"] for i in ids), [clients[i]["w"] for i in ids]
     bad = clients[attacker.split("_")[1]]
-    print(f"attacker flagged at {bad['flagged_at']}, blocked after {blocked_at} answered queries; benign W "
-          f"{min(clients[i]['w'] for i in ids):.3f}-{max(clients[i]['w'] for i in ids):.3f}")
+    print(
+        f"attacker flagged at {bad['flagged_at']}, blocked after {blocked_at} answered queries; benign W "
+        f"{min(clients[i]['w'] for i in ids):.3f}-{max(clients[i]['w'] for i in ids):.3f}"
+    )
     assert bad["flagged"] and bad["flagged_at"] < 2000 and blocked_at is not None and blocked_at < 2000, (bad, sent)
     assert len(events) == 1 and events[0]["detail"]["key_id"] == attacker.split("_")[1]
 
 
 def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     t = torch.tensor(np.deg2rad(degrees), dtype=torch.float32)
-    theta = torch.stack([torch.stack([t.cos(), -t.sin(), torch.zeros(())]),
-                         torch.stack([t.sin(), t.cos(), torch.zeros(())])]).expand(len(x), 2, 3)
+    theta = torch.stack(
+        [torch.stack([t.cos(), -t.sin(), torch.zeros(())]), torch.stack([t.sin(), t.cos(), torch.zeros(())])]
+    ).expand(len(x), 2, 3)
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, align_corners=False).clamp(0, 1)
 
 
 def test_drift_is_raised_within_two_windows_and_not_on_clean_traffic(tmp_path, mnist_cnn, mnist):
-    app, store = _service(tmp_path, mnist_cnn, mnist, drift={"window": 100, "alpha": 0.01, "permutations": 500},
-                          extraction={"action": "flag"}, limits={"rate": 1e6, "burst": 10**6})
+    app, store = _service(
+        tmp_path,
+        mnist_cnn,
+        mnist,
+        drift={"window": 100, "alpha": 0.01, "permutations": 500},
+        extraction={"action": "flag"},
+        limits={"rate": 1e6, "burst": 10**6},
+    )
     key, _ = create_key(store, "client")
     admin, _ = create_key(store, "admin")
     g = torch.Generator().manual_seed(0)
@@ -135,10 +161,10 @@ def test_drift_is_raised_within_two_windows_and_not_on_clean_traffic(tmp_path, m
     rotated = _rotate(mnist.x_test[torch.randperm(1000, generator=g)[:200]], 40)
     with running(app) as url, _client(url, key) as c, _client(url, admin) as a:
         for i in range(0, 1000, 20):
-            assert c.post("/v1/predict", json={"inputs": clean[i:i + 20].tolist()}).status_code == 200
+            assert c.post("/v1/predict", json={"inputs": clean[i : i + 20].tolist()}).status_code == 200
         quiet = wait_drift_windows(a, 10)
         for i in range(0, 200, 20):
-            assert c.post("/v1/predict", json={"inputs": rotated[i:i + 20].tolist()}).status_code == 200
+            assert c.post("/v1/predict", json={"inputs": rotated[i : i + 20].tolist()}).status_code == 200
         windows = wait_drift_windows(a, 12)
         events = a.get("/v1/admin/events", params={"kind": "drift"}).json()["events"]
         metrics = a.get("/metrics").text

@@ -47,8 +47,12 @@ def _load(url: str, key: str, images: list, n: int, workers: int, on_progress=No
 
 def _service(mnist_cnn, mnist, store, spool):
     # a load generator replays a few hundred images: PRADA rightly finds that odd, so flag instead of block
-    cfg = load_config(None, limits={"rate": 1e6, "burst": 10**6}, drift={"window": 200, "permutations": 99},
-                      extraction={"action": "flag"})
+    cfg = load_config(
+        None,
+        limits={"rate": 1e6, "burst": 10**6},
+        drift={"window": 200, "permutations": 99},
+        extraction={"action": "flag"},
+    )
     return build_app(model=mnist_cnn, reference=mnist, config=cfg, store=store, spool=str(spool))[0]
 
 
@@ -140,9 +144,20 @@ def test_postgres_outage_mid_load_loses_no_record_and_duplicates_none(tmp_path, 
 
 def test_spool_replay_is_idempotent_and_unwritable_spool_fails_loudly(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'b.db'}")
-    rec = {"request_id": "r1", "ts": 1.0, "key_id": "k", "input_sha256": "0" * 64, "n_inputs": 1, "labels": "[1]",
-           "abstain": "[false]", "actions": '["answer"]', "reasons": "[[]]", "scores": "[{}]", "latency_ms": 1.0,
-           "client_status": "ok"}
+    rec = {
+        "request_id": "r1",
+        "ts": 1.0,
+        "key_id": "k",
+        "input_sha256": "0" * 64,
+        "n_inputs": 1,
+        "labels": "[1]",
+        "abstain": "[false]",
+        "actions": '["answer"]',
+        "reasons": "[[]]",
+        "scores": "[{}]",
+        "latency_ms": 1.0,
+        "client_status": "ok",
+    }
     assert store.insert_audit([rec]) == 1
     assert store.insert_audit([rec, {**rec, "request_id": "r2"}]) == 1  # r1 is not stored twice
     assert store.count_audit() == 2
@@ -171,15 +186,24 @@ def test_migrations_upgrade_an_old_database_in_place(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)
     meta = sa.MetaData()
-    version = sa.Table("bastion_schema", meta, sa.Column("version", sa.Integer), sa.Column("applied_at", sa.Float),
-                       sa.Column("description", sa.String(200)))
+    version = sa.Table(
+        "bastion_schema",
+        meta,
+        sa.Column("version", sa.Integer),
+        sa.Column("applied_at", sa.Float),
+        sa.Column("description", sa.String(200)),
+    )
     with engine.begin() as conn:  # a database written by a version-1 service, with one record
         meta.create_all(conn)
         MIGRATIONS[0][2](conn, sa.MetaData())
         conn.execute(version.insert().values(version=1, applied_at=0.0, description="v1"))
-        conn.execute(sa.text("INSERT INTO audit_records (request_id, ts, key_id, input_sha256, n_inputs, labels, "
-                             "abstain, actions, reasons, scores, latency_ms) VALUES ('old', 0, 'k', '', 1, '[]', '[]', "
-                             "'[]', '[]', '[]', 1)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO audit_records (request_id, ts, key_id, input_sha256, n_inputs, labels, "
+                "abstain, actions, reasons, scores, latency_ms) VALUES ('old', 0, 'k', '', 1, '[]', '[]', "
+                "'[]', '[]', '[]', 1)"
+            )
+        )
     engine.dispose()
     store = Store(url)
     assert store.version == MIGRATIONS[-1][0] == 2

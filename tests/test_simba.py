@@ -64,7 +64,6 @@ def test_simba_on_sklearn_trees():
     _check_counts(r, 200)
 
 
-
 def test_simba_against_http_endpoint():
     with digits_endpoint() as (httpd, digits):
         x, y = digits.x_test[:40], digits.y_test[:40]

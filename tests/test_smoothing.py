@@ -56,8 +56,16 @@ def cp_low(k: int, n: int, alpha: float) -> float:
 @pytest.fixture(scope="module")
 def noisy_mlp(digits, digits_mlp):
     """zoo:digits-mlp fine-tuned for 20 epochs with N(0, 0.5^2) noise (a few seconds)."""
-    module = train_with_noise(copy.deepcopy(digits_mlp.module), digits.x_train, digits.y_train, SIGMA, epochs=20,
-                              batch_size=64, lr=2e-3, seed=0)
+    module = train_with_noise(
+        copy.deepcopy(digits_mlp.module),
+        digits.x_train,
+        digits.y_train,
+        SIGMA,
+        epochs=20,
+        batch_size=64,
+        lr=2e-3,
+        seed=0,
+    )
     return bastion.TorchClassifier(module, n_classes=10, input_shape=(1, 8, 8), output="logits")
 
 
@@ -125,7 +133,7 @@ def test_certify_abstains_without_enough_samples(digits, noisy_mlp):
     labels, radii = s.certify(digits.x_test[:20])
     assert (labels == ABSTAIN).all() and (radii == 0).all()
     labels, radii = smooth(noisy_mlp, n=10, alpha=0.001).certify(digits.x_test[:20])
-    assert (labels != ABSTAIN).any() and float(radii.max()) == pytest.approx(SIGMA * norm.ppf(0.001 ** 0.1))
+    assert (labels != ABSTAIN).any() and float(radii.max()) == pytest.approx(SIGMA * norm.ppf(0.001**0.1))
 
 
 def test_predict_is_cohens_binomial_test(digits, digits_mlp):
@@ -260,7 +268,7 @@ def test_memory_does_not_grow_with_n():
 @given(i=st.integers(min_value=0, max_value=359), steps=st.sampled_from([10, 20]))
 def test_no_pgd_example_inside_a_certified_radius(digits, noisy_mlp, i, steps):
     s = smooth(noisy_mlp, n=2000, n_logits=16, seed=i)
-    x = digits.x_test[i:i + 1]
+    x = digits.x_test[i : i + 1]
     label, radius = s.certify(x)
     if int(label) == ABSTAIN:
         return
@@ -301,8 +309,9 @@ def test_train_with_noise_is_seeded_and_leaves_global_state(digits, digits_mlp):
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
     assert not wa.requires_grad and not a.training  # the zoo module's frozen flags come back
     losses = []
-    train_with_noise(copy.deepcopy(digits_mlp.module), x, y, 0.25, epochs=2,
-                     on_epoch=lambda e, loss: losses.append(loss))
+    train_with_noise(
+        copy.deepcopy(digits_mlp.module), x, y, 0.25, epochs=2, on_epoch=lambda e, loss: losses.append(loss)
+    )
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     with pytest.raises(UsageError, match="sigma"):
         train_with_noise(a, x, y, 0.0, epochs=1)
@@ -312,9 +321,17 @@ def test_train_with_noise_is_seeded_and_leaves_global_state(digits, digits_mlp):
 
 # -- as a Classifier --------------------------------------------------------------------------------------------
 def test_validation_messages(digits, digits_mlp):
-    for kw, msg in [({"sigma": 0.0}, "sigma"), ({"sigma": -1.0}, "sigma"), ({"n0": 0}, "n0"), ({"n": 0}, "n "),
-                    ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"), ({"batch_size": 0}, "batch_size"),
-                    ({"n_logits": 0}, "n_logits"), ({"seed": 1.5}, "seed")]:
+    for kw, msg in [
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": -1.0}, "sigma"),
+        ({"n0": 0}, "n0"),
+        ({"n": 0}, "n "),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"n_logits": 0}, "n_logits"),
+        ({"seed": 1.5}, "seed"),
+    ]:
         sigma = kw.pop("sigma", SIGMA)
         with pytest.raises(UsageError, match=msg):
             SmoothedClassifier(digits_mlp, sigma, **kw)
@@ -358,14 +375,23 @@ def test_smoothed_classifier_is_a_classifier_pgd_attacks(digits, noisy_mlp):
 
 def test_audit_probe(tmp_path, digits, digits_mlp, noisy_mlp):
     s = smooth(noisy_mlp, n=500, n_logits=16)
-    prof = Profile("cert-test", "", 40, {"certification": {"n_certify": 40, "n": 500, "pgd_inputs": 6,
-                                                            "pgd_steps": 10, "n_predict": 500}})
+    prof = Profile(
+        "cert-test",
+        "",
+        40,
+        {"certification": {"n_certify": 40, "n": 500, "pgd_inputs": 6, "pgd_steps": 10, "n_predict": 500}},
+    )
     report = run_audit(s, digits, tmp_path / "cert", profile=prof, norm="l2", eps=[0.25, 0.5])
     (probe,) = report["probes"]
     assert probe["probe"] == "certification" and probe["status"] == "ok", probe.get("reason")
     m = report["metrics"]
-    for key in ("certified_accuracy@r=0", "certified_accuracy@r=0.25", "certified_accuracy@r=0.5",
-                "certified_accuracy@r=1", "abstention_rate"):
+    for key in (
+        "certified_accuracy@r=0",
+        "certified_accuracy@r=0.25",
+        "certified_accuracy@r=0.5",
+        "certified_accuracy@r=1",
+        "abstention_rate",
+    ):
         assert key in m
     assert 0.4 <= m["certified_accuracy@r=0.25"] <= 0.9 and m["certified_accuracy@r=0"] >= m["certified_accuracy@r=0.5"]
     assert {p["id"] for p in probe["plots"]} == {"certified-accuracy", "certified-radius-hist"}
@@ -392,8 +418,12 @@ class _InflatedCertificates(SmoothedClassifier):
 def test_certificate_check_fails_on_inflated_radii(tmp_path, digits, noisy_mlp):
     """The check has power: at 3x the certified radius PGD-L2 flips about half the smoothed predictions."""
     s = _InflatedCertificates(noisy_mlp, SIGMA, n=1000, n_logits=16)
-    prof = Profile("cert-broken", "", 30, {"certification": {"n_certify": 30, "n": 1000, "pgd_inputs": 12,
-                                                              "pgd_steps": 20, "n_predict": 1000}})
+    prof = Profile(
+        "cert-broken",
+        "",
+        30,
+        {"certification": {"n_certify": 30, "n": 1000, "pgd_inputs": 12, "pgd_steps": 20, "n_predict": 1000}},
+    )
     report = run_audit(s, digits, tmp_path / "broken", profile=prof, norm="l2", eps=[0.5], write=False)
     (check,) = report["probes"][0]["checks"]
     assert check["status"] == "fail" and check["evidence"]["violations"] >= 2, check["evidence"]

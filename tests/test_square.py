@@ -66,7 +66,6 @@ def test_square_on_sklearn_trees(cancer=None):
     _check_counts(r, 200)
 
 
-
 @pytest.fixture(scope="module")
 def server():
     with digits_endpoint() as served:

@@ -29,8 +29,14 @@ def spec_for(cancer, norm="linf", eps=0.2):
     names = cancer.feature_names
     integer = {n: {"scale": [lo[names.index(n)], hi[names.index(n)]]} for n in INTEGER}
     integer["worst smoothness"] = {"step": 0.125, "offset": 0.0}
-    return {"immutable": IMMUTABLE, "integer": integer, "categorical": {"worst symmetry": [0.0, 0.25, 0.5, 0.75, 1.0]},
-            "ranges": {"worst area": [0.0, 0.7]}, "norm": norm, "eps": eps}
+    return {
+        "immutable": IMMUTABLE,
+        "integer": integer,
+        "categorical": {"worst symmetry": [0.0, 0.25, 0.5, 0.75, 1.0]},
+        "ranges": {"worst area": [0.0, 0.7]},
+        "norm": norm,
+        "eps": eps,
+    }
 
 
 def unscale(cancer, x, name):
@@ -38,8 +44,10 @@ def unscale(cancer, x, name):
     return x[:, i].double() * (cancer.meta["scale_max"][i] - cancer.meta["scale_min"][i]) + cancer.meta["scale_min"][i]
 
 
-@pytest.mark.parametrize("zoo,norm,eps", [("cancer-gbt", "linf", 0.2), ("cancer-gbt", "l2", 0.5),
-                                          ("cancer-mlp", "linf", 0.2), ("cancer-mlp", "l2", 0.5)])
+@pytest.mark.parametrize(
+    "zoo,norm,eps",
+    [("cancer-gbt", "linf", 0.2), ("cancer-gbt", "l2", 0.5), ("cancer-mlp", "linf", 0.2), ("cancer-mlp", "l2", 0.5)],
+)
 def test_constrained_attack_flips_records_within_the_constraints(cancer, zoo, norm, eps):
     torch.set_num_threads(1)
     model = load_zoo(zoo)
@@ -78,31 +86,38 @@ def test_budget_has_one_source(cancer):
     with pytest.raises(UsageError, match="needs eps"):
         ConstrainedAttack(constraints=FeatureConstraints(30))
     with pytest.raises(UsageError, match="features but the model takes"):
-        get_attack("tabular", eps=0.1, constraints=FeatureConstraints(29))(load_zoo("cancer-gbt"), cancer.x_test[:2], cancer.y_test[:2])
+        get_attack("tabular", eps=0.1, constraints=FeatureConstraints(29))(
+            load_zoo("cancer-gbt"), cancer.x_test[:2], cancer.y_test[:2]
+        )
 
 
-@pytest.mark.parametrize("spec,match", [
-    ({"immutable": ["no such feature"]}, "unknown feature"),
-    ({"immutable": [30]}, "not an integer in"),
-    ({"immutable": [1], "integer": {"1": {"step": 1}}}, "both immutable and integer"),
-    ({"integer": {"2": {"step": 0}}}, "step must be > 0"),
-    ({"integer": {"2": {"step": -1}}}, "step must be > 0"),
-    ({"integer": {"2": {"scale": [3, 3]}}}, "min < max"),
-    ({"integer": {"2": {"scale": [0, 1], "step": 1}}}, "either"),
-    ({"ranges": {"mean area": [0.8, 0.2]}}, "lo=0.8 > hi=0.2"),
-    ({"eps": -0.1}, "eps must be >= 0"),
-    ({"norm": "l7"}, "unknown norm"),
-    ({"categorical": {"3": []}}, "non-empty"),
-    ({"integer": {"3": 1}, "categorical": {"3": [0, 1]}}, "both integer and categorical"),
-    ({"immutabel": [1]}, "unknown constraint keys"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"immutable": ["no such feature"]}, "unknown feature"),
+        ({"immutable": [30]}, "not an integer in"),
+        ({"immutable": [1], "integer": {"1": {"step": 1}}}, "both immutable and integer"),
+        ({"integer": {"2": {"step": 0}}}, "step must be > 0"),
+        ({"integer": {"2": {"step": -1}}}, "step must be > 0"),
+        ({"integer": {"2": {"scale": [3, 3]}}}, "min < max"),
+        ({"integer": {"2": {"scale": [0, 1], "step": 1}}}, "either"),
+        ({"ranges": {"mean area": [0.8, 0.2]}}, "lo=0.8 > hi=0.2"),
+        ({"eps": -0.1}, "eps must be >= 0"),
+        ({"norm": "l7"}, "unknown norm"),
+        ({"categorical": {"3": []}}, "non-empty"),
+        ({"integer": {"3": 1}, "categorical": {"3": [0, 1]}}, "both integer and categorical"),
+        ({"immutabel": [1]}, "unknown constraint keys"),
+    ],
+)
 def test_invalid_specs_are_rejected(cancer, spec, match):
     with pytest.raises(UsageError, match=match):
         FeatureConstraints.from_dict(spec, 30, cancer.feature_names)
 
 
 def test_spec_by_name_and_index_agree(cancer):
-    a = FeatureConstraints.from_dict({"immutable": ["mean radius", 3], "integer": ["worst area"]}, 30, cancer.feature_names)
+    a = FeatureConstraints.from_dict(
+        {"immutable": ["mean radius", 3], "integer": ["worst area"]}, 30, cancer.feature_names
+    )
     b = FeatureConstraints(30, immutable=(0, 3), integer={23: 1.0})
     assert a == b and hash(a) == hash(b)
 
@@ -112,15 +127,27 @@ roles = st.lists(st.sampled_from(["free", "immutable", "integer", "categorical",
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(roles=roles, norm=st.sampled_from(["linf", "l2", "l1"]), eps=st.one_of(st.none(), st.floats(0.0, 2.0)),
-       step=st.floats(0.05, 0.5), offset=st.floats(0.0, 0.05), n=st.integers(1, 5), seed=st.integers(0, 2**16),
-       spread=st.floats(0.0, 3.0))
+@given(
+    roles=roles,
+    norm=st.sampled_from(["linf", "l2", "l1"]),
+    eps=st.one_of(st.none(), st.floats(0.0, 2.0)),
+    step=st.floats(0.05, 0.5),
+    offset=st.floats(0.0, 0.05),
+    n=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+    spread=st.floats(0.0, 3.0),
+)
 def test_project_always_satisfies_check(roles, norm, eps, step, offset, n, seed, spread):
     kinds = {k: [i for i, r in enumerate(roles) if r == k] for k in ("immutable", "integer", "categorical", "range")}
     cons = FeatureConstraints(
-        D, immutable=tuple(kinds["immutable"]), integer={i: (step, offset) for i in kinds["integer"]},
+        D,
+        immutable=tuple(kinds["immutable"]),
+        integer={i: (step, offset) for i in kinds["integer"]},
         categorical={i: [0.0, 0.3, 0.9] for i in kinds["categorical"]},
-        ranges={i: (0.2, 0.6) for i in kinds["range"]}, norm=norm, eps=eps)
+        ranges={i: (0.2, 0.6) for i in kinds["range"]},
+        norm=norm,
+        eps=eps,
+    )
     g = torch.Generator().manual_seed(seed)
     x0 = cons.snap(torch.rand(n, D, generator=g), bounds=(0.0, 1.0))
     x = x0 + spread * (torch.rand(n, D, generator=g) * 2 - 1)

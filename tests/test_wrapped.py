@@ -85,8 +85,10 @@ def test_feature_detectors_refuse_a_model_without_the_capability(digits, digits_
 
 
 def test_the_library_never_imports_the_cli():
-    code = ("import sys, bastion, bastion.audit, bastion.serve, bastion.defenses.training, bastion.models.zoo, "
-            "bastion.defenses.certification, bastion.defenses.detection; "
-            "print(sorted(m for m in sys.modules if m == 'bastion.cli' or m.startswith('bastion.cli.')))")
+    code = (
+        "import sys, bastion, bastion.audit, bastion.serve, bastion.defenses.training, bastion.models.zoo, "
+        "bastion.defenses.certification, bastion.defenses.detection; "
+        "print(sorted(m for m in sys.modules if m == 'bastion.cli' or m.startswith('bastion.cli.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -27,8 +27,7 @@ class MissingExtraError(BastionError, ImportError):
 
     def __init__(self, extra: str, package: str) -> None:
         super().__init__(
-            f"this feature needs the optional package '{package}': "
-            f"install it with  pip install 'bastion[{extra}]'"
+            f"this feature needs the optional package '{package}': install it with  pip install 'bastion[{extra}]'"
         )
         self.extra = extra
         self.package = package

@@ -59,8 +59,9 @@ def _array(values: ArrayLike, name: str) -> np.ndarray:
 def _pair(a: ArrayLike, b: ArrayLike, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = _array(a, name_a), _array(b, name_b)
     if x.shape != y.shape:
-        raise UsageError(f"{name_a} and {name_b} must have one value per record each, got {x.shape[0]} and "
-                         f"{y.shape[0]}")
+        raise UsageError(
+            f"{name_a} and {name_b} must have one value per record each, got {x.shape[0]} and {y.shape[0]}"
+        )
     return x, y
 
 

@@ -69,8 +69,10 @@ class Registry(Mapping[str, T], Generic[T]):
 
         def add(value: T) -> T:
             if key in self._items and not replace and self._items[key] is not value:
-                raise UsageError(f"a {self.kind} named {key!r} is already registered ({self._items[key]!r}): "
-                                 "choose another name, or pass replace=True to replace it")
+                raise UsageError(
+                    f"a {self.kind} named {key!r} is already registered ({self._items[key]!r}): "
+                    "choose another name, or pass replace=True to replace it"
+                )
             self._items[key] = value
             return value
 

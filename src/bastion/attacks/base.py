@@ -192,13 +192,26 @@ class Attack:
         return g
 
     def _attack(
-        self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-        generator: torch.Generator, budget: Budget,
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
     ) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None = None, *,
-                 progress: Callable[[int, int], None] | None = None) -> AttackResult:
+    def __call__(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> AttackResult:
         """Attack the batch ``x`` (N, *input_shape) with labels ``y`` (N,).
 
         Passing ``targets`` (N,) makes the attack targeted: success means ``pred == targets``.
@@ -207,8 +220,10 @@ class Attack:
         validate_inputs(model, x, y)
         if targets is not None:
             if not self.supports_targets:
-                raise UsageError(f"{type(self).__name__} is untargeted: call it without targets "
-                                 "(use 'cw', 'pgd' or 'apgd-t' for targeted attacks)")
+                raise UsageError(
+                    f"{type(self).__name__} is untargeted: call it without targets "
+                    "(use 'cw', 'pgd' or 'apgd-t' for targeted attacks)"
+                )
             validate_inputs(model, x, targets)
             if bool((targets == y).any()):
                 raise UsageError("targets must differ from the true labels for every sample")
@@ -251,9 +266,17 @@ class Attack:
                 pred_adv = torch.where(keep, pred_clean, pred_adv)
                 success = success | keep
         return AttackResult(
-            x_adv=x_adv, success=success, y=y, pred_adv=pred_adv, clean_correct=clean_correct,
-            norms=threat.norms(x, x_adv), queries=attack_queries, gradients=budget.backward,
-            seconds=seconds, threat=threat, targets=targets,
+            x_adv=x_adv,
+            success=success,
+            y=y,
+            pred_adv=pred_adv,
+            clean_correct=clean_correct,
+            norms=threat.norms(x, x_adv),
+            queries=attack_queries,
+            gradients=budget.backward,
+            seconds=seconds,
+            threat=threat,
+            targets=targets,
             extra={**budget.extra, **{k: torch.cat(v) for k, v in budget.per_sample.items()}},
         )
 

@@ -73,8 +73,14 @@ def render_plot(plot: dict[str, Any]) -> bytes:
             if len(edges) > 41:
                 edges = np.histogram_bin_edges(pooled, bins=40)
             for name, vals in data:
-                ax.hist(vals, bins=edges, alpha=0.55 if len(data) > 1 else 0.85, label=name, edgecolor="white",
-                        linewidth=0.5)
+                ax.hist(
+                    vals,
+                    bins=edges,
+                    alpha=0.55 if len(data) > 1 else 0.85,
+                    label=name,
+                    edgecolor="white",
+                    linewidth=0.5,
+                )
                 drawn += 1
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     elif kind == "bar":
@@ -87,14 +93,19 @@ def render_plot(plot: dict[str, Any]) -> bytes:
             if len(xs) != len(ys):
                 xs = [float(j) for j in range(len(ys))]
             offset = (i - (len(usable) - 1) / 2) * width
-            ax.bar([x + offset for x in xs], [0.0 if not math.isfinite(y) else y for y in ys], width=width,
-                   label=str(s.get("name") or ""))
+            ax.bar(
+                [x + offset for x in xs],
+                [0.0 if not math.isfinite(y) else y for y in ys],
+                width=width,
+                label=str(s.get("name") or ""),
+            )
             all_y += ys
             drawn += 1
         if categories:
             ax.set_xticks(range(len(categories)))
-            ax.set_xticklabels(categories, rotation=30 if len(categories) > 6 else 0,
-                               ha="right" if len(categories) > 6 else "center")
+            ax.set_xticklabels(
+                categories, rotation=30 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center"
+            )
     if drawn == 0:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="#59636e")
         ax.set_xticks([])

@@ -24,16 +24,33 @@ from ..errors import UsageError
 __all__ = ["METRIC_BASES", "Gate", "evaluate_gates", "parse_gate"]
 
 METRIC_BASES = {
-    "clean_accuracy", "clean_accuracy_audited", "clean_accuracy_ci_low", "clean_accuracy_ci_high",
-    "robust_accuracy", "median_min_perturbation", "success_rate", "median_perturbation", "mean_queries",
-    "median_queries", "patch_success", "deterministic", "n_test",
-    "certified_accuracy", "abstention_rate", "median_certified_radius", "mean_certified_radius",
-    "certificate_violations", "false_positive_rate", "detection_rate",
+    "clean_accuracy",
+    "clean_accuracy_audited",
+    "clean_accuracy_ci_low",
+    "clean_accuracy_ci_high",
+    "robust_accuracy",
+    "median_min_perturbation",
+    "success_rate",
+    "median_perturbation",
+    "mean_queries",
+    "median_queries",
+    "patch_success",
+    "deterministic",
+    "n_test",
+    "certified_accuracy",
+    "abstention_rate",
+    "median_certified_radius",
+    "mean_certified_radius",
+    "certificate_violations",
+    "false_positive_rate",
+    "detection_rate",
 }
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-_RE = re.compile(r"^\s*(?P<base>[a-z_]+)(?P<qual>\[[^\]\s]+\])?"
-                 r"(?:@eps=(?P<eps>[0-9.eE+-]+)|@r=(?P<r>[0-9.eE+-]+))?\s*"
-                 r"(?P<op>>=|<=|>|<)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$")
+_RE = re.compile(
+    r"^\s*(?P<base>[a-z_]+)(?P<qual>\[[^\]\s]+\])?"
+    r"(?:@eps=(?P<eps>[0-9.eE+-]+)|@r=(?P<r>[0-9.eE+-]+))?\s*"
+    r"(?P<op>>=|<=|>|<)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -47,9 +64,15 @@ class Gate:
     def evaluate(self, metrics: dict[str, Any]) -> dict[str, Any]:
         value = _lookup(metrics, self.metric, self.eps)
         passed = value is not None and bool(_OPS[self.op](value, self.threshold))
-        return {"expression": self.expression, "metric": self.metric, "op": self.op, "threshold": self.threshold,
-                "value": value, "passed": passed,
-                "message": None if value is not None else "not measured (its probe was skipped or failed)"}
+        return {
+            "expression": self.expression,
+            "metric": self.metric,
+            "op": self.op,
+            "threshold": self.threshold,
+            "value": value,
+            "passed": passed,
+            "message": None if value is not None else "not measured (its probe was skipped or failed)",
+        }
 
 
 def _lookup(metrics: dict[str, Any], metric: str, eps: float | None) -> float | None:
@@ -57,8 +80,15 @@ def _lookup(metrics: dict[str, Any], metric: str, eps: float | None) -> float | 
         v = metrics[metric]
     elif eps is not None:  # match eps numerically: 0.10 and 0.1 are the same gate
         base = metric.split("@")[0]
-        v = next((val for k, val in metrics.items() if k.startswith(base + "@eps=")
-                  and math.isclose(float(k.split("@eps=")[1]), eps, rel_tol=1e-9, abs_tol=1e-12)), None)
+        v = next(
+            (
+                val
+                for k, val in metrics.items()
+                if k.startswith(base + "@eps=")
+                and math.isclose(float(k.split("@eps=")[1]), eps, rel_tol=1e-9, abs_tol=1e-12)
+            ),
+            None,
+        )
     else:
         v = None
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
@@ -68,8 +98,10 @@ def parse_gate(expression: str, eps_values: list[float] | None = None) -> Gate:
     """Parse one gate expression; ``eps_values`` (the audit's) are the only eps a gate may name."""
     m = _RE.match(expression or "")
     if not m:
-        raise UsageError(f"--fail-under: cannot parse {expression!r}: write METRIC OP NUMBER, "
-                         "e.g. 'robust_accuracy@eps=0.1>=0.5' (OP: >=, <=, >, <)")
+        raise UsageError(
+            f"--fail-under: cannot parse {expression!r}: write METRIC OP NUMBER, "
+            "e.g. 'robust_accuracy@eps=0.1>=0.5' (OP: >=, <=, >, <)"
+        )
     base, qual, eps_s, op, value = m["base"], m["qual"] or "", m["eps"], m["op"], float(m["value"])
     if m["r"] is not None:  # a certified radius: any value the probe measured; no audit-level list to check
         try:
@@ -77,12 +109,15 @@ def parse_gate(expression: str, eps_values: list[float] | None = None) -> Gate:
         except ValueError:
             raise UsageError(f"--fail-under: bad radius {m['r']!r} in {expression!r}") from None
         if base not in METRIC_BASES:
-            raise UsageError(f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of "
-                             f"{', '.join(sorted(METRIC_BASES))}")
+            raise UsageError(
+                f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of "
+                f"{', '.join(sorted(METRIC_BASES))}"
+            )
         return Gate(expression.strip(), f"{base}{qual}@r={r:g}", op, value, None)
     if base not in METRIC_BASES:
-        raise UsageError(f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of "
-                         f"{', '.join(sorted(METRIC_BASES))}")
+        raise UsageError(
+            f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of {', '.join(sorted(METRIC_BASES))}"
+        )
     eps = None
     if eps_s is not None:
         try:
@@ -90,8 +125,10 @@ def parse_gate(expression: str, eps_values: list[float] | None = None) -> Gate:
         except ValueError:
             raise UsageError(f"--fail-under: bad eps {eps_s!r} in {expression!r}") from None
         if eps_values is not None and not any(math.isclose(eps, e, rel_tol=1e-9) for e in eps_values):
-            raise UsageError(f"--fail-under: eps={eps_s} in {expression!r} is not audited; the audit's eps are "
-                             f"{', '.join(f'{e:g}' for e in eps_values)} (set them with --eps)")
+            raise UsageError(
+                f"--fail-under: eps={eps_s} in {expression!r} is not audited; the audit's eps are "
+                f"{', '.join(f'{e:g}' for e in eps_values)} (set them with --eps)"
+            )
     metric = f"{base}{qual}" + (f"@eps={eps:g}" if eps is not None else "")
     return Gate(expression.strip(), metric, op, value, eps)
 

@@ -33,10 +33,17 @@ _MAX_CHANGED_FEATURES = 12
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 _BADGE_CLASS = {
-    "high": "bad", "fail": "bad", "error": "bad",
-    "medium": "warn", "warn": "warn",
-    "low": "good", "pass": "good", "ok": "good",
-    "skipped": "muted", "n/a": "muted", "none": "muted",
+    "high": "bad",
+    "fail": "bad",
+    "error": "bad",
+    "medium": "warn",
+    "warn": "warn",
+    "low": "good",
+    "pass": "good",
+    "ok": "good",
+    "skipped": "muted",
+    "n/a": "muted",
+    "none": "muted",
 }
 
 
@@ -108,10 +115,12 @@ def _slug(name: Any, taken: set[str]) -> str:
 def _kv_table(rows: dict[str, Any], value_fmt: Callable[[Any], str], head: tuple[str, str]) -> str:
     if not rows:
         return '<p class="note">none</p>'
-    body = "".join(f"<tr><td><code>{_esc(k)}</code></td><td class=\"val\">{value_fmt(v)}</td></tr>"
-                   for k, v in rows.items())
-    return (f'<table class="kv"><thead><tr><th>{head[0]}</th><th>{head[1]}</th></tr></thead>'
-            f"<tbody>{body}</tbody></table>")
+    body = "".join(
+        f'<tr><td><code>{_esc(k)}</code></td><td class="val">{value_fmt(v)}</td></tr>' for k, v in rows.items()
+    )
+    return (
+        f'<table class="kv"><thead><tr><th>{head[0]}</th><th>{head[1]}</th></tr></thead><tbody>{body}</tbody></table>'
+    )
 
 
 def _data_uri(png: bytes) -> str:
@@ -133,8 +142,10 @@ def _plots_html(plots: list[Any]) -> str:
             parts.append(f'<p class="note">plot {_esc(title)} could not be drawn: {_esc(e)}</p>')
             continue
         alt = f"{plot.get('kind', 'plot')} plot: {title} ({plot.get('y_label', '')} vs {plot.get('x_label', '')})"
-        parts.append(f'<figure class="plot"><img src="{_data_uri(png)}" alt="{_esc(alt)}" '
-                     f'data-plot="{_esc(plot.get("id"))}"></figure>')
+        parts.append(
+            f'<figure class="plot"><img src="{_data_uri(png)}" alt="{_esc(alt)}" '
+            f'data-plot="{_esc(plot.get("id"))}"></figure>'
+        )
     return "".join(parts)
 
 
@@ -146,10 +157,12 @@ def _example_caption(ex: dict[str, Any]) -> str:
     eps_text = f", eps {_num(eps)}" if isinstance(eps, (int, float)) and not isinstance(eps, bool) else ""
     changed = ex.get("pred_adv") != ex.get("pred_clean")
     outcome = "fooled" if changed else "not fooled"
-    return (f"<strong>#{_esc(ex.get('index'))}</strong>: label {_esc(ex.get('label'))} → prediction "
-            f"{_esc(ex.get('pred_adv'))} (clean prediction {_esc(ex.get('pred_clean'))}, {outcome}) · attack "
-            f"<code>{_esc(ex.get('attack'))}</code> · norm {_esc(ex.get('norm'))}{eps_text} · perturbation size "
-            f"{_num(ex.get('perturbation'))}")
+    return (
+        f"<strong>#{_esc(ex.get('index'))}</strong>: label {_esc(ex.get('label'))} → prediction "
+        f"{_esc(ex.get('pred_adv'))} (clean prediction {_esc(ex.get('pred_clean'))}, {outcome}) · attack "
+        f"<code>{_esc(ex.get('attack'))}</code> · norm {_esc(ex.get('norm'))}{eps_text} · perturbation size "
+        f"{_num(ex.get('perturbation'))}"
+    )
 
 
 def _example_html(ex: dict[str, Any]) -> str:
@@ -162,8 +175,10 @@ def _example_html(ex: dict[str, Any]) -> str:
     except (TypeError, ValueError):
         return f'<div class="example">{caption}<p class="note">input could not be read as numbers</p></div>'
     if clean.shape != adv.shape or clean.size == 0:
-        return f'<div class="example">{caption}<p class="note">no input to show (shapes {_esc(clean.shape)} and ' \
-               f'{_esc(adv.shape)})</p></div>'
+        return (
+            f'<div class="example">{caption}<p class="note">no input to show (shapes {_esc(clean.shape)} and '
+            f"{_esc(adv.shape)})</p></div>"
+        )
     bounds_raw = ex.get("bounds") or (0.0, 1.0)
     try:
         bounds = (float(bounds_raw[0]), float(bounds_raw[1]))
@@ -177,19 +192,34 @@ def _example_html(ex: dict[str, Any]) -> str:
         idx = _esc(ex.get("index"))
 
         def fig(png: bytes, alt: str, cap: str) -> str:
-            return (f'<figure><img src="{_data_uri(png)}" width="{w}" height="{h}" alt="{_esc(alt)}">'
-                    f"<figcaption>{cap}</figcaption></figure>")
+            return (
+                f'<figure><img src="{_data_uri(png)}" width="{w}" height="{h}" alt="{_esc(alt)}">'
+                f"<figcaption>{cap}</figcaption></figure>"
+            )
 
         diff_cap = "perturbation (adv − clean)" if m > 0 else "perturbation: none"
-        legend = (f"Perturbation colours: red = increase, blue = decrease, grey = unchanged; scaled to "
-                  f"max |Δ| = {_num(m)}." if m > 0 else "The adversarial input is identical to the clean one.")
-        triple = (fig(png_clean, f"clean input #{ex.get('index')}, label {ex.get('label')}",
-                      f"clean · label {_esc(ex.get('label'))} → {_esc(ex.get('pred_clean'))}")
-                  + fig(png_adv, f"adversarial input #{ex.get('index')}, predicted {ex.get('pred_adv')}",
-                        f"adversarial → {_esc(ex.get('pred_adv'))}")
-                  + fig(png_diff, f"perturbation of input #{ex.get('index')}", _esc(diff_cap)))
-        return (f'<div class="example" data-example="{idx}">{caption}<div class="triple">{triple}</div>'
-                f'<p class="reason">{_esc(legend)}</p></div>')
+        legend = (
+            f"Perturbation colours: red = increase, blue = decrease, grey = unchanged; scaled to max |Δ| = {_num(m)}."
+            if m > 0
+            else "The adversarial input is identical to the clean one."
+        )
+        triple = (
+            fig(
+                png_clean,
+                f"clean input #{ex.get('index')}, label {ex.get('label')}",
+                f"clean · label {_esc(ex.get('label'))} → {_esc(ex.get('pred_clean'))}",
+            )
+            + fig(
+                png_adv,
+                f"adversarial input #{ex.get('index')}, predicted {ex.get('pred_adv')}",
+                f"adversarial → {_esc(ex.get('pred_adv'))}",
+            )
+            + fig(png_diff, f"perturbation of input #{ex.get('index')}", _esc(diff_cap))
+        )
+        return (
+            f'<div class="example" data-example="{idx}">{caption}<div class="triple">{triple}</div>'
+            f'<p class="reason">{_esc(legend)}</p></div>'
+        )
     if clean.ndim == 1:
         delta = adv - clean
         changed = [int(i) for i in np.argsort(-np.abs(delta), kind="stable") if abs(delta[i]) > 1e-9]
@@ -197,14 +227,18 @@ def _example_html(ex: dict[str, Any]) -> str:
             body = '<p class="note">no feature changed</p>'
         else:
             shown = changed[:_MAX_CHANGED_FEATURES]
-            rows = "".join(f'<tr><td class="num">{i}</td><td class="num">{_num(float(clean[i]))}</td>'
-                           f'<td class="num">{_num(float(adv[i]))}</td><td class="num">{float(delta[i]):+.4g}</td></tr>'
-                           for i in shown)
-            more = (f"; the {len(shown)} largest changes shown" if len(changed) > len(shown) else "")
-            body = (f'<p class="sub">{len(changed)} of {clean.size} features changed{more}.</p>'
-                    '<table class="kv"><thead><tr><th>feature</th><th>clean</th><th>adversarial</th><th>delta</th>'
-                    "</tr>"
-                    f"</thead><tbody>{rows}</tbody></table>")
+            rows = "".join(
+                f'<tr><td class="num">{i}</td><td class="num">{_num(float(clean[i]))}</td>'
+                f'<td class="num">{_num(float(adv[i]))}</td><td class="num">{float(delta[i]):+.4g}</td></tr>'
+                for i in shown
+            )
+            more = f"; the {len(shown)} largest changes shown" if len(changed) > len(shown) else ""
+            body = (
+                f'<p class="sub">{len(changed)} of {clean.size} features changed{more}.</p>'
+                '<table class="kv"><thead><tr><th>feature</th><th>clean</th><th>adversarial</th><th>delta</th>'
+                "</tr>"
+                f"</thead><tbody>{rows}</tbody></table>"
+            )
         return f'<div class="example" data-example="{_esc(ex.get("index"))}">{caption}{body}</div>'
     return f'<div class="example">{caption}<p class="note">input of shape {_esc(clean.shape)} not rendered</p></div>'
 
@@ -218,17 +252,26 @@ def _header(report: dict[str, Any]) -> str:
     eps_text = ", ".join(_num(e) for e in eps) if isinstance(eps, list) else _num(eps)
     seconds = report.get("seconds")
     rows = [
-        ("model", f"<code>{_esc(model.get('spec') or settings.get('model'))}</code> · fingerprint "
-                  f"{_short(model.get('fingerprint'))}"),
-        ("data", f"<code>{_esc(data.get('spec') or settings.get('data'))}</code> · fingerprint "
-                 f"{_short(data.get('fingerprint'))}"),
+        (
+            "model",
+            f"<code>{_esc(model.get('spec') or settings.get('model'))}</code> · fingerprint "
+            f"{_short(model.get('fingerprint'))}",
+        ),
+        (
+            "data",
+            f"<code>{_esc(data.get('spec') or settings.get('data'))}</code> · fingerprint "
+            f"{_short(data.get('fingerprint'))}",
+        ),
         ("profile", _esc(settings.get("profile"))),
         ("threat model", f"norm {_esc(settings.get('norm'))} · eps {eps_text or '—'}"),
         ("inputs", f"n = {_esc(settings.get('n'))} · seed {_esc(settings.get('seed'))}"),
         ("bastion", f"{_esc(report.get('bastion_version'))} · schema <code>{_esc(report.get('schema'))}</code>"),
-        ("created", f"{_esc(report.get('created'))}"
-                    + (f" · {_num(seconds, 3)} s" if isinstance(seconds, (int, float)) else "")
-                    + (" · resumed" if report.get("resumed") else "")),
+        (
+            "created",
+            f"{_esc(report.get('created'))}"
+            + (f" · {_num(seconds, 3)} s" if isinstance(seconds, (int, float)) else "")
+            + (" · resumed" if report.get("resumed") else ""),
+        ),
     ]
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     return f'<header class="report"><h1>bastion audit</h1><dl class="meta">{meta}</dl></header>'
@@ -256,10 +299,13 @@ def _summary(probes: list[dict[str, Any]], slugs: list[str]) -> str:
             f"{_esc(p.get('title') or p.get('probe'))}</a></td><td>{_esc(p.get('threat'))}</td>"
             f"<td>{_esc(p.get('summary') or '')}</td>"
             f"<td>{_badge(p.get('risk', 'n/a'))}</td><td>{_badge(status)}{reason_html}</td>"
-            f'<td class="num">{_num(seconds, 3) if isinstance(seconds, (int, float)) else "—"}</td></tr>')
+            f'<td class="num">{_num(seconds, 3) if isinstance(seconds, (int, float)) else "—"}</td></tr>'
+        )
     body = "".join(rows) or '<tr><td colspan="6" class="note">no probes ran</td></tr>'
-    return ('<h2>Summary</h2><table id="summary"><thead><tr><th>probe</th><th>threat</th><th>result</th>'
-            f"<th>risk</th><th>status</th><th>seconds</th></tr></thead><tbody>{body}</tbody></table>")
+    return (
+        '<h2>Summary</h2><table id="summary"><thead><tr><th>probe</th><th>threat</th><th>result</th>'
+        f"<th>risk</th><th>status</th><th>seconds</th></tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _gates(report: dict[str, Any]) -> str:
@@ -267,11 +313,15 @@ def _gates(report: dict[str, Any]) -> str:
     if not gates:
         return ""
     rows = "".join(
-        f"<tr data-gate=\"{_esc(g.get('expression'))}\"><td><code>{_esc(g.get('expression'))}</code></td>"
+        f'<tr data-gate="{_esc(g.get("expression"))}"><td><code>{_esc(g.get("expression"))}</code></td>'
         f'<td class="num">{_num(g.get("value"))}</td><td><code>{_esc(g.get("op"))} {_num(g.get("threshold"))}</code>'
-        f"</td><td>{_badge('pass' if g.get('passed') else 'fail')}</td></tr>" for g in gates)
-    return ('<h2>Gates</h2><table id="gates"><thead><tr><th>gate</th><th>measured</th><th>required</th>'
-            f"<th>result</th></tr></thead><tbody>{rows}</tbody></table>")
+        f"</td><td>{_badge('pass' if g.get('passed') else 'fail')}</td></tr>"
+        for g in gates
+    )
+    return (
+        '<h2>Gates</h2><table id="gates"><thead><tr><th>gate</th><th>measured</th><th>required</th>'
+        f"<th>result</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _checks_table(checks: list[Any], table_id: str | None) -> str:
@@ -279,19 +329,25 @@ def _checks_table(checks: list[Any], table_id: str | None) -> str:
     rows = "".join(
         f'<tr data-check="{_esc(c.get("id"))}"><td>{_esc(c.get("title") or c.get("id"))}<div class="reason">'
         f"<code>{_esc(c.get('id'))}</code></div></td><td>{_badge(c.get('status', 'skipped'))}</td>"
-        f"<td>{_esc(c.get('explanation') or '')}</td></tr>" for c in checks)
+        f"<td>{_esc(c.get('explanation') or '')}</td></tr>"
+        for c in checks
+    )
     rows = rows or '<tr><td colspan="3" class="note">no validity checks</td></tr>'
     id_attr = f' id="{table_id}"' if table_id else ""
-    return (f"<table{id_attr}><thead><tr><th>check</th><th>status</th><th>explanation</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    return (
+        f"<table{id_attr}><thead><tr><th>check</th><th>status</th><th>explanation</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 def _probe_section(p: dict[str, Any], slug: str) -> str:
     status = p.get("status") or "ok"
-    parts = [f'<section class="probe" id="probe-{slug}" data-probe="{_esc(p.get("probe"))}">',
-             f"<h2>{_esc(p.get('title') or p.get('probe'))} {_badge(p.get('risk', 'n/a'))} {_badge(status)}</h2>",
-             f'<p class="sub">{_esc(p.get("threat"))} · probe <code>{_esc(p.get("probe"))}</code> · seed '
-             f"{_esc(p.get('seed'))} · {_num(p.get('seconds'), 3)} s</p>"]
+    parts = [
+        f'<section class="probe" id="probe-{slug}" data-probe="{_esc(p.get("probe"))}">',
+        f"<h2>{_esc(p.get('title') or p.get('probe'))} {_badge(p.get('risk', 'n/a'))} {_badge(status)}</h2>",
+        f'<p class="sub">{_esc(p.get("threat"))} · probe <code>{_esc(p.get("probe"))}</code> · seed '
+        f"{_esc(p.get('seed'))} · {_num(p.get('seconds'), 3)} s</p>",
+    ]
     if p.get("summary"):
         parts.append(f"<p>{_esc(p.get('summary'))}</p>")
     if status != "ok" and p.get("reason"):
@@ -300,7 +356,7 @@ def _probe_section(p: dict[str, Any], slug: str) -> str:
     parts.append("<h3>Parameters</h3>" + _kv_table(_dict(p.get("params")), _compact, ("parameter", "value")))
     metrics = _dict(p.get("metrics"))
     if metrics:
-        parts.append('<h3>Metrics</h3>' + _kv_table(metrics, _num, ("metric", "value")))
+        parts.append("<h3>Metrics</h3>" + _kv_table(metrics, _num, ("metric", "value")))
     plots = _list(p.get("plots"))
     if plots:
         parts.append("<h3>Plots</h3>" + _plots_html(plots))
@@ -338,10 +394,13 @@ def render_html(report: dict[str, Any]) -> str:
         *(_probe_section(p, s) for p, s in zip(probes, slugs)),
         _footer(report),
     ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_esc(title)}</title><style>{CSS}</style></head><body><main>"
-            + "\n".join(b for b in body if b) + "</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body><main>"
+        + "\n".join(b for b in body if b)
+        + "</main></body></html>\n"
+    )
 
 
 def write_html(report: dict[str, Any], path: str | Path) -> Path:

@@ -76,7 +76,8 @@ def _check_cases(suite: ET.Element, checks: list[Any]) -> None:
         evidence = json.dumps(c.get("evidence") or {}, default=str, sort_keys=True)
         if status == "fail":
             ET.SubElement(case, "failure", message=explanation, type="check").text = _text(
-                f"{c.get('title')}: {explanation}\nevidence: {evidence}")
+                f"{c.get('title')}: {explanation}\nevidence: {evidence}"
+            )
         elif status == "skipped":
             ET.SubElement(case, "skipped", message=explanation)
         elif status == "warn":
@@ -109,9 +110,13 @@ def render_junit(report: dict[str, Any]) -> bytes:
     props = ET.SubElement(suite, "properties")
     settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
     verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else {}
-    for key, value in (("model", settings.get("model")), ("data", settings.get("data")),
-                       ("profile", settings.get("profile")), ("bastion_version", report.get("bastion_version")),
-                       *((f"verdict.{k}", v) for k, v in verdict.items())):
+    for key, value in (
+        ("model", settings.get("model")),
+        ("data", settings.get("data")),
+        ("profile", settings.get("profile")),
+        ("bastion_version", report.get("bastion_version")),
+        *((f"verdict.{k}", v) for k, v in verdict.items()),
+    ):
         if value is not None:
             ET.SubElement(props, "property", name=key, value=_text(value))
 

@@ -110,8 +110,9 @@ class Probe:
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.defaults)
         if unknown:
-            raise UsageError(f"probe {self.name!r}: unknown parameters {sorted(unknown)}; "
-                             f"it takes {sorted(self.defaults)}")
+            raise UsageError(
+                f"probe {self.name!r}: unknown parameters {sorted(unknown)}; it takes {sorted(self.defaults)}"
+            )
         self.params = {**self.defaults, **params}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
@@ -123,8 +124,9 @@ class Probe:
     def result(self, ctx: AuditContext, **fields: Any) -> ProbeResult:
         """A :class:`ProbeResult` pre-filled with this probe's identity, parameters and seed."""
         fields.setdefault("params", dict(self.params))
-        return ProbeResult(probe=self.name, title=self.title, threat=self.threat, seed=ctx.seed_for(self.name),
-                           **fields)
+        return ProbeResult(
+            probe=self.name, title=self.title, threat=self.threat, seed=ctx.seed_for(self.name), **fields
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
@@ -159,14 +161,39 @@ def risk_from_ratio(robust: float, clean: float) -> str:
     return "high" if ratio < 0.5 else "medium" if ratio < 0.9 else "low"
 
 
-def pick_examples(x: Tensor, x_adv: Tensor, y: Tensor, pred_clean: Tensor, pred_adv: Tensor, success: Tensor,
-                  norms: Tensor, *, attack: str, norm: str, eps: float | None, bounds: tuple[float, float],
-                  k: int = 4) -> list[Example]:
+def pick_examples(
+    x: Tensor,
+    x_adv: Tensor,
+    y: Tensor,
+    pred_clean: Tensor,
+    pred_adv: Tensor,
+    success: Tensor,
+    norms: Tensor,
+    *,
+    attack: str,
+    norm: str,
+    eps: float | None,
+    bounds: tuple[float, float],
+    k: int = 4,
+) -> list[Example]:
     """Up to ``k`` successful examples (clean-correct inputs the attack flipped), first ones first."""
     rows = torch.nonzero(success & (pred_clean == y) & (pred_adv != pred_clean)).flatten()[:k]
-    return [Example(index=int(i), label=int(y[i]), pred_clean=int(pred_clean[i]), pred_adv=int(pred_adv[i]),
-                    attack=attack, norm=norm, eps=eps, perturbation=float(norms[i]),
-                    clean=x[i].tolist(), adversarial=x_adv[i].tolist(), bounds=bounds) for i in rows.tolist()]
+    return [
+        Example(
+            index=int(i),
+            label=int(y[i]),
+            pred_clean=int(pred_clean[i]),
+            pred_adv=int(pred_adv[i]),
+            attack=attack,
+            norm=norm,
+            eps=eps,
+            perturbation=float(norms[i]),
+            clean=x[i].tolist(),
+            adversarial=x_adv[i].tolist(),
+            bounds=bounds,
+        )
+        for i in rows.tolist()
+    ]
 
 
 def params_of(mapping: Mapping[str, Any]) -> dict[str, Any]:

@@ -75,13 +75,22 @@ def fingerprint_model(model: Classifier, probe_x: torch.Tensor) -> str:
 
 
 def fingerprint_data(x: torch.Tensor, y: torch.Tensor, x_train: torch.Tensor) -> str:
-    return _sha(x.contiguous().numpy().tobytes(), y.contiguous().numpy().tobytes(), str(tuple(x_train.shape)),
-                x_train.contiguous().numpy().tobytes())
+    return _sha(
+        x.contiguous().numpy().tobytes(),
+        y.contiguous().numpy().tobytes(),
+        str(tuple(x_train.shape)),
+        x_train.contiguous().numpy().tobytes(),
+    )
 
 
 def _kind(shape: tuple[int, ...]) -> str:
-    return "image" if len(shape) == 3 and shape[0] in (1, 3, 4) and min(shape[1:]) >= 4 else \
-        "tabular" if len(shape) == 1 else "other"
+    return (
+        "image"
+        if len(shape) == 3 and shape[0] in (1, 3, 4) and min(shape[1:]) >= 4
+        else "tabular"
+        if len(shape) == 1
+        else "other"
+    )
 
 
 def _eps_list(eps: Sequence[float] | None, norm: str, model: Classifier) -> list[float]:
@@ -112,9 +121,11 @@ def _prepare_out(out: Path, settings_id: str, settings: dict[str, Any]) -> tuple
         if old.get("id") != settings_id:
             prev = old.get("settings", {})
             diff = sorted(k for k in set(prev) | set(settings) if prev.get(k) != settings.get(k))
-            raise UsageError(f"--out: {out} holds an audit with other settings (differs in: "
-                             f"{', '.join(diff) or 'fingerprints'}); "
-                             "resume it with the same command, or choose another --out")
+            raise UsageError(
+                f"--out: {out} holds an audit with other settings (differs in: "
+                f"{', '.join(diff) or 'fingerprints'}); "
+                "resume it with the same command, or choose another --out"
+            )
         for f in sorted(state.glob("probe-*.json")):
             try:
                 r = ProbeResult.from_dict(json.loads(f.read_text(encoding="utf-8")))
@@ -128,12 +139,24 @@ def _prepare_out(out: Path, settings_id: str, settings: dict[str, Any]) -> tuple
     return state, done
 
 
-def run_audit(model: Classifier, data: Dataset, out: str | os.PathLike[str], *, profile: str | Profile = "quick",
-              norm: str = "linf", eps: Sequence[float] | None = None, n: int | None = None, seed: int = 0,
-              probes: Sequence[str] | None = None, gates: Sequence[str | Gate] = (),
-              model_spec: str | None = None, data_spec: str | None = None,
-              progress: Progress | None = None, on_probe: Callable[[ProbeResult, bool], None] | None = None,
-              write: bool = True) -> dict[str, Any]:
+def run_audit(
+    model: Classifier,
+    data: Dataset,
+    out: str | os.PathLike[str],
+    *,
+    profile: str | Profile = "quick",
+    norm: str = "linf",
+    eps: Sequence[float] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    probes: Sequence[str] | None = None,
+    gates: Sequence[str | Gate] = (),
+    model_spec: str | None = None,
+    data_spec: str | None = None,
+    progress: Progress | None = None,
+    on_probe: Callable[[ProbeResult, bool], None] | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
     """Audit ``model`` on ``data``'s test split and write the report to ``out``; return the report dict.
 
     Args:
@@ -169,8 +192,10 @@ def run_audit(model: Classifier, data: Dataset, out: str | os.PathLike[str], *, 
             raise UsageError(f"--probes: unknown probe(s) {', '.join(unknown)}; choose from {', '.join(names)}")
         names = [p for p in names if p in probes]
     if tuple(data.input_shape) != tuple(model.input_shape):
-        raise UsageError(f"--data: {data.name} has inputs of shape {tuple(data.input_shape)} but the model expects "
-                         f"{tuple(model.input_shape)}")
+        raise UsageError(
+            f"--data: {data.name} has inputs of shape {tuple(data.input_shape)} but the model expects "
+            f"{tuple(model.input_shape)}"
+        )
     count = prof.n if n is None else int(n)
     if count < 0 or (n is not None and count == 0):
         raise UsageError(f"--n must be >= 1, got {n}")
@@ -182,16 +207,34 @@ def run_audit(model: Classifier, data: Dataset, out: str | os.PathLike[str], *, 
     validate_inputs(model, x, y, name="--data test inputs")
     instances = {name: PROBES[name](**prof.probes[name]) for name in names}
 
-    settings = {"model": model_spec or repr(model), "data": data_spec or data.name, "profile": prof.name,
-                "norm": norm, "eps": eps_values, "seed": int(seed), "n": count, "probes": names}
+    settings = {
+        "model": model_spec or repr(model),
+        "data": data_spec or data.name,
+        "profile": prof.name,
+        "norm": norm,
+        "eps": eps_values,
+        "seed": int(seed),
+        "n": count,
+        "probes": names,
+    }
     model_fp, data_fp = fingerprint_model(model, x[:16]), fingerprint_data(x, y, data.x_train)
     settings_id = _sha(json.dumps(settings, sort_keys=True), model_fp, data_fp, __version__)
     out_dir = Path(out)
-    state, done = _prepare_out(out_dir, settings_id, {**settings, "model_fingerprint": model_fp,
-                                                      "data_fingerprint": data_fp})
+    state, done = _prepare_out(
+        out_dir, settings_id, {**settings, "model_fingerprint": model_fp, "data_fingerprint": data_fp}
+    )
 
-    ctx = AuditContext(model=model, data=data, x=x, y=y, norm=norm, eps=eps_values, seed=int(seed),
-                       kind=_kind(tuple(model.input_shape)), progress=progress)
+    ctx = AuditContext(
+        model=model,
+        data=data,
+        x=x,
+        y=y,
+        norm=norm,
+        eps=eps_values,
+        seed=int(seed),
+        kind=_kind(tuple(model.input_shape)),
+        progress=progress,
+    )
     start = time.perf_counter()
     resumed_any = False
     results: list[ProbeResult] = []
@@ -222,8 +265,18 @@ def run_audit(model: Classifier, data: Dataset, out: str | os.PathLike[str], *, 
         if on_probe is not None:
             on_probe(res, resumed)
 
-    report = _assemble(ctx, results, settings, parsed, model, data, model_fp, data_fp,
-                       seconds=time.perf_counter() - start, resumed=resumed_any)
+    report = _assemble(
+        ctx,
+        results,
+        settings,
+        parsed,
+        model,
+        data,
+        model_fp,
+        data_fp,
+        seconds=time.perf_counter() - start,
+        resumed=resumed_any,
+    )
     if write:
         from .html import write_html
         from .junit import write_junit
@@ -256,9 +309,19 @@ def _worst_case(ctx: AuditContext, results: dict[str, ProbeResult]) -> dict[str,
     return out
 
 
-def _assemble(ctx: AuditContext, results: list[ProbeResult], settings: dict[str, Any], gates: list[Gate],
-              model: Classifier, data: Dataset, model_fp: str, data_fp: str, *, seconds: float,
-              resumed: bool) -> dict[str, Any]:
+def _assemble(
+    ctx: AuditContext,
+    results: list[ProbeResult],
+    settings: dict[str, Any],
+    gates: list[Gate],
+    model: Classifier,
+    data: Dataset,
+    model_fp: str,
+    data_fp: str,
+    *,
+    seconds: float,
+    resumed: bool,
+) -> dict[str, Any]:
     by_name = {r.probe: r for r in results}
     metrics: dict[str, Any] = {}
     for r in results:
@@ -274,24 +337,45 @@ def _assemble(ctx: AuditContext, results: list[ProbeResult], settings: dict[str,
         "validity": max([s for s in statuses if s != "skipped"] or ["pass"], key=lambda k: STATUS_ORDER[k]),
         "gates": "none" if not gate_results else "pass" if all(g["passed"] for g in gate_results) else "fail",
     }
-    return jsonable({
-        "schema": SCHEMA, "bastion_version": __version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 3), "resumed": resumed,
-        "settings": settings,
-        "model": {"spec": settings["model"], "fingerprint": model_fp, "kind": type(model).__name__,
-                  "white_box": bool(model.white_box), "output": model.output,
-                  "input_shape": list(model.input_shape), "n_classes": model.n_classes, "bounds": list(model.bounds)},
-        "data": {"spec": settings["data"], "fingerprint": data_fp, "n_test": int(data.x_test.shape[0]),
-                 "input_shape": list(data.input_shape), "n_classes": data.n_classes, "kind": ctx.kind},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "platform": platform.platform(), "threads": torch.get_num_threads()},
-        "probes": [r.to_dict() for r in results],
-        "checks": [c.to_dict() for c in checks],
-        "metrics": metrics,
-        "gates": gate_results,
-        "verdict": verdict,
-    })
+    return jsonable(
+        {
+            "schema": SCHEMA,
+            "bastion_version": __version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 3),
+            "resumed": resumed,
+            "settings": settings,
+            "model": {
+                "spec": settings["model"],
+                "fingerprint": model_fp,
+                "kind": type(model).__name__,
+                "white_box": bool(model.white_box),
+                "output": model.output,
+                "input_shape": list(model.input_shape),
+                "n_classes": model.n_classes,
+                "bounds": list(model.bounds),
+            },
+            "data": {
+                "spec": settings["data"],
+                "fingerprint": data_fp,
+                "n_test": int(data.x_test.shape[0]),
+                "input_shape": list(data.input_shape),
+                "n_classes": data.n_classes,
+                "kind": ctx.kind,
+            },
+            "environment": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                "threads": torch.get_num_threads(),
+            },
+            "probes": [r.to_dict() for r in results],
+            "checks": [c.to_dict() for c in checks],
+            "metrics": metrics,
+            "gates": gate_results,
+            "verdict": verdict,
+        }
+    )
 
 
 def clear_state(out: str | os.PathLike[str]) -> None:

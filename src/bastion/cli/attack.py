@@ -44,21 +44,50 @@ def _read_spec(path: str, option: str) -> dict[str, Any]:
 
 
 def attack(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL."),
-    data: str = typer.Option(..., "--data", "-d", help="digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder."),
-    attack_name: str = typer.Option("pgd", "--attack", "-a", help="Attack name (see `bastion attack --help` list below)."),
-    eps: float | None = typer.Option(None, "--eps", help="Perturbation budget in input space (default 0.3 for linf, 2.0 for l2, 10 for l1; none for cw/deepfool)."),
-    norm: str | None = typer.Option(None, "--norm", help="linf, l2 or l1 (l1: pgd only); default: the attack's own (linf; l2 for cw and deepfool)."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL.",
+    ),
+    data: str = typer.Option(
+        ..., "--data", "-d", help="digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder."
+    ),
+    attack_name: str = typer.Option(
+        "pgd", "--attack", "-a", help="Attack name (see `bastion attack --help` list below)."
+    ),
+    eps: float | None = typer.Option(
+        None,
+        "--eps",
+        help="Perturbation budget in input space (default 0.3 for linf, 2.0 for l2, 10 for l1; none for cw/deepfool).",
+    ),
+    norm: str | None = typer.Option(
+        None, "--norm", help="linf, l2 or l1 (l1: pgd only); default: the attack's own (linf; l2 for cw and deepfool)."
+    ),
     n: int = typer.Option(1000, "--n", help="Number of test samples to attack (the first n)."),
     steps: int | None = typer.Option(None, "--steps", help="Iterations, for iterative attacks."),
     step_size: float | None = typer.Option(None, "--step-size", help="Step size, for PGD-style attacks."),
     restarts: int | None = typer.Option(None, "--restarts", help="Random restarts, where supported."),
-    max_queries: int | None = typer.Option(None, "--max-queries", help="Query budget per input, for query-based (black-box) attacks."),
-    targeted: bool = typer.Option(False, "--targeted", help="Attack random target labels (seeded) instead of any wrong label."),
-    early_stop: bool = typer.Option(True, "--early-stop/--no-early-stop", help="Stop attacking a sample once it is misclassified."),
+    max_queries: int | None = typer.Option(
+        None, "--max-queries", help="Query budget per input, for query-based (black-box) attacks."
+    ),
+    targeted: bool = typer.Option(
+        False, "--targeted", help="Attack random target labels (seeded) instead of any wrong label."
+    ),
+    early_stop: bool = typer.Option(
+        True, "--early-stop/--no-early-stop", help="Stop attacking a sample once it is misclassified."
+    ),
     arch: str | None = typer.Option(None, "--arch", help="Architecture name for a weights-only model file."),
-    save_patch: str | None = typer.Option(None, "--save-patch", help="With --attack patch: write the trained patch as a PNG (one file per target: NAME-tK.png)."),
-    constraints: str | None = typer.Option(None, "--constraints", help="With --attack tabular: a JSON or TOML file of feature constraints (immutable, integer, categorical, ranges, norm, eps; features by name or index)."),
+    save_patch: str | None = typer.Option(
+        None,
+        "--save-patch",
+        help="With --attack patch: write the trained patch as a PNG (one file per target: NAME-tK.png).",
+    ),
+    constraints: str | None = typer.Option(
+        None,
+        "--constraints",
+        help="With --attack tabular: a JSON or TOML file of feature constraints (immutable, integer, categorical, ranges, norm, eps; features by name or index).",
+    ),
     batch_size: int = typer.Option(250, "--batch-size", help="Samples per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the attack's random generator."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
@@ -108,8 +137,12 @@ def attack(
         kwargs["eps"] = eps
     elif not getattr(cls, "minimum_norm", False):
         kwargs["eps"] = {"linf": 0.3, "l2": 2.0, "l1": 10.0}[norm]
-    for opt, key, value in (("--steps", "steps", steps), ("--step-size", "step_size", step_size),
-                            ("--restarts", "restarts", restarts), ("--max-queries", "max_queries", max_queries)):
+    for opt, key, value in (
+        ("--steps", "steps", steps),
+        ("--step-size", "step_size", step_size),
+        ("--restarts", "restarts", restarts),
+        ("--max-queries", "max_queries", max_queries),
+    ):
         if value is not None:
             if key not in params:
                 _fail(f"{opt} does not apply to the {name} attack")
@@ -139,8 +172,10 @@ def attack(
             _fail(f"--constraints {constraints}: {exc}")
         snapped = int((feasible != x).flatten(1).any(dim=1).sum())
         if snapped and not as_json:
-            _log(f"{snapped} of {x.shape[0]} records were off their integer grid, categories or ranges: "
-                 "snapped onto the constraints before the attack")
+            _log(
+                f"{snapped} of {x.shape[0]} records were off their integer grid, categories or ranges: "
+                "snapped onto the constraints before the attack"
+            )
         x = feasible
         atk = get_attack(name, **kwargs, constraints=cons)
     targets = None
@@ -182,7 +217,11 @@ def attack(
     t.add_column("value", justify="right")
     t.add_row("model", model)
     t.add_row("data", f"{data} (first {x.shape[0]} test samples)")
-    t.add_row("threat", f"{result.threat.norm}, eps={result.threat.eps}, bounds={result.threat.bounds}" + (", targeted" if targeted else ""))
+    t.add_row(
+        "threat",
+        f"{result.threat.norm}, eps={result.threat.eps}, bounds={result.threat.bounds}"
+        + (", targeted" if targeted else ""),
+    )
     t.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
     t.add_row("robust accuracy", f"{result.robust_accuracy:.4f}")
     t.add_row("attack success rate", f"{result.success_rate:.4f}")

@@ -16,22 +16,60 @@ from .common import log as _log
 
 
 def audit(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, a model file, module:function, or an http(s):// URL."),
-    data: str = typer.Option(..., "--data", "-d", help="digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder."),
-    out: str = typer.Option(..., "--out", "-o", help="Output directory: report.json, index.html, junit.xml (and the resumable state)."),
-    profile: str = typer.Option("quick", "--profile", "-p", help="quick (minutes), standard (the evaluation to report) or thorough."),
-    eps: list[str] = typer.Option([], "--eps", help="eps values to audit, comma-separated or repeated (default: 5/10/20/30% of the input range for linf)."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="zoo:NAME, a model file, module:function, or an http(s):// URL."
+    ),
+    data: str = typer.Option(
+        ..., "--data", "-d", help="digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder."
+    ),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Output directory: report.json, index.html, junit.xml (and the resumable state)."
+    ),
+    profile: str = typer.Option(
+        "quick", "--profile", "-p", help="quick (minutes), standard (the evaluation to report) or thorough."
+    ),
+    eps: list[str] = typer.Option(
+        [],
+        "--eps",
+        help="eps values to audit, comma-separated or repeated (default: 5/10/20/30% of the input range for linf).",
+    ),
     norm: str = typer.Option("linf", "--norm", help="linf or l2."),
     n: int | None = typer.Option(None, "--n", help="Number of test inputs audited (default: the profile's)."),
-    probes: str | None = typer.Option(None, "--probes", help="Comma-separated subset of probes: model, whitebox, minimum-norm, blackbox, noise, patch, certification, detection."),
-    fail_under: list[str] = typer.Option([], "--fail-under", help="Gate, repeatable: 'robust_accuracy@eps=0.1>=0.5', 'clean_accuracy>=0.95'. Exit code 1 when one fails."),
-    seed: int = typer.Option(0, "--seed", help="Seed every probe's randomness derives from (same seed, model and data: same numbers)."),
+    probes: str | None = typer.Option(
+        None,
+        "--probes",
+        help="Comma-separated subset of probes: model, whitebox, minimum-norm, blackbox, noise, patch, certification, detection.",
+    ),
+    fail_under: list[str] = typer.Option(
+        [],
+        "--fail-under",
+        help="Gate, repeatable: 'robust_accuracy@eps=0.1>=0.5', 'clean_accuracy>=0.95'. Exit code 1 when one fails.",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed every probe's randomness derives from (same seed, model and data: same numbers)."
+    ),
     arch: str | None = typer.Option(None, "--arch", help="Architecture name for a weights-only model file."),
-    smooth: float | None = typer.Option(None, "--smooth", help="Audit the model behind randomized smoothing with this noise sigma (adds the certification probe's numbers)."),
-    smooth_n: int = typer.Option(1000, "--smooth-n", help="With --smooth: noise samples per prediction (Cohen's n); the certification probe uses the profile's n."),
-    detector: str | None = typer.Option(None, "--detector", help="Audit the model behind an adversarial-input detector (mahalanobis, activations, squeeze), fitted on the training split and calibrated on held-out training inputs; the detection probe attacks the combination adaptively."),
-    detector_fpr: float = typer.Option(0.05, "--detector-fpr", help="With --detector: the false-positive rate its threshold is calibrated to."),
-    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object (verdict, metrics, gates, probes)."),
+    smooth: float | None = typer.Option(
+        None,
+        "--smooth",
+        help="Audit the model behind randomized smoothing with this noise sigma (adds the certification probe's numbers).",
+    ),
+    smooth_n: int = typer.Option(
+        1000,
+        "--smooth-n",
+        help="With --smooth: noise samples per prediction (Cohen's n); the certification probe uses the profile's n.",
+    ),
+    detector: str | None = typer.Option(
+        None,
+        "--detector",
+        help="Audit the model behind an adversarial-input detector (mahalanobis, activations, squeeze), fitted on the training split and calibrated on held-out training inputs; the detection probe attacks the combination adaptively.",
+    ),
+    detector_fpr: float = typer.Option(
+        0.05, "--detector-fpr", help="With --detector: the false-positive rate its threshold is calibrated to."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print exactly one JSON object (verdict, metrics, gates, probes)."
+    ),
 ) -> None:
     """Audit a model: run every probe of a profile and write a risk report (index.html, report.json, junit.xml).
 
@@ -109,7 +147,7 @@ def audit(
         if k < 20:
             _fail(f"--detector: the training split of {data} is too small to fit and calibrate a detector")
         det = get_detector(detector)
-        det.fit(clf, ds.x_train[k:k + 3000], ds.y_train[k:k + 3000])
+        det.fit(clf, ds.x_train[k : k + 3000], ds.y_train[k : k + 3000])
         det.calibrate(ds.x_train[:k], fpr=detector_fpr)
         clf = DetectingClassifier(clf, det)
         model = f"{model} (+ {detector} detector, {detector_fpr:.0%} false positives)"
@@ -141,8 +179,13 @@ def audit(
         if show_bar:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[msg]}"),
-                          TimeElapsedColumn(), transient=True) as bar:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[msg]}"),
+                TimeElapsedColumn(),
+                transient=True,
+            ) as bar:
                 bar_ctx = bar
                 tasks: dict[str, Any] = {}
 
@@ -151,22 +194,59 @@ def audit(
                         tasks[probe] = bar.add_task(probe, total=1.0, msg="")
                     bar.update(tasks[probe], completed=fraction, msg=msg)
 
-                report = run_audit(clf, ds, out, profile=prof.name, norm=norm_c, eps=eps_values or None, n=n,
-                                   seed=seed, probes=names, gates=gates, model_spec=model, data_spec=data,
-                                   progress=progress, on_probe=on_probe)
+                report = run_audit(
+                    clf,
+                    ds,
+                    out,
+                    profile=prof.name,
+                    norm=norm_c,
+                    eps=eps_values or None,
+                    n=n,
+                    seed=seed,
+                    probes=names,
+                    gates=gates,
+                    model_spec=model,
+                    data_spec=data,
+                    progress=progress,
+                    on_probe=on_probe,
+                )
         else:
-            report = run_audit(clf, ds, out, profile=prof.name, norm=norm_c, eps=eps_values or None, n=n, seed=seed,
-                               probes=names, gates=gates, model_spec=model, data_spec=data, on_probe=on_probe)
+            report = run_audit(
+                clf,
+                ds,
+                out,
+                profile=prof.name,
+                norm=norm_c,
+                eps=eps_values or None,
+                n=n,
+                seed=seed,
+                probes=names,
+                gates=gates,
+                model_spec=model,
+                data_spec=data,
+                on_probe=on_probe,
+            )
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished probes are saved in {out}; run the same command to resume", err=True)
         raise typer.Exit(130) from None
     failed = [g for g in report["gates"] if not g["passed"]]
     if as_json:
-        typer.echo(json.dumps({
-            "out": str(out), "verdict": report["verdict"], "metrics": report["metrics"], "gates": report["gates"],
-            "probes": [{k: p[k] for k in ("probe", "status", "risk", "summary", "seconds")} for p in report["probes"]],
-            "checks": [{k: c[k] for k in ("id", "status")} for c in report["checks"]],
-            "seconds": round(time.perf_counter() - start, 2)}, default=_json_default))
+        typer.echo(
+            json.dumps(
+                {
+                    "out": str(out),
+                    "verdict": report["verdict"],
+                    "metrics": report["metrics"],
+                    "gates": report["gates"],
+                    "probes": [
+                        {k: p[k] for k in ("probe", "status", "risk", "summary", "seconds")} for p in report["probes"]
+                    ],
+                    "checks": [{k: c[k] for k in ("id", "status")} for c in report["checks"]],
+                    "seconds": round(time.perf_counter() - start, 2),
+                },
+                default=_json_default,
+            )
+        )
     else:
         from rich.console import Console
         from rich.table import Table
@@ -179,11 +259,15 @@ def audit(
         c = Console()
         c.print(t)
         bad = [ch for ch in report["checks"] if ch["status"] in ("warn", "fail")]
-        c.print(f"validity: {report['verdict']['validity']} ({len(report['checks'])} checks"
-                + (f"; {', '.join(ch['id'] + ' ' + ch['status'] for ch in bad)}" if bad else "") + ")")
+        c.print(
+            f"validity: {report['verdict']['validity']} ({len(report['checks'])} checks"
+            + (f"; {', '.join(ch['id'] + ' ' + ch['status'] for ch in bad)}" if bad else "")
+            + ")"
+        )
         for g in report["gates"]:
-            c.print(f"gate {g['expression']}: {'pass' if g['passed'] else 'FAIL'} (measured {g['value']})",
-                    markup=False)
+            c.print(
+                f"gate {g['expression']}: {'pass' if g['passed'] else 'FAIL'} (measured {g['value']})", markup=False
+            )
         c.print(f"report: {Path(out) / 'index.html'}  ({round(time.perf_counter() - start, 1)} s)", markup=False)
     if failed:
         raise typer.Exit(1)

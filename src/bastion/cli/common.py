@@ -13,17 +13,33 @@ import typer
 
 from ..errors import UsageError
 
-__all__ = ["FLAGS", "fail", "flagged", "json_default", "load_data_option", "load_model_option", "log",
-           "parse_shape", "refuse"]
+__all__ = [
+    "FLAGS",
+    "fail",
+    "flagged",
+    "json_default",
+    "load_data_option",
+    "load_model_option",
+    "log",
+    "parse_shape",
+    "refuse",
+]
 
 # library parameters and the flags that set them: a library error naming ``input_shape=`` reaches a CLI user
 # as ``--input-shape``
-FLAGS = {"input_shape": "--input-shape", "n_classes": "--n-classes", "arch": "--arch", "label_column": "--label-column",
-         "bounds": "--bounds"}
+FLAGS = {
+    "input_shape": "--input-shape",
+    "n_classes": "--n-classes",
+    "arch": "--arch",
+    "label_column": "--label-column",
+    "bounds": "--bounds",
+}
 _PARAM = re.compile(r"\b(" + "|".join(FLAGS) + r")=")
 
-INPUT_SHAPE_HELP = ("Shape of one input, comma-separated (e.g. 1,28,28), for models that do not record it "
-                    "(TorchScript, http(s):// endpoints, factories).")
+INPUT_SHAPE_HELP = (
+    "Shape of one input, comma-separated (e.g. 1,28,28), for models that do not record it "
+    "(TorchScript, http(s):// endpoints, factories)."
+)
 N_CLASSES_HELP = "Number of classes, for models that do not record it (http(s):// endpoints)."
 LABEL_COLUMN_HELP = "With a .csv --data file: the column holding the labels (default: 'label', else the last column)."
 
@@ -67,8 +83,14 @@ def parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, .
     return shape
 
 
-def load_model_option(spec: str, *, arch: str | None = None, input_shape: str | None = None,
-                      n_classes: int | None = None, log: Callable[[str], None] | None = None) -> Any:
+def load_model_option(
+    spec: str,
+    *,
+    arch: str | None = None,
+    input_shape: str | None = None,
+    n_classes: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Any:
     """The model named by ``--model``: a :class:`UsageError` where the user can fix it; any other failure to read
     a file becomes one too, naming the file (a model that does not load is the user's input, not a bug)."""
     from ..models.loading import load_model

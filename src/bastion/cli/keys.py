@@ -16,7 +16,9 @@ DB_HELP = "Database URL: sqlite:///path.db (default $BASTION_HOME/serve.db) or p
 
 @keys_app.command("create")
 def keys_create(
-    role: str = typer.Option("client", "--role", help="client (predict) or admin (also metrics, dashboard, admin API)."),
+    role: str = typer.Option(
+        "client", "--role", help="client (predict) or admin (also metrics, dashboard, admin API)."
+    ),
     label: str = typer.Option("", "--label", help="A note stored with the key (who it is for)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
@@ -30,8 +32,10 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(db: str | None = typer.Option(None, "--db", help=DB_HELP),
-              as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+def keys_list(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
     """List key ids, roles, labels and whether they are revoked (never the keys)."""
     import datetime as dt
 
@@ -47,8 +51,10 @@ def keys_list(db: str | None = typer.Option(None, "--db", help=DB_HELP),
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str = typer.Argument(..., help="The key id (bastion keys list), or the whole key."),
-                db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="The key id (bastion keys list), or the whole key."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
     """Revoke a key (a running service refuses it within 2 seconds)."""
     from ..serve.keys import parse_key
     from ..serve.store import Store

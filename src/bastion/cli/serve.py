@@ -13,14 +13,27 @@ from .keys import DB_HELP as _DB_HELP
 
 def serve(
     model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, a model file, module:function (the served model)."),
-    reference: str | None = typer.Option(None, "--reference", "-r", help="Clean reference data the signals are "
-                                         "calibrated on (its training split): a built-in name or a file. "
-                                         "Default: the model's zoo dataset."),
-    config: str | None = typer.Option(None, "--config", "-c", help="Guard settings, TOML (see docs: [confidence], "
-                                      "[ood], [drift], [extraction], [limits])."),
+    reference: str | None = typer.Option(
+        None,
+        "--reference",
+        "-r",
+        help="Clean reference data the signals are "
+        "calibrated on (its training split): a built-in name or a file. "
+        "Default: the model's zoo dataset.",
+    ),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Guard settings, TOML (see docs: [confidence], [ood], [drift], [extraction], [limits]).",
+    ),
     db: str | None = typer.Option(None, "--db", help=_DB_HELP),
-    spool: str | None = typer.Option(None, "--spool", help="Local append-only file for audit records while the "
-                                     "database is down (default: next to the SQLite file or in $BASTION_HOME)."),
+    spool: str | None = typer.Option(
+        None,
+        "--spool",
+        help="Local append-only file for audit records while the "
+        "database is down (default: next to the SQLite file or in $BASTION_HOME).",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     arch: str | None = typer.Option(None, "--arch", help="Architecture name for a weights-only model file."),
@@ -37,8 +50,9 @@ def serve(
         import uvicorn
     except ImportError:
         _fail("bastion serve needs the service extra: pip install 'bastion[service]'")
-    application, info = build_app(model=model, reference=reference, config=config, db=db, spool=spool,
-                                  arch=arch, seed=seed)
+    application, info = build_app(
+        model=model, reference=reference, config=config, db=db, spool=spool, arch=arch, seed=seed
+    )
     _log(f"guard calibrated on {info['reference']}: {json.dumps(info['calibration'])}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         _log(f"warning: binding {host}: the service is reachable from other machines (keys are still required)")

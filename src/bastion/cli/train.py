@@ -13,7 +13,9 @@ from .common import log as _log
 def train(
     arch: str = typer.Option(..., "--arch", help="Registered architecture: digits-mlp, mnist-cnn, cancer-mlp."),
     data: str = typer.Option(..., "--data", "-d", help="Built-in dataset name or a .npz/.csv file or image folder."),
-    out: str = typer.Option(..., "--out", "-o", help="Output .safetensors file (architecture name stored in its metadata)."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Output .safetensors file (architecture name stored in its metadata)."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="Override the recipe's number of epochs."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation and shuffling."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
@@ -32,8 +34,12 @@ def train(
     config = TRAIN_CONFIGS.get(arch, TrainConfig())
     config = dataclasses.replace(config, seed=seed, **({"epochs": epochs} if epochs else {}))
     ds = load_dataset(data)
-    module, record = train_architecture(arch, ds, config, on_epoch=None if as_json else
-                                        (lambda e, loss: _log(f"epoch {e + 1}/{config.epochs}  loss {loss:.4f}")))
+    module, record = train_architecture(
+        arch,
+        ds,
+        config,
+        on_epoch=None if as_json else (lambda e, loss: _log(f"epoch {e + 1}/{config.epochs}  loss {loss:.4f}")),
+    )
     save_model(module, out, arch=arch, metadata={"bastion_record": json.dumps(record)})
     record["out"] = out
     if as_json:

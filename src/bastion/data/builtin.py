@@ -29,7 +29,9 @@ def _digits() -> Dataset:
     x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
     y = torch.tensor(d.target, dtype=torch.int64)
     tr, te = stratified_split(y, test_size=360, seed=SPLIT_SEED)
-    return Dataset("digits", x[tr], y[tr], x[te], y[te], (0.0, 1.0), 10, meta={"source": "sklearn.datasets.load_digits"})
+    return Dataset(
+        "digits", x[tr], y[tr], x[te], y[te], (0.0, 1.0), 10, meta={"source": "sklearn.datasets.load_digits"}
+    )
 
 
 def _mnist5k() -> Dataset:
@@ -54,7 +56,13 @@ def _breast_cancer() -> Dataset:
     span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     xs = ((x - lo) / span).clamp(0.0, 1.0).to(torch.float32)
     return Dataset(
-        "breast-cancer", xs[tr], y[tr], xs[te], y[te], (0.0, 1.0), 2,
+        "breast-cancer",
+        xs[tr],
+        y[tr],
+        xs[te],
+        y[te],
+        (0.0, 1.0),
+        2,
         feature_names=[str(n) for n in d.feature_names],
         meta={"source": "sklearn.datasets.load_breast_cancer", "scale_min": lo.tolist(), "scale_max": hi.tolist()},
     )
@@ -72,11 +80,20 @@ _CACHE: dict[str, Dataset] = {}
 def load_builtin(name: str) -> Dataset:
     """Load a built-in dataset by name (cached in memory for the process)."""
     if name not in DATASETS:
-        raise UsageError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} or give a .npz/.csv file or an image folder")
+        raise UsageError(
+            f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} or give a .npz/.csv file or an image folder"
+        )
     if name not in _CACHE:
         _CACHE[name] = DATASETS[name][0]()
     d = _CACHE[name]
-    return Dataset(d.name, d.x_train.clone(), d.y_train.clone(), d.x_test.clone(), d.y_test.clone(),
-                   d.bounds, d.n_classes, list(d.feature_names) if d.feature_names else None, dict(d.meta))
-
-
+    return Dataset(
+        d.name,
+        d.x_train.clone(),
+        d.y_train.clone(),
+        d.x_test.clone(),
+        d.y_test.clone(),
+        d.bounds,
+        d.n_classes,
+        list(d.feature_names) if d.feature_names else None,
+        dict(d.meta),
+    )

@@ -51,14 +51,18 @@ def _labels(values: np.ndarray, path: Path) -> tuple[np.ndarray, list[str] | Non
         if not np.isfinite(values).all():
             raise UsageError(f"{path}: the labels contain NaN or infinite values")
         if not np.array_equal(values, np.round(values)):
-            raise UsageError(f"{path}: labels must be integer class indices, got non-integer values such as "
-                             f"{values[values != np.round(values)][0]:g}")
+            raise UsageError(
+                f"{path}: labels must be integer class indices, got non-integer values such as "
+                f"{values[values != np.round(values)][0]:g}"
+            )
     elif values.dtype.kind not in "iub":
         raise UsageError(f"{path}: labels must be integers, got dtype {values.dtype}")
     y = values.astype(np.int64)
     if y.size and y.min() < 0:
-        raise UsageError(f"{path}: labels must be integers 0..K-1, got {int(y.min())}: re-encode them "
-                         "(or store them as strings to have them mapped)")
+        raise UsageError(
+            f"{path}: labels must be integers 0..K-1, got {int(y.min())}: re-encode them "
+            "(or store them as strings to have them mapped)"
+        )
     return y, None
 
 
@@ -68,8 +72,14 @@ def _check_finite(x: np.ndarray, path: Path, what: str = "the features") -> None
         raise UsageError(f"{path}: {what} contain NaN or infinite values (first at index {tuple(int(i) for i in bad)})")
 
 
-def _split(x: np.ndarray, y: np.ndarray, path: Path, options: dict[str, object],
-           x_test: np.ndarray | None = None, y_test: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
+def _split(
+    x: np.ndarray,
+    y: np.ndarray,
+    path: Path,
+    options: dict[str, object],
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+) -> tuple[torch.Tensor, ...]:
     xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y)
     if x_test is not None and y_test is not None:
         return xt, yt, torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)), torch.from_numpy(y_test)
@@ -96,7 +106,9 @@ def _npz(path: Path, options: dict[str, object]) -> Dataset:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except ValueError as exc:
-        raise UsageError(f"{path}: cannot read the arrays without unpickling ({exc}): save plain numeric arrays") from None
+        raise UsageError(
+            f"{path}: cannot read the arrays without unpickling ({exc}): save plain numeric arrays"
+        ) from None
     except Exception as exc:
         raise UsageError(f"{path} is not a readable .npz file: {exc}") from None
     if "x" not in arrays or "y" not in arrays:
@@ -152,8 +164,10 @@ def _csv(path: Path, options: dict[str, object]) -> Dataset:
             cols.append(np.array([float(v) if v.strip() else np.nan for v in table[:, i]], dtype=np.float64))
         except ValueError:
             bad = next(v for v in table[:, i] if v.strip() and not _is_float(v))
-            raise UsageError(f"{path}: column {name!r} is not numeric (value {bad!r}); bastion reads numeric "
-                             f"features only — encode it first, or make it the label with label_column={name!r}") from None
+            raise UsageError(
+                f"{path}: column {name!r} is not numeric (value {bad!r}); bastion reads numeric "
+                f"features only — encode it first, or make it the label with label_column={name!r}"
+            ) from None
     x = np.stack(cols, axis=1)
     _check_finite(x, path)
     y, names = _labels(np.array([v.strip() for v in table[:, li]]), path)
@@ -193,7 +207,9 @@ def _size(size: object) -> tuple[int, int]:
     return h, w
 
 
-def _image_folder(root: Path, classes: list[str] | None, options: dict[str, object]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _image_folder(
+    root: Path, classes: list[str] | None, options: dict[str, object]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from PIL import Image
 
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -204,8 +220,13 @@ def _image_folder(root: Path, classes: list[str] | None, options: dict[str, obje
         raise UsageError(f"{root} has class folders {sorted(set(found) - set(classes))} missing from the train split")
     size = options.get("size")
     gray = options.get("grayscale")
-    files = [(f, k) for k, c in enumerate(classes) if (root / c).is_dir()
-             for f in sorted((root / c).iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+    files = [
+        (f, k)
+        for k, c in enumerate(classes)
+        if (root / c).is_dir()
+        for f in sorted((root / c).iterdir())
+        if f.suffix.lower() in _IMAGE_SUFFIXES
+    ]
     if not files:
         raise UsageError(f"{root}: no PNG or JPEG images found in the class folders")
     images, labels, first = [], [], None
@@ -225,8 +246,10 @@ def _image_folder(root: Path, classes: list[str] | None, options: dict[str, obje
         if first is None:
             first = (f, arr.shape)
         elif arr.shape != first[1]:
-            raise UsageError(f"images differ in shape: {first[0]} is {first[1]} but {f} is {arr.shape} "
-                             "(C, H, W): pass size=(H, W) to resize them")
+            raise UsageError(
+                f"images differ in shape: {first[0]} is {first[1]} but {f} is {arr.shape} "
+                "(C, H, W): pass size=(H, W) to resize them"
+            )
         images.append(arr)
         labels.append(k)
     return np.stack(images), np.array(labels, dtype=np.int64), classes
@@ -238,7 +261,9 @@ def _folder(path: Path, options: dict[str, object]) -> Dataset:
         opts = {**options, "grayscale": x.shape[1] == 1}
         x_te, y_te, _ = _image_folder(path / "test", classes, opts)
         if x_te.shape[1:] != x.shape[1:]:
-            raise UsageError(f"{path}: test images are {x_te.shape[1:]} but train images are {x.shape[1:]}: pass size=(H, W)")
+            raise UsageError(
+                f"{path}: test images are {x_te.shape[1:]} but train images are {x.shape[1:]}: pass size=(H, W)"
+            )
         parts = _split(x, y, path, options, x_te, y_te)
     else:
         x, y, classes = _image_folder(path, None, options)
@@ -257,6 +282,8 @@ def load_path(path: str | Path, **options: object) -> Dataset:
         raise UsageError(f"cannot read {p}: use a .npz file, a .csv file or a folder of images per class")
     unknown = set(options) - _OPTIONS[kind]
     if unknown:
-        raise UsageError(f"unknown option(s) {sorted(unknown)} for a {kind} dataset: choose from {sorted(_OPTIONS[kind])}")
+        raise UsageError(
+            f"unknown option(s) {sorted(unknown)} for a {kind} dataset: choose from {sorted(_OPTIONS[kind])}"
+        )
     loader = {".npz": _npz, ".csv": _csv, "folder": _folder}[kind]
     return loader(p, options)

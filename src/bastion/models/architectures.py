@@ -30,8 +30,15 @@ ARCHITECTURES: Registry[Architecture] = Registry("architecture")
 """Network architectures by name (``"mnist-cnn"``, ...): what a weights file is loaded into."""
 
 
-def register_architecture(name: str, build: Callable[[], nn.Module], *, input_shape: tuple[int, ...],
-                          n_classes: int, bounds: tuple[float, float] = (0.0, 1.0), replace: bool = False) -> None:
+def register_architecture(
+    name: str,
+    build: Callable[[], nn.Module],
+    *,
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    replace: bool = False,
+) -> None:
     """Make ``name`` loadable from a safetensors file (``--model weights.safetensors --arch name``); a taken
     name is refused unless ``replace=True``."""
     key = Registry.canonical(name)
@@ -52,9 +59,16 @@ def _mnist_cnn() -> nn.Module:
     # channels-last weights: oneDNN runs this CNN 2-3x faster forward (~1.4x forward+backward) on a CPU,
     # whatever the input layout; the values, and so the function, are the same.
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),          # 32x13x13
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),         # 64x5x5
-        nn.Flatten(), nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, 10),
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 32x13x13
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 64x5x5
+        nn.Flatten(),
+        nn.Linear(64 * 5 * 5, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
     ).to(memory_format=torch.channels_last)
 
 

@@ -67,9 +67,7 @@ def validate_inputs(
         model.learn_input_shape(tuple(x.shape[1:]))
     shape = tuple(model.input_shape)
     if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
-        raise UsageError(
-            f"{name} has shape {tuple(x.shape)} but the model expects (N, {', '.join(map(str, shape))})"
-        )
+        raise UsageError(f"{name} has shape {tuple(x.shape)} but the model expects (N, {', '.join(map(str, shape))})")
     if not bool(torch.isfinite(x).all()):
         raise UsageError(f"{name} contains NaN or infinite values")
     if check_bounds and x.numel():
@@ -85,7 +83,9 @@ def validate_inputs(
         if not isinstance(y, Tensor):
             raise UsageError(f"labels must be a torch.Tensor, got {type(y).__name__}")
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise UsageError(f"labels have shape {tuple(y.shape)} but {name} has {x.shape[0]} samples: expected ({x.shape[0]},)")
+            raise UsageError(
+                f"labels have shape {tuple(y.shape)} but {name} has {x.shape[0]} samples: expected ({x.shape[0]},)"
+            )
         if y.is_floating_point() or y.dtype == torch.bool:
             raise UsageError(f"labels must be integer class indices, got dtype {y.dtype}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= model.n_classes):

@@ -49,8 +49,10 @@ def last_linear_input(module: nn.Module) -> str:
     """The input of the last ``nn.Linear`` (the penultimate features): ``"NAME:input"``."""
     names: list[str] = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     if not names:
-        raise UsageError("the model has no nn.Linear layer, so there is no default penultimate layer: "
-                         "pass layers=['NAME'] or ['NAME:input'] naming a module of model.module")
+        raise UsageError(
+            "the model has no nn.Linear layer, so there is no default penultimate layer: "
+            "pass layers=['NAME'] or ['NAME:input'] naming a module of model.module"
+        )
     return names[-1] + _INPUT
 
 
@@ -58,8 +60,10 @@ def relu_outputs(module: nn.Module) -> list[str]:
     """The output of every ``nn.ReLU`` module, in registration order."""
     names = [name for name, m in module.named_modules() if isinstance(m, nn.ReLU)]
     if not names:
-        raise UsageError("the model has no nn.ReLU module (activations applied functionally are invisible to "
-                         "hooks): pass layers=[...] naming modules of model.module")
+        raise UsageError(
+            "the model has no nn.ReLU module (activations applied functionally are invisible to "
+            "hooks): pass layers=[...] naming modules of model.module"
+        )
     return names
 
 
@@ -73,8 +77,10 @@ def _resolve(module: nn.Module, layers: Sequence[str]) -> list[tuple[str, bool, 
         name = spec[: -len(_INPUT)] if is_input else spec
         if name not in table:
             choices = ", ".join(repr(n) for n in table if n) or "none"
-            raise UsageError(f"the model has no submodule named {name!r}: choose among {choices} "
-                             "(append ':input' to read a module's input)")
+            raise UsageError(
+                f"the model has no submodule named {name!r}: choose among {choices} "
+                "(append ':input' to read a module's input)"
+            )
         out.append((spec, is_input, table[name]))
     return out
 
@@ -90,8 +96,9 @@ def pool_features(t: Tensor, pool: Pool) -> Tensor:
     return t.flatten(1).clone()  # a copy: a later in-place op must not change the captured values
 
 
-def forward_with_features(module: nn.Module, forward: Callable[[Tensor], Tensor], x: Tensor,
-                          layers: Sequence[str], *, pool: Pool = "avg") -> tuple[Tensor, list[Tensor]]:
+def forward_with_features(
+    module: nn.Module, forward: Callable[[Tensor], Tensor], x: Tensor, layers: Sequence[str], *, pool: Pool = "avg"
+) -> tuple[Tensor, list[Tensor]]:
     """``forward(x)`` and the pooled activations of ``layers`` of ``module`` from the same pass.
 
     ``forward`` runs ``module`` (a classifier's counting ``logits``); each named layer must run exactly
@@ -109,6 +116,7 @@ def forward_with_features(module: nn.Module, forward: Callable[[Tensor], Tensor]
             if isinstance(value, (tuple, list)):
                 value = value[0]
             captured[i].append(pool_features(value, pool))
+
         return hook
 
     try:
@@ -124,8 +132,10 @@ def forward_with_features(module: nn.Module, forward: Callable[[Tensor], Tensor]
     feats = []
     for (spec, _, _), got in zip(specs, captured, strict=True):
         if len(got) != 1:
-            raise UsageError(f"layer {spec!r} ran {len(got)} times in one forward pass; name a module that runs "
-                             "exactly once (a shared nn.ReLU object is called once per use: give each use its own)")
+            raise UsageError(
+                f"layer {spec!r} ran {len(got)} times in one forward pass; name a module that runs "
+                "exactly once (a shared nn.ReLU object is called once per use: give each use its own)"
+            )
         feats.append(got[0])
     return logits, feats
 
@@ -166,15 +176,23 @@ class HasFeatures(abc.ABC):
         """The penultimate features: the input of the last ``nn.Linear`` (``"NAME:input"``)."""
         return last_linear_input(self.feature_module())
 
-    def logits_and_features(self, x: Tensor, layers: Sequence[str] | None = None, *,
-                            pool: Pool = "avg") -> tuple[Tensor, list[Tensor]]:
+    def logits_and_features(
+        self, x: Tensor, layers: Sequence[str] | None = None, *, pool: Pool = "avg"
+    ) -> tuple[Tensor, list[Tensor]]:
         """Scores (N, n_classes) and the pooled activations [(N, d_l)] of ``layers`` (default: the penultimate
         layer) from one forward pass of one batch, on the autograd graph when gradients are enabled."""
         names = [self.penultimate_layer] if layers is None else list(layers)
         return forward_with_features(self.feature_module(), self.logits, x, names, pool=pool)
 
-    def features(self, x: Tensor, layers: Sequence[str] | None = None, *, pool: Pool = "avg",
-                 batch_size: int = 500, grad: bool = False) -> list[Tensor]:
+    def features(
+        self,
+        x: Tensor,
+        layers: Sequence[str] | None = None,
+        *,
+        pool: Pool = "avg",
+        batch_size: int = 500,
+        grad: bool = False,
+    ) -> list[Tensor]:
         """The pooled activations [(N, d_l)] of ``layers`` (default: the penultimate layer), batched, in attack
         (eval) mode; no gradients unless ``grad=True``."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -185,7 +203,7 @@ class HasFeatures(abc.ABC):
         chunks: list[list[Tensor]] = [[] for _ in names]
         with self.attack_mode(), torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             for i in range(0, x.shape[0], batch_size):
-                _, feats = self.logits_and_features(x[i:i + batch_size], names, pool=pool)
+                _, feats = self.logits_and_features(x[i : i + batch_size], names, pool=pool)
                 for store, f in zip(chunks, feats, strict=True):
                     store.append(f)
         return [torch.cat(c) for c in chunks]

@@ -41,17 +41,27 @@ __all__ = ["load_model", "save_model"]
 
 _TORCH_SUFFIXES = {".pt", ".pth", ".pt2", ".bin", ".ts", ".torchscript", ".jit"}
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".dill", ".cloudpickle"}
-_SAFE_EXPORT = ("save the weights with safetensors.torch.save_file(model.state_dict(), 'model.safetensors') and "
-                "pass --arch NAME, or export with torch.jit.script/trace, torch.export.save or torch.onnx.export")
+_SAFE_EXPORT = (
+    "save the weights with safetensors.torch.save_file(model.state_dict(), 'model.safetensors') and "
+    "pass --arch NAME, or export with torch.jit.script/trace, torch.export.save or torch.onnx.export"
+)
 
 
 def _unsafe(path: Path, what: str, advice: str = _SAFE_EXPORT) -> UnsafeModelError:
-    return UnsafeModelError(f"{path} {what}; loading it would execute code embedded in the file, so bastion "
-                            f"refuses it: {advice}")
+    return UnsafeModelError(
+        f"{path} {what}; loading it would execute code embedded in the file, so bastion refuses it: {advice}"
+    )
 
 
-def _torch_classifier(module: nn.Module, *, n_classes: int | None, input_shape: tuple[int, ...] | None,
-                      bounds: tuple[float, float], source: str, freeze: bool = False) -> TorchClassifier:
+def _torch_classifier(
+    module: nn.Module,
+    *,
+    n_classes: int | None,
+    input_shape: tuple[int, ...] | None,
+    bounds: tuple[float, float],
+    source: str,
+    freeze: bool = False,
+) -> TorchClassifier:
     """Wrap a module; a missing n_classes is read from one probe forward pass on ``input_shape``."""
     if input_shape is None:
         first = next((m for m in module.modules() if not list(m.children())), None)
@@ -71,16 +81,20 @@ def _torch_classifier(module: nn.Module, *, n_classes: int | None, input_shape: 
             with torch.no_grad():
                 out = module(torch.full((2, *input_shape), (bounds[0] + bounds[1]) / 2))
         except Exception as exc:
-            raise UsageError(f"a probe forward pass of {source} on inputs (2, {', '.join(map(str, input_shape))}) "
-                             f"failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
-                             "check input_shape") from None
+            raise UsageError(
+                f"a probe forward pass of {source} on inputs (2, {', '.join(map(str, input_shape))}) "
+                f"failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+                "check input_shape"
+            ) from None
         finally:
             for m, flag in flags:
                 m.training = flag
         out = out[0] if isinstance(out, (tuple, list)) else out.get("logits") if isinstance(out, Mapping) else out
         if not isinstance(out, Tensor) or out.dim() != 2:
-            raise UsageError(f"{source} returned {getattr(out, 'shape', type(out).__name__)} for a probe batch; "
-                             "expected scores of shape (N, n_classes)")
+            raise UsageError(
+                f"{source} returned {getattr(out, 'shape', type(out).__name__)} for a probe batch; "
+                "expected scores of shape (N, n_classes)"
+            )
         n_classes = int(out.shape[1])
     return TorchClassifier(module, bounds=bounds, n_classes=n_classes, input_shape=input_shape)
 
@@ -92,8 +106,14 @@ def _load_into(name: str, state: Mapping[str, Tensor], path: Path, bounds: tuple
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise UsageError(f"the weights in {path} do not fit architecture {name!r}: {detail}") from None
-    clf = _torch_classifier(module, n_classes=arch.n_classes, input_shape=arch.input_shape,
-                            bounds=bounds or arch.bounds, source=str(path), freeze=True)
+    clf = _torch_classifier(
+        module,
+        n_classes=arch.n_classes,
+        input_shape=arch.input_shape,
+        bounds=bounds or arch.bounds,
+        source=str(path),
+        freeze=True,
+    )
     clf.arch = name
     return clf
 
@@ -110,8 +130,10 @@ def _safetensors(path: Path, arch: str | None, bounds: tuple[float, float] | Non
         raise UsageError(f"{path} is not a readable safetensors file: {exc}") from None
     name = arch or meta.get("bastion_arch")
     if not name:
-        raise UsageError(f"{path} holds weights without an architecture name: pass arch= (one of "
-                         f"{', '.join(sorted(ARCHITECTURES))}) or register yours with register_architecture")
+        raise UsageError(
+            f"{path} holds weights without an architecture name: pass arch= (one of "
+            f"{', '.join(sorted(ARCHITECTURES))}) or register yours with register_architecture"
+        )
     return _load_into(name, state, path, bounds)
 
 
@@ -137,7 +159,9 @@ def _check_export_archive(path: Path) -> None:
             if base.endswith(("_weights_config.json", "_constants_config.json")):
                 config = json.loads(z.read(name)).get("config", {})
                 for entry in config.values():
-                    if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
+                    if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(
+                        ("weight_", "tensor_")
+                    ):
                         raise _unsafe(path, "stores pickled objects among its weights or constants")
             if base.startswith("data/sample_inputs/"):
                 try:
@@ -161,8 +185,9 @@ class _ExportedModule(nn.Module):
         return self
 
 
-def _exported(path: Path, input_shape: tuple[int, ...] | None, n_classes: int | None,
-              bounds: tuple[float, float]) -> Classifier:
+def _exported(
+    path: Path, input_shape: tuple[int, ...] | None, n_classes: int | None, bounds: tuple[float, float]
+) -> Classifier:
     _check_export_archive(path)
     try:
         ep = torch.export.load(str(path))
@@ -175,20 +200,33 @@ def _exported(path: Path, input_shape: tuple[int, ...] | None, n_classes: int | 
     val = nodes[spec.user_inputs[0]].meta.get("val")
     if val is not None:
         if isinstance(val.shape[0], int):
-            raise UsageError(f"{path} was exported with a fixed batch size {val.shape[0]}: re-export with a dynamic "
-                             "batch, torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))")
+            raise UsageError(
+                f"{path} was exported with a fixed batch size {val.shape[0]}: re-export with a dynamic "
+                "batch, torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))"
+            )
         if input_shape is None and all(isinstance(d, int) for d in val.shape[1:]):
             input_shape = tuple(val.shape[1:])
     out = next(n for n in ep.graph.nodes if n.op == "output").args[0]
     out_val = out[0].meta.get("val") if isinstance(out, (tuple, list)) and out and hasattr(out[0], "meta") else None
     if n_classes is None and out_val is not None and out_val.dim() == 2 and isinstance(out_val.shape[1], int):
         n_classes = int(out_val.shape[1])
-    return _torch_classifier(_ExportedModule(ep.module()), n_classes=n_classes, input_shape=input_shape, bounds=bounds,
-                             source=str(path), freeze=True)
+    return _torch_classifier(
+        _ExportedModule(ep.module()),
+        n_classes=n_classes,
+        input_shape=input_shape,
+        bounds=bounds,
+        source=str(path),
+        freeze=True,
+    )
 
 
-def _torch_file(path: Path, arch: Architecture | None, bounds: tuple[float, float] | None,
-                n_classes: int | None, input_shape: tuple[int, ...] | None) -> Classifier:
+def _torch_file(
+    path: Path,
+    arch: Architecture | None,
+    bounds: tuple[float, float] | None,
+    n_classes: int | None,
+    input_shape: tuple[int, ...] | None,
+) -> Classifier:
     kind = _zip_kind(path)
     n_classes = n_classes or (arch.n_classes if arch else None)
     input_shape = input_shape or (arch.input_shape if arch else None)
@@ -198,8 +236,9 @@ def _torch_file(path: Path, arch: Architecture | None, bounds: tuple[float, floa
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise UsageError(f"torch.jit.load cannot read {path}: {exc}") from None
-        return _torch_classifier(module, n_classes=n_classes, input_shape=input_shape, bounds=b,
-                                 source=str(path), freeze=True)
+        return _torch_classifier(
+            module, n_classes=n_classes, input_shape=input_shape, bounds=b, source=str(path), freeze=True
+        )
     if kind == "export":
         return _exported(path, input_shape, n_classes, b)
     try:
@@ -218,13 +257,16 @@ def _torch_file(path: Path, arch: Architecture | None, bounds: tuple[float, floa
     if not (isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values())):
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors: {_SAFE_EXPORT}")
     if arch is None:
-        raise UsageError(f"{path} holds weights without an architecture: pass arch= (one of "
-                         f"{', '.join(sorted(ARCHITECTURES))}) or register yours with register_architecture")
+        raise UsageError(
+            f"{path} holds weights without an architecture: pass arch= (one of "
+            f"{', '.join(sorted(ARCHITECTURES))}) or register yours with register_architecture"
+        )
     return _load_into(arch.name, obj, path, bounds)
 
 
-def _factory(spec: str, bounds: tuple[float, float] | None, n_classes: int | None,
-             input_shape: tuple[int, ...] | None) -> Classifier:
+def _factory(
+    spec: str, bounds: tuple[float, float] | None, n_classes: int | None, input_shape: tuple[int, ...] | None
+) -> Classifier:
     target, _, attr = spec.rpartition(":")
     if not attr.isidentifier() or not target:
         raise UsageError(f"model {spec!r} is not an existing file, a zoo:NAME, a URL or a module:function factory")
@@ -262,8 +304,9 @@ def _factory(spec: str, bounds: tuple[float, float] | None, n_classes: int | Non
     except Exception as exc:
         raise UsageError(f"model factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, nn.Module):
-        return _torch_classifier(obj, n_classes=n_classes, input_shape=input_shape, bounds=bounds or (0.0, 1.0),
-                                 source=spec)
+        return _torch_classifier(
+            obj, n_classes=n_classes, input_shape=input_shape, bounds=bounds or (0.0, 1.0), source=spec
+        )
     if hasattr(obj, "classes_") and hasattr(obj, "predict"):
         from .sklearn import SklearnClassifier
 
@@ -273,13 +316,21 @@ def _factory(spec: str, bounds: tuple[float, float] | None, n_classes: int | Non
         return clf
     if isinstance(obj, Classifier):
         return obj
-    raise UsageError(f"model factory {spec!r} returned {type(obj).__name__}; expected an nn.Module, a Classifier "
-                     "or a fitted scikit-learn estimator")
+    raise UsageError(
+        f"model factory {spec!r} returned {type(obj).__name__}; expected an nn.Module, a Classifier "
+        "or a fitted scikit-learn estimator"
+    )
 
 
-def load_model(spec: str | os.PathLike[str], *, arch: str | None = None, bounds: tuple[float, float] | None = None,
-               n_classes: int | None = None, input_shape: tuple[int, ...] | None = None,
-               log: Callable[[str], None] | None = None) -> Classifier:
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    bounds: tuple[float, float] | None = None,
+    n_classes: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Classifier:
     """Load the model named by ``spec`` (see the module docstring for every source) as a Classifier."""
     s = str(spec)
     shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
@@ -306,16 +357,27 @@ def load_model(spec: str | os.PathLike[str], *, arch: str | None = None, bounds:
 
         return OnnxClassifier(path, bounds=bounds or (0.0, 1.0), input_shape=shape, n_classes=n_classes)
     if suffix in _PICKLE_SUFFIXES:
-        raise _unsafe(path, "is a pickle", "convert a scikit-learn model to ONNX with skl2onnx "
-                      "(options={'zipmap': False}), or return it from your own code with a 'module:function' factory")
+        raise _unsafe(
+            path,
+            "is a pickle",
+            "convert a scikit-learn model to ONNX with skl2onnx "
+            "(options={'zipmap': False}), or return it from your own code with a 'module:function' factory",
+        )
     if suffix in _TORCH_SUFFIXES or _zip_kind(path):
         return _torch_file(path, build_architecture(arch)[1] if arch else None, bounds, n_classes, shape)
-    raise UsageError(f"unknown model file type {suffix or '(none)'!r} for {path}: use .safetensors, .onnx, "
-                     ".pt/.pth (state dict), TorchScript, .pt2 (torch.export), zoo:NAME, a URL or module:function")
+    raise UsageError(
+        f"unknown model file type {suffix or '(none)'!r} for {path}: use .safetensors, .onnx, "
+        ".pt/.pth (state dict), TorchScript, .pt2 (torch.export), zoo:NAME, a URL or module:function"
+    )
 
 
-def save_model(classifier_or_module: TorchClassifier | nn.Module, path: str | os.PathLike[str], *, arch: str,
-               metadata: Mapping[str, object] | None = None) -> Path:
+def save_model(
+    classifier_or_module: TorchClassifier | nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    arch: str,
+    metadata: Mapping[str, object] | None = None,
+) -> Path:
     """Write the weights to a ``.safetensors`` file whose metadata names ``arch``; returns the path.
 
     The file loads back with ``load_model(path)``. Non-string metadata values are stored as JSON.
@@ -333,7 +395,9 @@ def save_model(classifier_or_module: TorchClassifier | nn.Module, path: str | os
     try:
         check.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UsageError(f"the model's weights do not fit architecture {arch!r}: {' '.join(str(exc).split())[:300]}") from None
+        raise UsageError(
+            f"the model's weights do not fit architecture {arch!r}: {' '.join(str(exc).split())[:300]}"
+        ) from None
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta["bastion_arch"] = arch
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -118,14 +118,16 @@ class OnnxClassifier(BaseClassifier):
         step = self._fixed_batch or max(1, arr.shape[0])
         outs = []
         for i in range(0, arr.shape[0], step):
-            chunk = arr[i:i + step]
+            chunk = arr[i : i + step]
             n = chunk.shape[0]
             if self._fixed_batch and n < step:  # pad a short last chunk to the graph's fixed batch size
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
             try:
                 res = self.session.run([self.output_name], {self.input_name: chunk})[0]
             except Exception as exc:
-                raise UsageError(f"onnxruntime failed on a batch of shape {chunk.shape}: {str(exc).splitlines()[0]}") from None
+                raise UsageError(
+                    f"onnxruntime failed on a batch of shape {chunk.shape}: {str(exc).splitlines()[0]}"
+                ) from None
             outs.append(np.asarray(res)[:n])
         return np.concatenate(outs) if outs else np.empty((0, 0), dtype=np.float32)
 
@@ -138,9 +140,13 @@ class OnnxClassifier(BaseClassifier):
             return torch.empty(0, self.n_classes, device=x.device)
         out = torch.as_tensor(self._run(x), dtype=torch.float32)
         if out.dim() != 2 or out.shape[1] != self.n_classes or out.shape[0] != x.shape[0]:
-            raise UsageError(f"the ONNX model returned shape {tuple(out.shape)}; expected ({x.shape[0]}, {self.n_classes})")
+            raise UsageError(
+                f"the ONNX model returned shape {tuple(out.shape)}; expected ({x.shape[0]}, {self.n_classes})"
+            )
         if not self._output_known:
-            looks_prob = bool((out >= 0).all()) and bool(torch.allclose(out.sum(1), torch.ones(out.shape[0]), atol=1e-4))
+            looks_prob = bool((out >= 0).all()) and bool(
+                torch.allclose(out.sum(1), torch.ones(out.shape[0]), atol=1e-4)
+            )
             self.output = "probabilities" if looks_prob else "logits"
             self._output_known = True
         return out.to(x.device)

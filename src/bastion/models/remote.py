@@ -95,19 +95,25 @@ class RemoteClassifier(BaseClassifier):
         try:
             response = self._client.post(self.url, json={"inputs": rows})
         except httpx.TimeoutException:
-            raise UsageError(f"the model server at {self.url} did not answer within {self.timeout:g}s: "
-                             "raise timeout= or lower batch_size=") from None
+            raise UsageError(
+                f"the model server at {self.url} did not answer within {self.timeout:g}s: "
+                "raise timeout= or lower batch_size="
+            ) from None
         except httpx.HTTPError as exc:
-            raise UsageError(f"cannot reach the model server at {self.url}: {exc or type(exc).__name__} — "
-                             "check the URL and that the server is running") from None
+            raise UsageError(
+                f"cannot reach the model server at {self.url}: {exc or type(exc).__name__} — "
+                "check the URL and that the server is running"
+            ) from None
         if not response.is_success:
-            raise UsageError(f"the model server at {self.url} answered HTTP {response.status_code}: "
-                             f"{_server_message(response)}")
+            raise UsageError(
+                f"the model server at {self.url} answered HTTP {response.status_code}: {_server_message(response)}"
+            )
         try:
             return response.json()
         except ValueError:
-            raise UsageError(f"the model server at {self.url} did not answer with JSON: "
-                             f"{_server_message(response)}") from None
+            raise UsageError(
+                f"the model server at {self.url} did not answer with JSON: {_server_message(response)}"
+            ) from None
 
     def _rows(self, body: Any, n: int) -> Tensor:
         bad = f"malformed response from {self.url}"
@@ -126,8 +132,9 @@ class RemoteClassifier(BaseClassifier):
         for key in ("probabilities", "logits", "labels", "scores"):
             if key in body:
                 return self._scores_from(key, body[key], n)
-        raise UsageError(f"{bad}: expected a key 'probabilities', 'logits', 'labels' or 'results', "
-                         f"got {sorted(map(str, body))[:10]}")
+        raise UsageError(
+            f"{bad}: expected a key 'probabilities', 'logits', 'labels' or 'results', got {sorted(map(str, body))[:10]}"
+        )
 
     def _scores_from(self, key: str, values: Any, n: int) -> Tensor:
         bad = f"malformed response from {self.url}"
@@ -144,8 +151,9 @@ class RemoteClassifier(BaseClassifier):
         except (TypeError, ValueError):
             raise UsageError(f"{bad}: '{key}' must be a list of numeric rows") from None
         if out.shape != (n, self.n_classes):
-            raise UsageError(f"{bad}: '{key}' has shape {tuple(out.shape)}, expected ({n}, {self.n_classes}) — "
-                             "check n_classes")
+            raise UsageError(
+                f"{bad}: '{key}' has shape {tuple(out.shape)}, expected ({n}, {self.n_classes}) — check n_classes"
+            )
         if not bool(torch.isfinite(out).all()):
             raise UsageError(f"{bad}: '{key}' contains NaN or infinite values")
         if key != "scores":
@@ -154,11 +162,15 @@ class RemoteClassifier(BaseClassifier):
 
     def _scores(self, x: Tensor) -> Tensor:
         if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            raise UsageError(f"x has shape {tuple(x.shape)} but the remote model expects "
-                             f"(N, {', '.join(map(str, self.input_shape))})")
+            raise UsageError(
+                f"x has shape {tuple(x.shape)} but the remote model expects "
+                f"(N, {', '.join(map(str, self.input_shape))})"
+            )
         flat = x.detach().cpu().float()
-        outs = [self._rows(self._post(flat[i:i + self.batch_size].tolist()), min(self.batch_size, x.shape[0] - i))
-                for i in range(0, x.shape[0], self.batch_size)]
+        outs = [
+            self._rows(self._post(flat[i : i + self.batch_size].tolist()), min(self.batch_size, x.shape[0] - i))
+            for i in range(0, x.shape[0], self.batch_size)
+        ]
         if not outs:
             return torch.empty(0, self.n_classes, device=x.device)
         return torch.cat(outs).to(x.device)
@@ -176,6 +188,8 @@ class RemoteClassifier(BaseClassifier):
         self.close()
 
     def __repr__(self) -> str:
-        return (f"RemoteClassifier({self.url!r}, n_classes={self.n_classes}, input_shape={self.input_shape}, "
-                f"bounds={self.bounds}, batch_size={self.batch_size}, timeout={self.timeout:g}, "
-                f"output={self.output!r}, label_only={self.label_only})")
+        return (
+            f"RemoteClassifier({self.url!r}, n_classes={self.n_classes}, input_shape={self.input_shape}, "
+            f"bounds={self.bounds}, batch_size={self.batch_size}, timeout={self.timeout:g}, "
+            f"output={self.output!r}, label_only={self.label_only})"
+        )

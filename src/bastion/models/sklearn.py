@@ -37,8 +37,14 @@ class SklearnClassifier(BaseClassifier):
         white_box: ``None`` = white-box exactly when the model is linear; ``False`` forces black-box.
     """
 
-    def __init__(self, estimator: object, *, input_shape: tuple[int, ...] | None = None,
-                 bounds: tuple[float, float] = (0.0, 1.0), white_box: bool | None = None) -> None:
+    def __init__(
+        self,
+        estimator: object,
+        *,
+        input_shape: tuple[int, ...] | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        white_box: bool | None = None,
+    ) -> None:
         classes = getattr(estimator, "classes_", None)
         if classes is None:
             raise UsageError(f"{type(estimator).__name__} is not fitted (no classes_): fit it before wrapping")
@@ -47,17 +53,27 @@ class SklearnClassifier(BaseClassifier):
             raise UsageError("cannot tell the number of input features: pass input_shape=")
         input_shape = tuple(input_shape) if input_shape else (n_features,)
         if math.prod(input_shape) != n_features:
-            raise UsageError(f"input_shape {input_shape} has {math.prod(input_shape)} features but the model expects {n_features}")
+            raise UsageError(
+                f"input_shape {input_shape} has {math.prod(input_shape)} features but the model expects {n_features}"
+            )
         if not np.array_equal(np.asarray(classes), np.arange(len(classes))):
-            raise UsageError(f"the model's classes must be 0..{len(classes) - 1} (got {list(classes)[:10]}): encode labels as integers first")
+            raise UsageError(
+                f"the model's classes must be 0..{len(classes) - 1} (got {list(classes)[:10]}): encode labels as integers first"
+            )
         linear = _is_linear(estimator)
         self.white_box = linear if white_box is None else bool(white_box and linear)
         if white_box and not linear:
-            raise UsageError(f"{type(estimator).__name__} is not linear: gradients are not available, use white_box=False")
+            raise UsageError(
+                f"{type(estimator).__name__} is not linear: gradients are not available, use white_box=False"
+            )
         if not self.white_box and not hasattr(estimator, "predict_proba"):
             raise UsageError(f"{type(estimator).__name__} has no predict_proba: black-box attacks need scores")
-        super().__init__(n_classes=max(2, len(classes)), input_shape=input_shape, bounds=bounds,
-                         output="logits" if self.white_box else "probabilities")
+        super().__init__(
+            n_classes=max(2, len(classes)),
+            input_shape=input_shape,
+            bounds=bounds,
+            output="logits" if self.white_box else "probabilities",
+        )
         self.estimator = estimator
         if self.white_box:
             coef = torch.tensor(np.asarray(estimator.coef_), dtype=torch.float32)

@@ -54,8 +54,9 @@ class TorchClassifier(BaseClassifier, HasFeatures):
     ) -> None:
         if not isinstance(module, nn.Module):
             raise UsageError(f"TorchClassifier needs a torch.nn.Module, got {type(module).__name__}")
-        super().__init__(n_classes=n_classes, input_shape=tuple(input_shape or ()), bounds=bounds,
-                         output=output or "logits")
+        super().__init__(
+            n_classes=n_classes, input_shape=tuple(input_shape or ()), bounds=bounds, output=output or "logits"
+        )
         self.module = module
         self.output_key = output_key
         self._output_known = output is not None
@@ -93,7 +94,9 @@ class TorchClassifier(BaseClassifier, HasFeatures):
         if not self._output_known and out.shape[0] > 0:
             with torch.no_grad():
                 looks_prob = bool((out >= 0).all()) and bool(
-                    torch.allclose(out.sum(dim=1), torch.ones(out.shape[0], dtype=out.dtype, device=out.device), atol=1e-4)
+                    torch.allclose(
+                        out.sum(dim=1), torch.ones(out.shape[0], dtype=out.dtype, device=out.device), atol=1e-4
+                    )
                 )
             self.output = "probabilities" if looks_prob else "logits"
             self._output_known = True

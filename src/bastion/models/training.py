@@ -41,14 +41,19 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
 def accuracy(module: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
     was = module.training
     module.eval()
-    correct = sum(int((module(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, x.shape[0], batch_size))
+    correct = sum(
+        int((module(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+        for i in range(0, x.shape[0], batch_size)
+    )
     module.train(was)
     return correct / max(1, x.shape[0])
 
 
 def train_module(
-    module: nn.Module, x: Tensor, y: Tensor, config: TrainConfig,
+    module: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """Train ``module`` with Adam and cross-entropy, shuffling with a seeded generator."""
@@ -60,7 +65,7 @@ def train_module(
         perm = torch.randperm(n, generator=g)
         total = 0.0
         for i in range(0, n, config.batch_size):
-            idx = perm[i:i + config.batch_size]
+            idx = perm[i : i + config.batch_size]
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(module(x[idx]), y[idx])
             loss.backward()
@@ -72,8 +77,12 @@ def train_module(
     return module
 
 
-def train_architecture(arch_name: str, data: Dataset, config: TrainConfig | None = None,
-                       on_epoch: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict[str, object]]:
+def train_architecture(
+    arch_name: str,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[nn.Module, dict[str, object]]:
     """Build ``arch_name`` with seeded initialisation, train it on ``data``; return it and a record."""
     config = config or TRAIN_CONFIGS.get(arch_name, TrainConfig())
     with torch.random.fork_rng(devices=[]):
@@ -84,12 +93,19 @@ def train_architecture(arch_name: str, data: Dataset, config: TrainConfig | None
             f"architecture {arch_name!r} takes inputs of shape {arch.input_shape}, but dataset {data.name!r} has {data.input_shape}"
         )
     if data.n_classes > arch.n_classes:
-        raise UsageError(f"architecture {arch_name!r} has {arch.n_classes} classes, dataset {data.name!r} has {data.n_classes}")
+        raise UsageError(
+            f"architecture {arch_name!r} has {arch.n_classes} classes, dataset {data.name!r} has {data.n_classes}"
+        )
     start = time.perf_counter()
     train_module(module, data.x_train, data.y_train, config, on_epoch)
     record = {
-        "arch": arch_name, "data": data.name, "epochs": config.epochs, "batch_size": config.batch_size,
-        "lr": config.lr, "seed": config.seed, "seconds": round(time.perf_counter() - start, 2),
+        "arch": arch_name,
+        "data": data.name,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "seed": config.seed,
+        "seconds": round(time.perf_counter() - start, 2),
         "test_accuracy": accuracy(module, data.x_test, data.y_test),
     }
     return module, record

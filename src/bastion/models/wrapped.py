@@ -45,8 +45,10 @@ class WrappedClassifier(BaseClassifier):
 
     def __init__(self, wrapped: Classifier, *, output: Output | None = None) -> None:
         if not isinstance(wrapped, Classifier):
-            raise UsageError(f"{type(self).__name__} wraps a bastion Classifier (logits, predict, attack_mode, ...), "
-                             f"got {type(wrapped).__name__}: wrap a torch module with bastion.TorchClassifier first")
+            raise UsageError(
+                f"{type(self).__name__} wraps a bastion Classifier (logits, predict, attack_mode, ...), "
+                f"got {type(wrapped).__name__}: wrap a torch module with bastion.TorchClassifier first"
+            )
         if output is not None and output not in ("logits", "probabilities"):
             raise UsageError(f"output must be 'logits' or 'probabilities', got {output!r}")
         self._wrapped = wrapped

@@ -52,8 +52,12 @@ def _train_torch(name: str, log: Callable[[str], None] | None) -> Classifier:
 
     entry = ZOO[name]
     config = TRAIN_CONFIGS[name]
-    meta = {"bastion_arch": name, "bastion_data": entry.dataset, "bastion_recipe": RECIPE_VERSION,
-            "bastion_train": json.dumps(config.__dict__, sort_keys=True)}
+    meta = {
+        "bastion_arch": name,
+        "bastion_data": entry.dataset,
+        "bastion_recipe": RECIPE_VERSION,
+        "bastion_train": json.dumps(config.__dict__, sort_keys=True),
+    }
     path = bastion_home() / "zoo" / f"{name}.safetensors"
     import torch
 
@@ -83,8 +87,9 @@ def _train_torch(name: str, log: Callable[[str], None] | None) -> Classifier:
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    clf = TorchClassifier(module, bounds=arch.bounds, n_classes=arch.n_classes, input_shape=arch.input_shape,
-                          output="logits")
+    clf = TorchClassifier(
+        module, bounds=arch.bounds, n_classes=arch.n_classes, input_shape=arch.input_shape, output="logits"
+    )
     clf.arch = name
     return clf
 

@@ -19,7 +19,6 @@ traces. A request is answered only after its audit record is durable (database, 
 while the database is down); 503 only when neither can be written.
 """
 
-
 import asyncio
 import contextlib
 import hashlib
@@ -47,8 +46,9 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
         from pydantic import BaseModel, ConfigDict, Field
         from starlette.exceptions import HTTPException as StarletteHTTPException
     except ImportError as exc:  # pragma: no cover - the service extra is missing
-        raise UsageError(f"bastion serve needs the service extra ({exc.name} is missing): "
-                         f"pip install 'bastion[service]'") from None
+        raise UsageError(
+            f"bastion serve needs the service extra ({exc.name} is missing): pip install 'bastion[service]'"
+        ) from None
 
     from .auditlog import AuditLog
     from .dashboard import render_dashboard
@@ -63,21 +63,27 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
     events = Events(store)
     series = Series()
     registry = CollectorRegistry()
-    m_requests = Counter("bastion_requests", "Requests answered, by endpoint and status code",
-                         ["endpoint", "status"], registry=registry)
+    m_requests = Counter(
+        "bastion_requests", "Requests answered, by endpoint and status code", ["endpoint", "status"], registry=registry
+    )
     m_inputs = Counter("bastion_inputs", "Inputs answered", registry=registry)
     m_abstain = Counter("bastion_abstentions", "Inputs the guard abstained on", registry=registry)
     m_flags = Counter("bastion_flags", "Inputs flagged, by reason", ["reason"], registry=registry)
-    m_latency = Histogram("bastion_request_latency_seconds", "Latency of /v1/predict",
-                          buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry)
+    m_latency = Histogram(
+        "bastion_request_latency_seconds",
+        "Latency of /v1/predict",
+        buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        registry=registry,
+    )
     m_drift_stat = Gauge("bastion_drift_statistic", "Statistic of the last drift window", registry=registry)
     m_drift_p = Gauge("bastion_drift_p_value", "p-value of the last drift window", registry=registry)
     m_drift_alarms = Counter("bastion_drift_alarms", "Windows in which drift was detected", registry=registry)
     m_clients_flagged = Gauge("bastion_clients_flagged", "Clients flagged as extracting the model", registry=registry)
     m_spooled = Gauge("bastion_audit_spooled", "Audit records waiting in the local spool", registry=registry)
     m_spooled.set_function(audit.spooled)
-    m_drift_dropped = Gauge("bastion_drift_dropped_inputs", "Inputs left out of drift windows under overload",
-                            registry=registry)
+    m_drift_dropped = Gauge(
+        "bastion_drift_dropped_inputs", "Inputs left out of drift windows under overload", registry=registry
+    )
     m_drift_dropped.set_function(lambda: float(guard.drift_dropped))
     m_store_up = Gauge("bastion_audit_store_up", "1 when the audit database is reachable", registry=registry)
     m_store_up.set_function(lambda: 1.0 if audit.db_ok else 0.0)
@@ -93,8 +99,11 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        inputs: list[Any] = Field(..., min_length=1, description="One input, or a batch of inputs, as nested lists "
-                                                                 "in the model's input shape.")
+        inputs: list[Any] = Field(
+            ...,
+            min_length=1,
+            description="One input, or a batch of inputs, as nested lists in the model's input shape.",
+        )
 
     class Result(BaseModel):
         label: int | None
@@ -112,8 +121,14 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
     class Error(BaseModel):
         detail: str
 
-    errors = {401: {"model": Error}, 403: {"model": Error}, 413: {"model": Error}, 422: {"model": Error},
-              429: {"model": Error}, 503: {"model": Error}}
+    errors = {
+        401: {"model": Error},
+        403: {"model": Error},
+        413: {"model": Error},
+        422: {"model": Error},
+        429: {"model": Error},
+        503: {"model": Error},
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -124,9 +139,13 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
             guard.stop()
             audit.close()
 
-    app = FastAPI(title=title, version="1", lifespan=lifespan,
-                  description="bastion's guard service: predictions with abstention, out-of-distribution and "
-                              "extraction signals, drift monitoring and an audit log.")
+    app = FastAPI(
+        title=title,
+        version="1",
+        lifespan=lifespan,
+        description="bastion's guard service: predictions with abstention, out-of-distribution and "
+        "extraction signals, drift monitoring and an audit log.",
+    )
 
     class ApiError(Exception):
         def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
@@ -163,8 +182,11 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if not header or scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>' (bastion keys create)",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "missing API key: send 'Authorization: Bearer <key>' (bastion keys create)",
+                {"WWW-Authenticate": "Bearer"},
+            )
         try:
             info = keyring.verify(token.strip())
         except KeyStoreUnavailable:
@@ -182,8 +204,11 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
             rate, burst = limits.throttled_rate, 1.0
         wait = buckets.take(info.id, rate, burst)
         if wait > 0:
-            raise ApiError(429, f"rate limit of {rate:g} requests/s exceeded" + (" (throttled)" if throttled else ""),
-                           {"Retry-After": str(max(1, math.ceil(wait)))})
+            raise ApiError(
+                429,
+                f"rate limit of {rate:g} requests/s exceeded" + (" (throttled)" if throttled else ""),
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         return info
 
     async def admin_key(request: Request) -> KeyInfo:
@@ -198,21 +223,28 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
             arr = np.asarray(raw, dtype=np.float32)
         except (ValueError, TypeError):
             dims = ", ".join(map(str, shape))
-            raise ApiError(422, f"inputs must be numbers in nested lists of shape {list(shape)} (one input) or "
-                                f"[n, {dims}] (a batch); got ragged or non-numeric lists") from None
+            raise ApiError(
+                422,
+                f"inputs must be numbers in nested lists of shape {list(shape)} (one input) or "
+                f"[n, {dims}] (a batch); got ragged or non-numeric lists",
+            ) from None
         if arr.shape == shape:
             arr = arr[None]
         if arr.shape[1:] != shape:
-            raise ApiError(422, f"input shape {list(arr.shape)} does not match the model's {list(shape)} "
-                                f"(or [n, {', '.join(map(str, shape))}] for a batch)")
+            raise ApiError(
+                422,
+                f"input shape {list(arr.shape)} does not match the model's {list(shape)} "
+                f"(or [n, {', '.join(map(str, shape))}] for a batch)",
+            )
         if arr.shape[0] > limits.max_batch:
             raise ApiError(413, f"batch of {arr.shape[0]} inputs exceeds the limit of {limits.max_batch}")
         if not np.isfinite(arr).all():
             raise ApiError(422, "inputs contain NaN or infinite values")
         lo, hi = guard.bounds
         if arr.min() < lo - 1e-6 or arr.max() > hi + 1e-6:
-            raise ApiError(422, f"input values must lie in [{lo:g}, {hi:g}] (got {float(arr.min()):g} to "
-                                f"{float(arr.max()):g})")
+            raise ApiError(
+                422, f"input values must lie in [{lo:g}, {hi:g}] (got {float(arr.min()):g} to {float(arr.max()):g})"
+            )
         return torch.from_numpy(np.ascontiguousarray(arr))
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=errors, tags=["predict"])
@@ -223,8 +255,11 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
             raise ApiError(403, "this key is blocked: its query pattern was flagged as model extraction")
         x = parse_inputs(body.inputs)
         results, status = await asyncio.wrap_future(guard.submit(x, key.id))
-        if status.get("flagged") and status.get("flagged_at") is not None and \
-                status["queries"] - x.shape[0] < status["flagged_at"] <= status["queries"]:
+        if (
+            status.get("flagged")
+            and status.get("flagged_at") is not None
+            and status["queries"] - x.shape[0] < status["flagged_at"] <= status["queries"]
+        ):
             m_clients_flagged.inc()
             await asyncio.to_thread(events.add, "extraction", {"key_id": key.id, **status})
         request_id = uuid.uuid4().hex
@@ -236,12 +271,20 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
             client_status = "throttled"
         else:
             client_status = "flagged" if flagged else "ok"
-        record = {"request_id": request_id, "ts": time.time(), "key_id": key.id,
-                  "input_sha256": hashlib.sha256(x.numpy().tobytes()).hexdigest(), "n_inputs": int(x.shape[0]),
-                  "labels": _dumps([r["label"] for r in results]), "abstain": _dumps([r["abstain"] for r in results]),
-                  "actions": _dumps([r["action"] for r in results]), "reasons": _dumps([r["reasons"] for r in results]),
-                  "scores": _dumps([r["scores"] for r in results]), "latency_ms": round(latency * 1000, 3),
-                  "client_status": client_status}
+        record = {
+            "request_id": request_id,
+            "ts": time.time(),
+            "key_id": key.id,
+            "input_sha256": hashlib.sha256(x.numpy().tobytes()).hexdigest(),
+            "n_inputs": int(x.shape[0]),
+            "labels": _dumps([r["label"] for r in results]),
+            "abstain": _dumps([r["abstain"] for r in results]),
+            "actions": _dumps([r["action"] for r in results]),
+            "reasons": _dumps([r["reasons"] for r in results]),
+            "scores": _dumps([r["scores"] for r in results]),
+            "latency_ms": round(latency * 1000, 3),
+            "client_status": client_status,
+        }
         try:
             await asyncio.wrap_future(audit.submit(record))
         except RuntimeError:
@@ -257,13 +300,17 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
         m_requests.labels("/v1/predict", "200").inc()
         m_latency.observe(time.perf_counter() - t0)
         # built here rather than validated again against PredictResponse (which still documents it in the spec)
-        return JSONResponse({"request_id": request_id, "results": results,
-                             "client": {"queries": status.get("queries"), "status": client_status}})
+        return JSONResponse(
+            {
+                "request_id": request_id,
+                "results": results,
+                "client": {"queries": status.get("queries"), "status": client_status},
+            }
+        )
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "audit_store": "up" if audit.db_ok else "down (spooling)",
-                "spooled": audit.spooled()}
+        return {"status": "ok", "audit_store": "up" if audit.db_ok else "down (spooling)", "spooled": audit.spooled()}
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=errors, tags=["operations"])
     async def metrics(key: KeyInfo = Depends(admin_key)) -> Any:
@@ -282,8 +329,9 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
         return {"clients": guard.clients()}
 
     @app.get("/v1/admin/events", responses=errors, tags=["admin"])
-    async def admin_events(kind: str | None = None, limit: int = 100,
-                           key: KeyInfo = Depends(admin_key)) -> dict[str, Any]:
+    async def admin_events(
+        kind: str | None = None, limit: int = 100, key: KeyInfo = Depends(admin_key)
+    ) -> dict[str, Any]:
         if not 1 <= limit <= 1000:
             raise ApiError(422, "limit must lie in [1, 1000]")
         try:
@@ -297,10 +345,17 @@ def create_app(guard: Any, store: Any, *, spool: str, title: str = "bastion guar
 
     @app.get("/dashboard", response_class=HTMLResponse, responses=errors, tags=["admin"])
     async def dashboard(key: KeyInfo = Depends(admin_key)) -> Any:
-        html = render_dashboard(series=series.rows(), drift=guard.drift_history(), drift_test=guard.drift_test,
-                                ood=guard.ood_histogram(), clients=guard.clients(),
-                                calibration=guard.calibration, audit=dict(audit.stats), spooled=audit.spooled(),
-                                store_up=audit.db_ok)
+        html = render_dashboard(
+            series=series.rows(),
+            drift=guard.drift_history(),
+            drift_test=guard.drift_test,
+            ood=guard.ood_histogram(),
+            clients=guard.clients(),
+            calibration=guard.calibration,
+            audit=dict(audit.stats),
+            spooled=audit.spooled(),
+            store_up=audit.db_ok,
+        )
         return HTMLResponse(html)
 
     app.state.guard = guard

@@ -155,7 +155,7 @@ class AuditLog:
             return
         try:
             for i in range(0, len(records), 1000):
-                self.store.insert_audit(records[i:i + 1000])
+                self.store.insert_audit(records[i : i + 1000])
         except Exception:  # noqa: BLE001 - still down; try again later
             self._set_db(False)
             return

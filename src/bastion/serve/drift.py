@@ -80,8 +80,9 @@ def _rows(x: Any, name: str, d: int | None = None) -> Tensor:
     if x.dtype == torch.bool or x.is_complex():
         raise UsageError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if d is not None and x.shape[1] != d:
-        raise UsageError(f"{name} must have {d} features per row (the reference's dimension), "
-                         f"got shape {tuple(x.shape)}")
+        raise UsageError(
+            f"{name} must have {d} features per row (the reference's dimension), got shape {tuple(x.shape)}"
+        )
     x = x.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).any(dim=1).sum())
@@ -119,8 +120,10 @@ def median_bandwidth(x: Tensor, *, max_rows: int = _MEDIAN_ROWS, generator: torc
         return med
     nonzero = dist[dist > 0]
     if nonzero.numel() == 0:
-        raise UsageError("all reference rows are identical: a kernel two-sample test has nothing to compare "
-                         "(pass a reference sample of real, varied clean data)")
+        raise UsageError(
+            "all reference rows are identical: a kernel two-sample test has nothing to compare "
+            "(pass a reference sample of real, varied clean data)"
+        )
     return float(nonzero.mean())
 
 
@@ -130,8 +133,11 @@ def mmd2_unbiased(x: Tensor, y: Tensor, bandwidth: float) -> float:
     if m < 2 or n < 2:
         raise UsageError(f"MMD_u^2 needs at least 2 rows in each sample, got {m} and {n}")
     kxx, kyy, kxy = gaussian_kernel(x, x, bandwidth), gaussian_kernel(y, y, bandwidth), gaussian_kernel(x, y, bandwidth)
-    return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-                 + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1)) - 2.0 * kxy.sum() / (m * n))
+    return float(
+        (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+        + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+        - 2.0 * kxy.sum() / (m * n)
+    )
 
 
 def mmd2_split_statistics(kernel: Tensor, y_index: Tensor) -> Tensor:
@@ -168,8 +174,9 @@ def mmd2_split_statistics(kernel: Tensor, y_index: Tensor) -> Tensor:
     return torch.cat(out)
 
 
-def mmd_permutation_test(x: Tensor, y: Tensor, bandwidth: float, *, permutations: int = 500,
-                         generator: torch.Generator | None = None) -> tuple[float, float]:
+def mmd_permutation_test(
+    x: Tensor, y: Tensor, bandwidth: float, *, permutations: int = 500, generator: torch.Generator | None = None
+) -> tuple[float, float]:
     """Gaussian-kernel MMD_u^2 of ``x`` (m, d) against ``y`` (n, d) and its permutation p-value: (statistic, p).
 
     ``p = (1 + #{permutation statistics >= observed}) / (1 + permutations)``.
@@ -221,8 +228,13 @@ def ks_drift_test(reference: Tensor, window: Tensor, alpha: float, *, correction
     d_stat = np.atleast_1d(np.asarray(res.statistic, dtype=np.float64))
     p = np.atleast_1d(np.asarray(res.pvalue, dtype=np.float64))
     adjusted = adjust_pvalues(p, correction)
-    return {"statistic": float(d_stat.max()), "p_value": float(adjusted.min()),
-            "features_drifting": int((adjusted <= alpha).sum()), "p_values": p, "adjusted": adjusted}
+    return {
+        "statistic": float(d_stat.max()),
+        "p_value": float(adjusted.min()),
+        "features_drifting": int((adjusted <= alpha).sum()),
+        "p_values": p,
+        "adjusted": adjusted,
+    }
 
 
 def _int_at_least(value: Any, low: int, name: str, hint: str) -> int:
@@ -247,11 +259,23 @@ class DriftMonitor:
     Attributes: ``bandwidth`` (the Gaussian kernel's sigma, ``None`` for ks), ``dim`` (d), ``reference`` (N, d).
     """
 
-    def __init__(self, reference: Tensor, *, test: str = "mmd", window: int = 200, alpha: float = 0.01,
-                 permutations: int = 500, max_reference: int = 1000, seed: int = 0, correction: str = "bh") -> None:
+    def __init__(
+        self,
+        reference: Tensor,
+        *,
+        test: str = "mmd",
+        window: int = 200,
+        alpha: float = 0.01,
+        permutations: int = 500,
+        max_reference: int = 1000,
+        seed: int = 0,
+        correction: str = "bh",
+    ) -> None:
         if test not in TESTS:
-            raise UsageError(f"unknown drift test {test!r}: choose 'mmd' (kernel MMD with a permutation p-value) "
-                             "or 'ks' (per-feature Kolmogorov-Smirnov, for tabular data)")
+            raise UsageError(
+                f"unknown drift test {test!r}: choose 'mmd' (kernel MMD with a permutation p-value) "
+                "or 'ks' (per-feature Kolmogorov-Smirnov, for tabular data)"
+            )
         if correction not in CORRECTIONS:
             raise UsageError(f"unknown multiple-testing correction {correction!r}: choose 'bh' or 'holm'")
         self.window = _int_at_least(window, 10, "window", "rows per tested window, e.g. 200")
@@ -261,11 +285,14 @@ class DriftMonitor:
         self.permutations = _int_at_least(permutations, 19, "permutations", "e.g. 500")
         if test == "mmd" and self.alpha * (self.permutations + 1) < 1.0 - 1e-9:
             need = math.ceil(1.0 / self.alpha - 1e-9) - 1
-            raise UsageError(f"with {self.permutations} permutations the smallest p-value is "
-                             f"1/{self.permutations + 1} > alpha={self.alpha}, so no drift could ever be raised: "
-                             f"use at least {need} permutations")
-        self.max_reference = _int_at_least(max_reference, self.window, "max_reference",
-                                           "reference rows per test, at least one window")
+            raise UsageError(
+                f"with {self.permutations} permutations the smallest p-value is "
+                f"1/{self.permutations + 1} > alpha={self.alpha}, so no drift could ever be raised: "
+                f"use at least {need} permutations"
+            )
+        self.max_reference = _int_at_least(
+            max_reference, self.window, "max_reference", "reference rows per test, at least one window"
+        )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise UsageError(f"seed must be an integer, got {seed!r}")
         self.seed = int(seed)
@@ -273,15 +300,17 @@ class DriftMonitor:
         self.correction = correction
         ref = _rows(reference, "reference")
         if ref.shape[0] < self.window or ref.shape[1] < 1:
-            raise UsageError(f"reference must have at least window={self.window} rows and 1 feature, "
-                             f"got shape {tuple(ref.shape)}")
+            raise UsageError(
+                f"reference must have at least window={self.window} rows and 1 feature, got shape {tuple(ref.shape)}"
+            )
         self.reference = ref
         self.dim = ref.shape[1]
         self._generator = torch.Generator().manual_seed(self.seed)
         self.bandwidth: float | None = None
         if test == "mmd":
-            self.bandwidth = median_bandwidth(ref, max_rows=min(self.max_reference, _MEDIAN_ROWS),
-                                              generator=torch.Generator().manual_seed(self.seed))
+            self.bandwidth = median_bandwidth(
+                ref, max_rows=min(self.max_reference, _MEDIAN_ROWS), generator=torch.Generator().manual_seed(self.seed)
+            )
         self._pending: list[Tensor] = []
         self._pending_rows = 0
         self._history: deque[dict] = deque(maxlen=HISTORY_CAP)
@@ -333,15 +362,24 @@ class DriftMonitor:
         extra: dict[str, Any] = {}
         if self.test == "mmd":
             assert self.bandwidth is not None
-            stat, p = mmd_permutation_test(ref, rows, self.bandwidth, permutations=self.permutations,
-                                           generator=self._generator)
+            stat, p = mmd_permutation_test(
+                ref, rows, self.bandwidth, permutations=self.permutations, generator=self._generator
+            )
         else:
             ks = ks_drift_test(ref, rows, self.alpha, correction=self.correction)
             stat, p = ks["statistic"], ks["p_value"]
             extra["features_drifting"] = ks["features_drifting"]
-        result = {"window": self._next_index, "test": self.test, "statistic": float(stat), "p_value": float(p),
-                  "drift": bool(p <= self.alpha), "n": int(rows.shape[0]), "alpha": self.alpha, "ts": time.time(),
-                  **extra}
+        result = {
+            "window": self._next_index,
+            "test": self.test,
+            "statistic": float(stat),
+            "p_value": float(p),
+            "drift": bool(p <= self.alpha),
+            "n": int(rows.shape[0]),
+            "alpha": self.alpha,
+            "ts": time.time(),
+            **extra,
+        }
         self._next_index += 1
         self._history.append(result)
         return result

@@ -113,7 +113,7 @@ class _GrowingSet:
         """Members oldest first: (size, dim)."""
         if self.size < self.cap:
             return self.buf[: self.size]
-        return torch.cat([self.buf[self.head:], self.buf[: self.head]])
+        return torch.cat([self.buf[self.head :], self.buf[: self.head]])
 
     def push(self, x: Tensor) -> None:
         if self.size < self.cap:
@@ -163,7 +163,7 @@ def _dist(a: Tensor, b: Tensor) -> Tensor:
     rows = min(m, max(1, _CHUNK // (cols * d)))
     for i in range(0, m, rows):
         for j in range(0, n, cols):
-            out[i:i + rows, j:j + cols] = (a[i:i + rows, None] - b[None, j:j + cols]).square_().sum(-1).sqrt_()
+            out[i : i + rows, j : j + cols] = (a[i : i + rows, None] - b[None, j : j + cols]).square_().sum(-1).sqrt_()
     return out
 
 
@@ -183,8 +183,16 @@ class ExtractionMonitor:
     service decides whether a flagged or over-budget client is throttled or blocked. Not thread-safe.
     """
 
-    def __init__(self, *, delta: float = 0.9, min_distances: int = 100, max_distances: int = 5000,
-                 max_growing: int = 2000, budget: int | None = None, check_every: int = 10) -> None:
+    def __init__(
+        self,
+        *,
+        delta: float = 0.9,
+        min_distances: int = 100,
+        max_distances: int = 5000,
+        max_growing: int = 2000,
+        budget: int | None = None,
+        check_every: int = 10,
+    ) -> None:
         if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0.0 < float(delta) < 1.0:
             raise UsageError(f"delta must be a number strictly between 0 and 1, got {delta!r}")
         self.delta = float(delta)
@@ -252,7 +260,7 @@ class ExtractionMonitor:
                 best = math.inf
                 if evicted < n_old:
                     best = float(pre[i, evicted:].min())
-                alive = added[max(0, evicted - n_old):]
+                alive = added[max(0, evicted - n_old) :]
                 if alive:
                     best = min(best, float(intra[i, alive].min()))
                 d = best
@@ -283,8 +291,9 @@ class ExtractionMonitor:
         if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
             raise UsageError(f"x must hold real numbers, got dtype {x.dtype}")
         if labels.dim() != 1 or labels.shape[0] != x.shape[0]:
-            raise UsageError(f"labels must be (n,) with one label per input: x {tuple(x.shape)}, "
-                             f"labels {tuple(labels.shape)}")
+            raise UsageError(
+                f"labels must be (n,) with one label per input: x {tuple(x.shape)}, labels {tuple(labels.shape)}"
+            )
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise UsageError(f"labels must be integer class indices, got dtype {labels.dtype}")
         flat = x.detach().to("cpu", torch.float32).reshape(x.shape[0], -1)

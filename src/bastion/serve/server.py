@@ -10,9 +10,17 @@ from ..errors import UsageError
 __all__ = ["build_app"]
 
 
-def build_app(*, model: str | Any, reference: str | Any | None = None, config: str | Any | None = None,
-              db: str | None = None, spool: str | None = None, arch: str | None = None, seed: int = 0,
-              store: Any = None) -> tuple[Any, dict[str, Any]]:
+def build_app(
+    *,
+    model: str | Any,
+    reference: str | Any | None = None,
+    config: str | Any | None = None,
+    db: str | None = None,
+    spool: str | None = None,
+    arch: str | None = None,
+    seed: int = 0,
+    store: Any = None,
+) -> tuple[Any, dict[str, Any]]:
     """``(app, info)``: load the model and reference data, calibrate the guard, open the store."""
     from ..data import load_dataset
     from ..models.loading import load_model
@@ -34,9 +42,16 @@ def build_app(*, model: str | Any, reference: str | Any | None = None, config: s
     store = store or Store(db)
     if spool is None:
         url = store.url
-        base = Path(url.split("///", 1)[1]).parent if url.startswith("sqlite:///") and ":memory:" not in url \
+        base = (
+            Path(url.split("///", 1)[1]).parent
+            if url.startswith("sqlite:///") and ":memory:" not in url
             else bastion_home()
+        )
         spool = str(base / "audit-spool.jsonl")
     app = create_app(guard, store, spool=spool)
-    return app, {"reference": getattr(ref, "name", str(reference)), "calibration": guard.calibration,
-                 "spool": spool, "db": store._safe_url()}
+    return app, {
+        "reference": getattr(ref, "name", str(reference)),
+        "calibration": guard.calibration,
+        "spool": spool,
+        "db": store._safe_url(),
+    }

@@ -35,32 +35,41 @@ def default_url() -> str:
 def _v1(conn: Any, meta: Any) -> None:
     import sqlalchemy as sa
 
-    sa.Table("api_keys", meta,
-             sa.Column("id", sa.String(32), primary_key=True),
-             sa.Column("salt", sa.String(64), nullable=False),
-             sa.Column("digest", sa.String(128), nullable=False),
-             sa.Column("role", sa.String(16), nullable=False),
-             sa.Column("label", sa.String(200), nullable=False, server_default=""),
-             sa.Column("created_at", sa.Float, nullable=False),
-             sa.Column("revoked_at", sa.Float, nullable=True))
-    sa.Table("audit_records", meta,
-             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-             sa.Column("request_id", sa.String(64), nullable=False, unique=True),
-             sa.Column("ts", sa.Float, nullable=False, index=True),
-             sa.Column("key_id", sa.String(32), nullable=False, index=True),
-             sa.Column("input_sha256", sa.String(64), nullable=False),
-             sa.Column("n_inputs", sa.Integer, nullable=False),
-             sa.Column("labels", sa.Text, nullable=False),
-             sa.Column("abstain", sa.Text, nullable=False),
-             sa.Column("actions", sa.Text, nullable=False),
-             sa.Column("reasons", sa.Text, nullable=False),
-             sa.Column("scores", sa.Text, nullable=False),
-             sa.Column("latency_ms", sa.Float, nullable=False))
-    sa.Table("events", meta,
-             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-             sa.Column("ts", sa.Float, nullable=False, index=True),
-             sa.Column("kind", sa.String(64), nullable=False, index=True),
-             sa.Column("detail", sa.Text, nullable=False))
+    sa.Table(
+        "api_keys",
+        meta,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("salt", sa.String(64), nullable=False),
+        sa.Column("digest", sa.String(128), nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("label", sa.String(200), nullable=False, server_default=""),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("revoked_at", sa.Float, nullable=True),
+    )
+    sa.Table(
+        "audit_records",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("request_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("ts", sa.Float, nullable=False, index=True),
+        sa.Column("key_id", sa.String(32), nullable=False, index=True),
+        sa.Column("input_sha256", sa.String(64), nullable=False),
+        sa.Column("n_inputs", sa.Integer, nullable=False),
+        sa.Column("labels", sa.Text, nullable=False),
+        sa.Column("abstain", sa.Text, nullable=False),
+        sa.Column("actions", sa.Text, nullable=False),
+        sa.Column("reasons", sa.Text, nullable=False),
+        sa.Column("scores", sa.Text, nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=False),
+    )
+    sa.Table(
+        "events",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("ts", sa.Float, nullable=False, index=True),
+        sa.Column("kind", sa.String(64), nullable=False, index=True),
+        sa.Column("detail", sa.Text, nullable=False),
+    )
     meta.create_all(conn, tables=[meta.tables[n] for n in ("api_keys", "audit_records", "events")])
 
 
@@ -76,8 +85,20 @@ MIGRATIONS: list[tuple[int, str, Callable[[Any, Any], None]]] = [
     (2, "audit_records.client_status", _v2),
 ]
 
-AUDIT_COLUMNS = ("request_id", "ts", "key_id", "input_sha256", "n_inputs", "labels", "abstain", "actions", "reasons",
-                 "scores", "latency_ms", "client_status")
+AUDIT_COLUMNS = (
+    "request_id",
+    "ts",
+    "key_id",
+    "input_sha256",
+    "n_inputs",
+    "labels",
+    "abstain",
+    "actions",
+    "reasons",
+    "scores",
+    "latency_ms",
+    "client_status",
+)
 
 
 class Store:
@@ -108,15 +129,19 @@ class Store:
         try:
             self.engine = sa.create_engine(self.url, **kwargs)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise UsageError(f"--db {self.url!r}: {exc} (SQLite: sqlite:///path.db; PostgreSQL: postgresql+psycopg:"
-                             f"//user:password@host/db, with pip install 'psycopg[binary]')") from None
+            raise UsageError(
+                f"--db {self.url!r}: {exc} (SQLite: sqlite:///path.db; PostgreSQL: postgresql+psycopg:"
+                f"//user:password@host/db, with pip install 'psycopg[binary]')"
+            ) from None
         if self.url.startswith("sqlite"):
+
             @sa.event.listens_for(self.engine, "connect")
             def _wal(dbapi_conn: Any, _record: Any) -> None:  # concurrent readers while the log writes
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
+
         try:
             self.version = self.migrate()
         except sa.exc.OperationalError as exc:
@@ -139,9 +164,13 @@ class Store:
         import sqlalchemy as sa
 
         meta = sa.MetaData()
-        version_table = sa.Table("bastion_schema", meta, sa.Column("version", sa.Integer, nullable=False),
-                                 sa.Column("applied_at", sa.Float, nullable=False),
-                                 sa.Column("description", sa.String(200), nullable=False))
+        version_table = sa.Table(
+            "bastion_schema",
+            meta,
+            sa.Column("version", sa.Integer, nullable=False),
+            sa.Column("applied_at", sa.Float, nullable=False),
+            sa.Column("description", sa.String(200), nullable=False),
+        )
         with self.engine.begin() as conn:
             meta.create_all(conn, tables=[version_table])
             current = conn.execute(sa.select(sa.func.max(version_table.c.version))).scalar() or 0
@@ -150,8 +179,9 @@ class Store:
                 continue
             with self.engine.begin() as conn:
                 step(conn, sa.MetaData())
-                conn.execute(version_table.insert().values(version=version, applied_at=time.time(),
-                                                           description=description))
+                conn.execute(
+                    version_table.insert().values(version=version, applied_at=time.time(), description=description)
+                )
             current = version
         return current
 
@@ -190,8 +220,16 @@ class Store:
     def recent_audit(self, since: float) -> list[dict[str, Any]]:
         import sqlalchemy as sa
 
-        cols = [self.audit.c.ts, self.audit.c.key_id, self.audit.c.n_inputs, self.audit.c.abstain,
-                self.audit.c.actions, self.audit.c.reasons, self.audit.c.scores, self.audit.c.latency_ms]
+        cols = [
+            self.audit.c.ts,
+            self.audit.c.key_id,
+            self.audit.c.n_inputs,
+            self.audit.c.abstain,
+            self.audit.c.actions,
+            self.audit.c.reasons,
+            self.audit.c.scores,
+            self.audit.c.latency_ms,
+        ]
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(*cols).where(self.audit.c.ts >= since).order_by(self.audit.c.ts))
             return [dict(r._mapping) for r in rows]
@@ -199,8 +237,9 @@ class Store:
     # -- events ----------------------------------------------------------------------------------
     def add_event(self, kind: str, detail: dict[str, Any], ts: float | None = None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(self.events.insert().values(ts=time.time() if ts is None else ts, kind=kind,
-                                                     detail=json.dumps(detail)))
+            conn.execute(
+                self.events.insert().values(ts=time.time() if ts is None else ts, kind=kind, detail=json.dumps(detail))
+            )
 
     def list_events(self, kind: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         import sqlalchemy as sa
@@ -233,8 +272,11 @@ class Store:
         import sqlalchemy as sa
 
         with self.engine.begin() as conn:
-            r = conn.execute(sa.update(self.keys).where(self.keys.c.id == key_id, self.keys.c.revoked_at.is_(None))
-                             .values(revoked_at=time.time()))
+            r = conn.execute(
+                sa.update(self.keys)
+                .where(self.keys.c.id == key_id, self.keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
         return bool(r.rowcount)
 
     def dispose(self) -> None:

@@ -85,9 +85,20 @@ class APGD(Attack):
     norms = ("linf", "l2")
     _losses: tuple[str, ...] = ("ce", "dlr")
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", steps: int = 100, restarts: int = 1,
-                 loss: str = "ce", rho: float = 0.75, early_stop: bool = True, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        steps: int = 100,
+        restarts: int = 1,
+        loss: str = "ce",
+        rho: float = 0.75,
+        early_stop: bool = True,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("steps", steps, integer=True)
         self._positive("restarts", restarts, integer=True)
@@ -103,8 +114,9 @@ class APGD(Attack):
         self.early_stop = bool(early_stop)
 
     # -- one run -------------------------------------------------------------------------
-    def _grad(self, model: Classifier, xa: Tensor, y: Tensor, loss_t: Tensor | None, success_t: Tensor | None,
-              budget: Budget) -> tuple[Tensor, Tensor, Tensor]:
+    def _grad(
+        self, model: Classifier, xa: Tensor, y: Tensor, loss_t: Tensor | None, success_t: Tensor | None, budget: Budget
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample loss, its input gradient and whether each point is adversarial."""
         xa = xa.detach().requires_grad_(True)
         z = as_logits(model.logits(xa), model.output)
@@ -113,8 +125,17 @@ class APGD(Attack):
         budget.backward += int(xa.shape[0])
         return loss.detach(), g.detach(), is_adversarial(z.detach(), y, success_t)
 
-    def _run(self, model: Classifier, x: Tensor, y: Tensor, loss_t: Tensor | None, success_t: Tensor | None,
-             threat: ThreatModel, generator: torch.Generator, budget: Budget) -> tuple[Tensor, Tensor]:
+    def _run(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        loss_t: Tensor | None,
+        success_t: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> tuple[Tensor, Tensor]:
         """One APGD run on every sample of ``x``; returns (points, fooled): the first adversarial
         point where one was found, else the point of highest loss."""
         n, eps, norm = x.shape[0], float(threat.eps), threat.norm
@@ -125,11 +146,21 @@ class APGD(Attack):
         x_cur = threat.project(x, apgd_start(x, norm, eps, generator))
         loss, grad, fooled = self._grad(model, x_cur, y, loss_t, success_t, budget)
         # per-sample state, kept compact: the rows of samples that leave the batch are dropped
-        st = {"idx": torch.arange(n, device=x.device), "x": x, "y": y, "cur": x_cur, "prev": x_cur.clone(),
-              "grad": grad, "best": x_cur.clone(), "grad_best": grad.clone(), "loss_best": loss.clone(),
-              "loss_best_last": loss.clone(), "step": torch.full((n,), 2 * eps, device=x.device, dtype=x.dtype),
-              "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
-              "hist": torch.zeros(n, self.steps + 1, device=x.device, dtype=loss.dtype)}  # hist[:, i] = f(x^(i))
+        st = {
+            "idx": torch.arange(n, device=x.device),
+            "x": x,
+            "y": y,
+            "cur": x_cur,
+            "prev": x_cur.clone(),
+            "grad": grad,
+            "best": x_cur.clone(),
+            "grad_best": grad.clone(),
+            "loss_best": loss.clone(),
+            "loss_best_last": loss.clone(),
+            "step": torch.full((n,), 2 * eps, device=x.device, dtype=x.dtype),
+            "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
+            "hist": torch.zeros(n, self.steps + 1, device=x.device, dtype=loss.dtype),
+        }  # hist[:, i] = f(x^(i))
         st["hist"][:, 0] = loss
         lt, sst = loss_t, success_t
         _record(out, found, st["idx"], x_cur, fooled)
@@ -169,20 +200,40 @@ class APGD(Attack):
         return out, found
 
     # -- restarts and targets ------------------------------------------------------------
-    def _runs(self, model: Classifier, x: Tensor, y: Tensor, loss_t: Tensor | None, success_t: Tensor | None,
-              fooled: Tensor, out: Tensor, threat: ThreatModel, generator: torch.Generator, budget: Budget) -> None:
+    def _runs(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        loss_t: Tensor | None,
+        success_t: Tensor | None,
+        fooled: Tensor,
+        out: Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> None:
         """``restarts`` runs on the samples not yet fooled; updates ``fooled`` and ``out`` in place."""
         for _ in range(self.restarts):
             todo = torch.nonzero(~fooled).flatten()
             if todo.numel() == 0:
                 return
-            cand, f = self._run(model, x[todo], y[todo], _sel(loss_t, todo), _sel(success_t, todo), threat,
-                                generator, budget)
+            cand, f = self._run(
+                model, x[todo], y[todo], _sel(loss_t, todo), _sel(success_t, todo), threat, generator, budget
+            )
             out[todo] = cand  # adversarial points, and the latest best-loss points of the rest
             fooled[todo[f]] = True
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         with torch.no_grad():
             fooled = is_adversarial(model.logits(x), y, targets)
         out = x.clone()
@@ -194,11 +245,31 @@ class APGD(Attack):
 class APGDDLR(APGD):
     """Auto-PGD on the DLR loss (``APGD(loss='dlr')``); same arguments as :class:`APGD` but ``loss``."""
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", steps: int = 100, restarts: int = 1,
-                 rho: float = 0.75, early_stop: bool = True, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
-        super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, loss="dlr", rho=rho,
-                         early_stop=early_stop, batch_size=batch_size, generator=generator, seed=seed)
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        steps: int = 100,
+        restarts: int = 1,
+        rho: float = 0.75,
+        early_stop: bool = True,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__(
+            eps=eps,
+            norm=norm,
+            steps=steps,
+            restarts=restarts,
+            loss="dlr",
+            rho=rho,
+            early_stop=early_stop,
+            batch_size=batch_size,
+            generator=generator,
+            seed=seed,
+        )
 
     def params(self) -> dict[str, Any]:
         out = super().params()
@@ -216,16 +287,44 @@ class APGDT(APGDDLR):
     are attacked and success means predicting them. Needs at least 4 classes.
     """
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", steps: int = 100, restarts: int = 1,
-                 n_target_classes: int = 9, rho: float = 0.75, early_stop: bool = True, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
-        super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, rho=rho, early_stop=early_stop,
-                         batch_size=batch_size, generator=generator, seed=seed)
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        steps: int = 100,
+        restarts: int = 1,
+        n_target_classes: int = 9,
+        rho: float = 0.75,
+        early_stop: bool = True,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__(
+            eps=eps,
+            norm=norm,
+            steps=steps,
+            restarts=restarts,
+            rho=rho,
+            early_stop=early_stop,
+            batch_size=batch_size,
+            generator=generator,
+            seed=seed,
+        )
         self._positive("n_target_classes", n_target_classes, integer=True)
         self.n_target_classes = int(n_target_classes)
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         if model.n_classes < 4:
             raise UsageError("APGD-T's targeted DLR loss needs at least 4 classes; use APGD (apgd-ce) instead")
         if targets is not None:

@@ -83,11 +83,23 @@ class BoundaryAttack(Attack):
     needs_gradients = False
     minimum_norm = True
 
-    def __init__(self, *, eps: float | None = None, norm: str = "l2", max_queries: int = 5000,
-                 spherical_step: float = 1e-2, source_step: float = 1e-2, source_step_convergence: float = 1e-7,
-                 step_adaptation: float = 1.5, update_stats_every_k: int = 10, init_trials: int = 100,
-                 query_batch_size: int = 128, batch_size: int = 1000, generator: torch.Generator | None = None,
-                 seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float | None = None,
+        norm: str = "l2",
+        max_queries: int = 5000,
+        spherical_step: float = 1e-2,
+        source_step: float = 1e-2,
+        source_step_convergence: float = 1e-7,
+        step_adaptation: float = 1.5,
+        update_stats_every_k: int = 10,
+        init_trials: int = 100,
+        query_batch_size: int = 128,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("max_queries", max_queries, integer=True)
         self._positive("spherical_step", spherical_step)
@@ -107,8 +119,9 @@ class BoundaryAttack(Attack):
         self.init_trials = int(init_trials)
         self.query_batch_size = int(query_batch_size)
 
-    def _proposals(self, x0: Tensor, adv: Tensor, sph: Tensor, src: Tensor, lo: float, hi: float,
-                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _proposals(
+        self, x0: Tensor, adv: Tensor, sph: Tensor, src: Tensor, lo: float, hi: float, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         """Foolbox's ``draw_proposals`` with an independent Gaussian per image: (candidates, spherical)."""
         shape = x0.shape
         x0f, advf = x0.flatten(1), adv.flatten(1)
@@ -125,8 +138,16 @@ class BoundaryAttack(Attack):
         cand = (spherical + length * w).clamp(lo, hi)
         return cand.view(shape), spherical.view(shape)
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         n, d = x.shape[0], x[0].numel()
         lo, hi = model.bounds
         oracle = DecisionOracle(model, y, targets, self.max_queries, self.query_batch_size)

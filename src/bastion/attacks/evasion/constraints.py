@@ -101,7 +101,9 @@ class FeatureConstraints:
         for i, vals in _items(self.categorical, "categorical"):
             if isinstance(vals, (str, bytes)) or not isinstance(vals, (Sequence, set, frozenset)) or not len(vals):
                 raise UsageError(f"categorical feature {i}: give a non-empty list of allowed values, got {vals!r}")
-            cat.append((index(i, "categorical"), tuple(sorted({_finite(f"categorical feature {i} value", v) for v in vals}))))
+            cat.append(
+                (index(i, "categorical"), tuple(sorted({_finite(f"categorical feature {i} value", v) for v in vals})))
+            )
         rng = []
         for i, r in _items(self.ranges, "ranges"):
             if not isinstance(r, (tuple, list)) or len(r) != 2:
@@ -110,13 +112,19 @@ class FeatureConstraints:
             if lo > hi:
                 raise UsageError(f"range of feature {i}: lo={lo} > hi={hi}")
             rng.append((index(i, "ranges"), lo, hi))
-        for name, group in (("integer", [t[0] for t in integer]), ("categorical", [t[0] for t in cat]), ("ranges", [t[0] for t in rng])):
+        for name, group in (
+            ("integer", [t[0] for t in integer]),
+            ("categorical", [t[0] for t in cat]),
+            ("ranges", [t[0] for t in rng]),
+        ):
             if len(set(group)) != len(group):
                 raise UsageError(f"{name}: a feature is listed twice")
-        overlaps = [("immutable", "integer", set(imm) & {t[0] for t in integer}),
-                    ("immutable", "categorical", set(imm) & {t[0] for t in cat}),
-                    ("immutable", "ranges", set(imm) & {t[0] for t in rng}),
-                    ("integer", "categorical", {t[0] for t in integer} & {t[0] for t in cat})]
+        overlaps = [
+            ("immutable", "integer", set(imm) & {t[0] for t in integer}),
+            ("immutable", "categorical", set(imm) & {t[0] for t in cat}),
+            ("immutable", "ranges", set(imm) & {t[0] for t in rng}),
+            ("integer", "categorical", {t[0] for t in integer} & {t[0] for t in cat}),
+        ]
         for a, b, common in overlaps:
             if common:
                 raise UsageError(f"features {sorted(common)} are both {a} and {b}: a feature has one kind")
@@ -126,13 +134,21 @@ class FeatureConstraints:
             eps = _finite("eps", eps)
             if eps < 0:
                 raise UsageError(f"eps must be >= 0, got {eps}")
-        for k, v in (("immutable", imm), ("integer", tuple(sorted(integer))), ("categorical", tuple(sorted(cat))),
-                     ("ranges", tuple(sorted(rng))), ("norm", norm), ("eps", eps)):
+        for k, v in (
+            ("immutable", imm),
+            ("integer", tuple(sorted(integer))),
+            ("categorical", tuple(sorted(cat))),
+            ("ranges", tuple(sorted(rng))),
+            ("norm", norm),
+            ("eps", eps),
+        ):
             object.__setattr__(self, k, v)
 
     # -- construction from a spec (JSON/TOML) ------------------------------------------------
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any], n_features: int, feature_names: Sequence[str] | None = None) -> FeatureConstraints:
+    def from_dict(
+        cls, spec: Mapping[str, Any], n_features: int, feature_names: Sequence[str] | None = None
+    ) -> FeatureConstraints:
         """Build constraints from a plain mapping, naming features by index or by name::
 
             {"immutable": ["mean radius", 1],
@@ -161,7 +177,11 @@ class FeatureConstraints:
                     return names[f]
                 if f.strip().lstrip("-").isdigit():
                     return int(f)
-                known = f": known names are {', '.join(list(names)[:8])}{', ...' if len(names) > 8 else ''}" if names else " (no feature names given)"
+                known = (
+                    f": known names are {', '.join(list(names)[:8])}{', ...' if len(names) > 8 else ''}"
+                    if names
+                    else " (no feature names given)"
+                )
                 raise UsageError(f"unknown feature {f!r}{known}")
             raise UsageError(f"feature {f!r} is neither a name nor an index")
 
@@ -179,12 +199,17 @@ class FeatureConstraints:
             if isinstance(g, Mapping):
                 bad = set(g) - {"scale", "step", "offset"}
                 if bad or ("scale" in g) == ("step" in g):
-                    raise UsageError(f"integer feature {f!r}: give either {{'scale': [min, max]}} or {{'step': s, 'offset': o}}, got {dict(g)!r}")
+                    raise UsageError(
+                        f"integer feature {f!r}: give either {{'scale': [min, max]}} or {{'step': s, 'offset': o}}, got {dict(g)!r}"
+                    )
                 if "scale" in g:
                     sc = g["scale"]
                     if not isinstance(sc, Sequence) or isinstance(sc, str) or len(sc) != 2:
                         raise UsageError(f"integer feature {f!r}: scale must be [min, max], got {sc!r}")
-                    lo, hi = _finite(f"integer feature {f!r} scale min", sc[0]), _finite(f"integer feature {f!r} scale max", sc[1])
+                    lo, hi = (
+                        _finite(f"integer feature {f!r} scale min", sc[0]),
+                        _finite(f"integer feature {f!r} scale max", sc[1]),
+                    )
                     if not hi > lo:
                         raise UsageError(f"integer feature {f!r}: scale needs min < max, got {list(sc)}")
                     integer[i] = (1.0 / (hi - lo), -lo / (hi - lo))
@@ -194,8 +219,15 @@ class FeatureConstraints:
                 integer[i] = (g, 0.0)
         cat = {feat(f): v for f, v in _items(spec.get("categorical", {}), "categorical")}
         rng = {feat(f): v for f, v in _items(spec.get("ranges", {}), "ranges")}
-        return cls(n_features, immutable=tuple(feat(f) for f in imm), integer=integer, categorical=cat, ranges=rng,
-                   norm=spec.get("norm", "linf"), eps=spec.get("eps"))
+        return cls(
+            n_features,
+            immutable=tuple(feat(f) for f in imm),
+            integer=integer,
+            categorical=cat,
+            ranges=rng,
+            norm=spec.get("norm", "linf"),
+            eps=spec.get("eps"),
+        )
 
     # -- geometry ------------------------------------------------------------------------------
     def mutable_mask(self, device: torch.device | None = None) -> Tensor:
@@ -205,8 +237,12 @@ class FeatureConstraints:
         return m
 
     def _box(self, bounds: tuple[float, float] | None, device: torch.device) -> tuple[Tensor, Tensor]:
-        lo = torch.full((self.n_features,), -math.inf if bounds is None else float(bounds[0]), dtype=torch.float64, device=device)
-        hi = torch.full((self.n_features,), math.inf if bounds is None else float(bounds[1]), dtype=torch.float64, device=device)
+        lo = torch.full(
+            (self.n_features,), -math.inf if bounds is None else float(bounds[0]), dtype=torch.float64, device=device
+        )
+        hi = torch.full(
+            (self.n_features,), math.inf if bounds is None else float(bounds[1]), dtype=torch.float64, device=device
+        )
         for i, a, b in self.ranges:
             lo[i], hi[i] = max(float(lo[i]), a), min(float(hi[i]), b)
             if lo[i] > hi[i]:
@@ -232,7 +268,9 @@ class FeatureConstraints:
             kmin = math.ceil((float(lo[i]) - off) / step - _GRID_TOL) if math.isfinite(float(lo[i])) else -math.inf
             kmax = math.floor((float(hi[i]) - off) / step + _GRID_TOL) if math.isfinite(float(hi[i])) else math.inf
             if kmin > kmax:
-                raise UsageError(f"integer feature {i}: no grid point {off:g} + k * {step:g} lies in its range [{float(lo[i]):g}, {float(hi[i]):g}]")
+                raise UsageError(
+                    f"integer feature {i}: no grid point {off:g} + k * {step:g} lies in its range [{float(lo[i]):g}, {float(hi[i]):g}]"
+                )
             t = (z[:, i] - off) / step
             if a is None:
                 k = t.round()
@@ -295,11 +333,20 @@ class FeatureConstraints:
                 if bool(still.any()):  # only possible when x0 is off its grid: keep x0's discrete values
                     disc = [i for i, _, _ in self.integer] + [i for i, _ in self.categorical]
                     rows = still.nonzero().flatten()
-                    z[rows[:, None], torch.tensor(disc, device=z.device)] = a[rows[:, None], torch.tensor(disc, device=z.device)]
+                    z[rows[:, None], torch.tensor(disc, device=z.device)] = a[
+                        rows[:, None], torch.tensor(disc, device=z.device)
+                    ]
         return z.to(x.dtype).reshape(x.shape)
 
-    def check(self, x0: Tensor, x: Tensor, *, bounds: tuple[float, float] | None = None, atol: float = 1e-5,
-              grid_atol: float = 1e-4) -> Tensor:
+    def check(
+        self,
+        x0: Tensor,
+        x: Tensor,
+        *,
+        bounds: tuple[float, float] | None = None,
+        atol: float = 1e-5,
+        grid_atol: float = 1e-4,
+    ) -> Tensor:
         """(N,) bool: every constraint holds for record i — immutable features exactly equal to
         ``x0``, ranges and ``bounds`` within ``atol``, integer features within ``grid_atol`` grid
         steps of their grid, categorical ones within ``atol`` of an allowed value, budget within ``atol``."""
@@ -321,7 +368,9 @@ class FeatureConstraints:
 
     def with_budget(self, norm: str, eps: float | None) -> FeatureConstraints:
         """The same constraints with another budget."""
-        return FeatureConstraints(self.n_features, self.immutable, self.integer, self.categorical, self.ranges, norm, eps)
+        return FeatureConstraints(
+            self.n_features, self.immutable, self.integer, self.categorical, self.ranges, norm, eps
+        )
 
 
 def _items(m: Any, what: str) -> list[tuple[Any, Any]]:

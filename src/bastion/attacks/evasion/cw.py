@@ -69,10 +69,21 @@ class CarliniWagnerL2(Attack):
     norms = ("l2",)
     minimum_norm = True
 
-    def __init__(self, *, eps: float | None = None, norm: str = "l2", binary_search_steps: int = 5,
-                 max_iterations: int = 100, learning_rate: float = 0.1, initial_const: float = 1e-2,
-                 confidence: float = 0.0, abort_early: bool = True, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float | None = None,
+        norm: str = "l2",
+        binary_search_steps: int = 5,
+        max_iterations: int = 100,
+        learning_rate: float = 0.1,
+        initial_const: float = 1e-2,
+        confidence: float = 0.0,
+        abort_early: bool = True,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("binary_search_steps", binary_search_steps, integer=True)
         self._positive("max_iterations", max_iterations, integer=True)
@@ -88,8 +99,16 @@ class CarliniWagnerL2(Attack):
         self.confidence = confidence
         self.abort_early = abort_early
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         n, targeted = x.shape[0], targets is not None
         label = targets if targets is not None else y
         lo, hi = threat.bounds

@@ -56,20 +56,39 @@ class DeepFool(Attack):
     supports_targets = False
     minimum_norm = True
 
-    def __init__(self, *, eps: float | None = None, norm: str = "l2", steps: int = 50, candidates: int | None = 10,
-                 overshoot: float = 0.02, batch_size: int = 1000, generator: torch.Generator | None = None,
-                 seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float | None = None,
+        norm: str = "l2",
+        steps: int = 50,
+        candidates: int | None = 10,
+        overshoot: float = 0.02,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("steps", steps, integer=True)
         if candidates is not None and (not float(candidates).is_integer() or candidates < 2):
-            raise UsageError(f"candidates must be an integer >= 2 (the true class and at least one other), got {candidates!r}")
+            raise UsageError(
+                f"candidates must be an integer >= 2 (the true class and at least one other), got {candidates!r}"
+            )
         self._positive("overshoot", overshoot, allow_zero=True)
         self.steps = int(steps)
         self.candidates = candidates
         self.overshoot = overshoot
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         n_classes = model.n_classes
         k = n_classes if self.candidates is None else min(int(self.candidates), n_classes)
         lo, hi = threat.bounds

@@ -44,8 +44,16 @@ class Ensemble(Attack):
 
     norms = ("linf", "l2", "l1")
 
-    def __init__(self, *, members: Sequence[Attack] | None = None, eps: float = 0.3, norm: str = "linf",
-                 batch_size: int = 1000, generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        members: Sequence[Attack] | None = None,
+        eps: float = 0.3,
+        norm: str = "linf",
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self.members = members
         self._members = self._resolve(members)
@@ -55,8 +63,10 @@ class Ensemble(Attack):
             from .apgd import APGD, APGDT
 
             if self.norm not in APGD.norms:
-                raise UsageError(f"the default ensemble (APGD-CE, APGD-T) supports {', '.join(APGD.norms)}; "
-                                 f"pass members= for norm {self.norm!r}")
+                raise UsageError(
+                    f"the default ensemble (APGD-CE, APGD-T) supports {', '.join(APGD.norms)}; "
+                    f"pass members= for norm {self.norm!r}"
+                )
             return [APGD(eps=float(self.eps), norm=self.norm), APGDT(eps=float(self.eps), norm=self.norm)]
         if isinstance(members, Attack) or not isinstance(members, Sequence) or len(members) == 0:
             raise UsageError("members must be a non-empty list of attacks, e.g. [APGD(eps=...), APGDT(eps=...)]")
@@ -70,8 +80,16 @@ class Ensemble(Attack):
                 )
         return list(members)
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         for m in self._members:
             if m.needs_gradients and not model.white_box:
                 raise UsageError(f"ensemble member {type(m).__name__} needs gradients but the model is black-box")

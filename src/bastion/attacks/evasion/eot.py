@@ -50,8 +50,15 @@ class EOT(WrappedClassifier):
 
     scores_are_expectation = True  # the audit does not wrap it again
 
-    def __init__(self, model: Classifier, *, n_samples: int = 10, transform: Transform | None = None,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        model: Classifier,
+        *,
+        n_samples: int = 10,
+        transform: Transform | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(model)
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise UsageError(f"n_samples must be an integer >= 1, got {n_samples!r}")

@@ -25,14 +25,30 @@ class FGSM(Attack):
 
     norms = ("linf", "l2")
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", loss: str = "ce", batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        loss: str = "ce",
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         get_loss(loss)
         self.loss = loss
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         xa = x.clone().requires_grad_(True)
         loss = get_loss(self.loss)(as_logits(model.logits(xa), model.output), y, targets).sum()
         (g,) = torch.autograd.grad(loss, xa)

@@ -70,8 +70,9 @@ class DecisionOracle:
         if inputs.shape[0] == 0:
             return torch.zeros(0, dtype=torch.bool, device=owners.device)
         inputs = inputs.clamp(self.lo, self.hi)
-        preds = [self.model.logits(inputs[s : s + self.chunk]).argmax(dim=1)
-                 for s in range(0, inputs.shape[0], self.chunk)]
+        preds = [
+            self.model.logits(inputs[s : s + self.chunk]).argmax(dim=1) for s in range(0, inputs.shape[0], self.chunk)
+        ]
         pred = torch.cat(preds).to(owners.device)
         self.used += torch.bincount(owners, minlength=self.used.shape[0])
         return pred == self.targets[owners] if self.targets is not None else pred != self.y[owners]
@@ -87,8 +88,9 @@ def noise_init(oracle: DecisionOracle, x: Tensor, trials: int, generator: torch.
         todo = todo[oracle.left()[todo] > 0]
         if todo.numel() == 0:
             break
-        cand = lo + (hi - lo) * torch.rand((todo.numel(), *x.shape[1:]), generator=generator, device=x.device,
-                                           dtype=x.dtype)
+        cand = lo + (hi - lo) * torch.rand(
+            (todo.numel(), *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype
+        )
         ok = oracle(cand, todo)
         noise[todo[ok]] = cand[ok]
         found[todo[ok]] = True
@@ -105,8 +107,9 @@ def _toward(x0: Tensor, p: Tensor, a: Tensor, norm: str) -> Tensor:
     return torch.clamp(p, x0 - r, x0 + r)
 
 
-def boundary_search(oracle: DecisionOracle, x0: Tensor, p: Tensor, owners: Tensor, norm: str, theta: float,
-                    span: float) -> tuple[Tensor, Tensor]:
+def boundary_search(
+    oracle: DecisionOracle, x0: Tensor, p: Tensor, owners: Tensor, norm: str, theta: float, span: float
+) -> tuple[Tensor, Tensor]:
     """Binary search between the clean ``x0`` and the adversarial ``p`` (rows of the images ``owners``),
     batched, to the reference's threshold. Returns (boundary points — adversarial, as every kept upper end
     was — and the distances of ``p`` to ``x0``, the reference's ``dist_post_update``). An image that runs
@@ -152,10 +155,22 @@ class HopSkipJump(Attack):
     needs_gradients = False
     minimum_norm = True
 
-    def __init__(self, *, eps: float | None = None, norm: str = "l2", max_queries: int = 5000,
-                 steps: int | None = None, init_num_evals: int = 100, max_num_evals: int = 10_000,
-                 gamma: float = 1.0, init_trials: int = 100, query_batch_size: int = 128, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float | None = None,
+        norm: str = "l2",
+        max_queries: int = 5000,
+        steps: int | None = None,
+        init_num_evals: int = 100,
+        max_num_evals: int = 10_000,
+        gamma: float = 1.0,
+        init_trials: int = 100,
+        query_batch_size: int = 128,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("max_queries", max_queries, integer=True)
         if steps is not None:
@@ -178,8 +193,15 @@ class HopSkipJump(Attack):
     def _theta(self, d: int) -> float:
         return self.gamma / (d * math.sqrt(d)) if self.norm == "l2" else self.gamma / d**2
 
-    def _gradient(self, oracle: DecisionOracle, cur: Tensor, idx: Tensor, counts: Tensor, delta: Tensor,
-                  generator: torch.Generator) -> Tensor:
+    def _gradient(
+        self,
+        oracle: DecisionOracle,
+        cur: Tensor,
+        idx: Tensor,
+        counts: Tensor,
+        delta: Tensor,
+        generator: torch.Generator,
+    ) -> Tensor:
         """Monte-Carlo estimate of the unit gradient direction of the decision function at the boundary
         points ``cur`` (rows of images ``idx``) from ``counts[i]`` probes each, with baseline subtraction."""
         m = cur.shape[0]
@@ -212,8 +234,16 @@ class HopSkipJump(Attack):
         grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
         return grad.view_as(cur)
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         n, d = x.shape[0], x[0].numel()
         lo, hi = model.bounds
         span = hi - lo
@@ -255,8 +285,11 @@ class HopSkipJump(Attack):
             if idx.numel() == 0:
                 break
             x0, xc = x[idx], cur[idx]
-            delta = (torch.full((idx.numel(),), 0.1 * span, dtype=x.dtype, device=x.device) if t == 1 else
-                     (math.sqrt(d) if self.norm == "l2" else d) * theta * dist_pre[idx])
+            delta = (
+                torch.full((idx.numel(),), 0.1 * span, dtype=x.dtype, device=x.device)
+                if t == 1
+                else (math.sqrt(d) if self.norm == "l2" else d) * theta * dist_pre[idx]
+            )
             delta = delta.clamp_min(1e-12 * span)
             grad = self._gradient(oracle, xc, idx, counts[idx], delta, generator)
             update = grad if self.norm == "l2" else grad.sign()

@@ -55,7 +55,7 @@ def dlr_loss(z: Tensor, y: Tensor, targets: Tensor | None = None) -> Tensor:
         return -(zy - zt) / (zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12)
     if z.shape[1] < 3:
         raise UsageError("the DLR loss needs at least 3 classes; use loss='ce' or 'margin'")
-    top_is_y = (zs[:, -1] == zy)
+    top_is_y = zs[:, -1] == zy
     other = torch.where(top_is_y, zs[:, -2], zs[:, -1])
     return -(zy - other) / (zs[:, -1] - zs[:, -3] + 1e-12)
 

@@ -26,9 +26,18 @@ class MIFGSM(Attack):
 
     norms = ("linf", "l2")
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", steps: int = 10, decay: float = 1.0,
-                 loss: str = "ce", batch_size: int = 1000, generator: torch.Generator | None = None,
-                 seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        steps: int = 10,
+        decay: float = 1.0,
+        loss: str = "ce",
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("steps", steps, integer=True)
         self._positive("decay", decay, allow_zero=True)
@@ -37,8 +46,16 @@ class MIFGSM(Attack):
         self.decay = float(decay)
         self.loss = loss
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         loss_fn = get_loss(self.loss)
         alpha = float(threat.eps) / self.steps
         momentum = torch.zeros_like(x)

@@ -35,8 +35,16 @@ class RandomNoise(Attack):
     norms = ("linf", "l2")
     needs_gradients = False
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", max_queries: int = 1000, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        max_queries: int = 1000,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("max_queries", max_queries, integer=True)
         self.max_queries = int(max_queries)
@@ -48,8 +56,16 @@ class RandomNoise(Attack):
         g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return eps * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         n = x.shape[0]
         lo, hi = threat.bounds
         x_adv = x.clone()

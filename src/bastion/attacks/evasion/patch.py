@@ -49,10 +49,20 @@ def patch_side(input_shape: tuple[int, ...], area: float) -> int:
     return side
 
 
-def apply(x: Tensor, patch: Tensor, generator: torch.Generator, *, bounds: tuple[float, float] = (0.0, 1.0),
-          rotation: float = 20.0, scale: tuple[float, float] = (0.8, 1.0), brightness: float = 0.1,
-          contrast: tuple[float, float] = (0.9, 1.1), noise: float = 0.02,
-          position: tuple[float, float] | None = None, jitter: float = 0.0) -> Tensor:
+def apply(
+    x: Tensor,
+    patch: Tensor,
+    generator: torch.Generator,
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    rotation: float = 20.0,
+    scale: tuple[float, float] = (0.8, 1.0),
+    brightness: float = 0.1,
+    contrast: tuple[float, float] = (0.9, 1.1),
+    noise: float = 0.02,
+    position: tuple[float, float] | None = None,
+    jitter: float = 0.0,
+) -> Tensor:
     """Paste ``patch`` (C, s, s) on every image of ``x`` (N, C, H, W) under fresh random transforms.
 
     Per image: rotation uniform in +-``rotation`` degrees, scale uniform in ``scale`` (<= 1), a
@@ -92,9 +102,11 @@ def apply(x: Tensor, patch: Tensor, generator: torch.Generator, *, bounds: tuple
     grid = F.affine_grid(mat, [n, c, h, w], align_corners=False)
     top, left = (h - s) // 2, (w - s) // 2
     canvas = torch.zeros(1, c + 1, h, w, device=dev, dtype=dt)
-    canvas[0, :c, top:top + s, left:left + s] = patch.to(dt)
-    canvas[0, c, top:top + s, left:left + s] = 1.0
-    warped = F.grid_sample(canvas.expand(n, -1, -1, -1), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    canvas[0, :c, top : top + s, left : left + s] = patch.to(dt)
+    canvas[0, c, top : top + s, left : left + s] = 1.0
+    warped = F.grid_sample(
+        canvas.expand(n, -1, -1, -1), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
     p, mask = warped[:, :c], warped[:, c:]
     k = u(*contrast).view(n, 1, 1, 1)
     b = (u(-brightness, brightness) * (hi - lo)).view(n, 1, 1, 1)
@@ -108,9 +120,21 @@ def _tv(p: Tensor) -> Tensor:
     return (p[:, 1:, :] - p[:, :-1, :]).abs().mean() + (p[:, :, 1:] - p[:, :, :-1]).abs().mean()
 
 
-def fit(model: Classifier, x_train: Tensor, y_train: Tensor, target: int | None = None, *, area: float = 0.1,
-        steps: int = 300, batch_size: int = 64, lr: float = 0.05, tv_weight: float = 0.0,
-        generator: torch.Generator | None = None, budget: Budget | None = None, **transforms: object) -> Tensor:
+def fit(
+    model: Classifier,
+    x_train: Tensor,
+    y_train: Tensor,
+    target: int | None = None,
+    *,
+    area: float = 0.1,
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    tv_weight: float = 0.0,
+    generator: torch.Generator | None = None,
+    budget: Budget | None = None,
+    **transforms: object,
+) -> Tensor:
     """Train a universal patch on ``x_train`` (N, C, H, W) for a white-box ``model``; returns (C, s, s).
 
     Targeted (``target`` a class): minimise the cross-entropy of ``target`` on the patched images
@@ -140,7 +164,9 @@ def fit(model: Classifier, x_train: Tensor, y_train: Tensor, target: int | None 
     opt = torch.optim.Adam([patch], lr=lr * (hi - lo))
     with model.attack_mode(), torch.enable_grad():
         for _ in range(steps):
-            idx = torch.randint(0, x_train.shape[0], (min(batch_size, x_train.shape[0]),), generator=g, device=x_train.device)
+            idx = torch.randint(
+                0, x_train.shape[0], (min(batch_size, x_train.shape[0]),), generator=g, device=x_train.device
+            )
             xb, yb = x_train[idx], y_train[idx]
             z = as_logits(model.logits(apply(xb, patch, g, bounds=model.bounds, **transforms)), model.output)
             if target is not None:
@@ -160,8 +186,15 @@ def fit(model: Classifier, x_train: Tensor, y_train: Tensor, target: int | None 
 
 
 @torch.no_grad()
-def evaluate(model: Classifier, x: Tensor, y: Tensor, patch: Tensor, target: int | None = None,
-             generator: torch.Generator | None = None, **transforms: object) -> float:
+def evaluate(
+    model: Classifier,
+    x: Tensor,
+    y: Tensor,
+    patch: Tensor,
+    target: int | None = None,
+    generator: torch.Generator | None = None,
+    **transforms: object,
+) -> float:
     """Success rate of ``patch`` on held-out images under fresh random transforms: the fraction
     classified as ``target`` among the images not of that class (targeted), or misclassified."""
     g = generator if generator is not None else torch.Generator(device=x.device).manual_seed(1)
@@ -182,7 +215,11 @@ def save_png(patch: Tensor, path: str | Path, bounds: tuple[float, float] = (0.0
         raise UsageError(f"save_png takes a (1, s, s) or (3, s, s) patch, got shape {tuple(patch.shape)}")
     lo, hi = bounds
     arr = ((patch.detach().cpu().float() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
-    img = Image.fromarray(arr[0].numpy(), mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
+    img = (
+        Image.fromarray(arr[0].numpy(), mode="L")
+        if arr.shape[0] == 1
+        else Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
+    )
     path = Path(path)
     img.save(path, format="PNG")
     return path
@@ -201,10 +238,21 @@ class AdversarialPatch(Attack):
     norms = ("linf", "l2", "l1")
     minimum_norm = True
 
-    def __init__(self, *, area: float = 0.1, steps: int = 300, batch_size_fit: int = 64, lr: float = 0.05,
-                 tv_weight: float = 0.0, fit_data: tuple[Tensor, Tensor] | None = None, eps: float | None = None,
-                 norm: str = "linf", batch_size: int = 1000, generator: torch.Generator | None = None,
-                 seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        area: float = 0.1,
+        steps: int = 300,
+        batch_size_fit: int = 64,
+        lr: float = 0.05,
+        tv_weight: float = 0.0,
+        fit_data: tuple[Tensor, Tensor] | None = None,
+        eps: float | None = None,
+        norm: str = "linf",
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         if not (isinstance(area, (int, float)) and 0 < area <= 1):
             raise UsageError(f"area must lie in (0, 1], got {area!r}")
@@ -221,11 +269,26 @@ class AdversarialPatch(Attack):
         self.tv_weight = float(tv_weight)
         self.fit_data = fit_data
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         xf, yf = self.fit_data if self.fit_data is not None else (x, y)
-        kw = dict(area=self.area, steps=self.steps, batch_size=self.batch_size_fit, lr=self.lr,
-                  tv_weight=self.tv_weight, generator=generator, budget=budget)
+        kw = dict(
+            area=self.area,
+            steps=self.steps,
+            batch_size=self.batch_size_fit,
+            lr=self.lr,
+            tv_weight=self.tv_weight,
+            generator=generator,
+            budget=budget,
+        )
         out = x.clone()
         patches: dict[int | None, Tensor] = {}
         groups = [None] if targets is None else [int(t) for t in targets.unique()]

@@ -41,9 +41,21 @@ class PGD(Attack):
 
     norms = ("linf", "l2", "l1")
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", steps: int = 40, step_size: float | None = None,
-                 random_start: bool = True, restarts: int = 1, loss: str = "ce", early_stop: bool = True,
-                 batch_size: int = 1000, generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        steps: int = 40,
+        step_size: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        early_stop: bool = True,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("steps", steps, integer=True)
         self._positive("restarts", restarts, integer=True)
@@ -60,8 +72,16 @@ class PGD(Attack):
     def _step_size(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * float(self.eps) / self.steps
 
-    def _run(self, model: Classifier, x: Tensor, y: Tensor, t: Tensor | None, threat: ThreatModel,
-             generator: torch.Generator, budget: Budget) -> Tensor:
+    def _run(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        t: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         loss_fn = get_loss(self.loss)
         alpha = self._step_size()
         eps = float(threat.eps)
@@ -89,8 +109,16 @@ class PGD(Attack):
             x_cur[active] = threat.project(x0, xa + alpha * step)
         return x_cur
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         best = self._run(model, x, y, targets, threat, generator, budget)
         if self.restarts == 1:
             return best

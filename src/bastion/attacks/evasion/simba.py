@@ -69,9 +69,19 @@ class SimBA(Attack):
     needs_gradients = False
     minimum_norm = True
 
-    def __init__(self, *, eps: float | None = None, norm: str = "l2", epsilon: float = 0.2, basis: str = "pixel",
-                 freq_dims: int | None = None, max_queries: int = 10000, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float | None = None,
+        norm: str = "l2",
+        epsilon: float = 0.2,
+        basis: str = "pixel",
+        freq_dims: int | None = None,
+        max_queries: int = 10000,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("epsilon", epsilon)
         self._positive("max_queries", max_queries, integer=True)
@@ -103,10 +113,19 @@ class SimBA(Attack):
 
             def to_input(c: Tensor) -> Tensor:
                 return c @ mats[0]
+
         return torch.nonzero(low.flatten()).flatten(), to_input
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         n = x.shape[0]
         dev = x.device
         coords, to_input = self._basis(tuple(x.shape[1:]), dev, x.dtype)

@@ -43,8 +43,18 @@ from .losses import as_logits, margin_loss
 
 __all__ = ["Square", "p_selection"]
 
-_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256),
-             (10000, 512))
+_SCHEDULE = (
+    (10, 1),
+    (50, 2),
+    (200, 4),
+    (500, 8),
+    (1000, 16),
+    (2000, 32),
+    (4000, 64),
+    (6000, 128),
+    (8000, 256),
+    (10000, 512),
+)
 
 
 def p_selection(p_init: float, it: int, n_iters: int) -> float:
@@ -72,7 +82,7 @@ def _pseudo_gaussian_rectangle(h: int, w: int, device: torch.device) -> Tensor:
     ch, cw = h // 2 + 1, w // 2 + 1
     r0, c0 = ch - 1, cw - 1
     for k in range(max(ch, cw)):
-        delta[max(r0, 0):min(r0 + 2 * k + 1, h), max(c0, 0):min(c0 + 2 * k + 1, w)] += 1.0 / (k + 1) ** 2
+        delta[max(r0, 0) : min(r0 + 2 * k + 1, h), max(c0, 0) : min(c0 + 2 * k + 1, w)] += 1.0 / (k + 1) ** 2
         r0 -= 1
         c0 -= 1
     return delta / delta.norm().clamp_min(1e-12)
@@ -83,7 +93,7 @@ def _meta_pseudo_gaussian(s: int, generator: torch.Generator, device: torch.devi
     delta = torch.zeros(s, s, device=device)
     if s // 2:
         delta[: s // 2] = _pseudo_gaussian_rectangle(s // 2, s, device)
-    delta[s // 2:] = -_pseudo_gaussian_rectangle(s - s // 2, s, device)
+    delta[s // 2 :] = -_pseudo_gaussian_rectangle(s - s // 2, s, device)
     delta = delta / delta.norm().clamp_min(1e-12)
     if float(torch.rand(1, generator=generator, device=device)) > 0.5:
         delta = delta.T
@@ -118,8 +128,17 @@ class Square(Attack):
     norms = ("linf", "l2")
     needs_gradients = False
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", max_queries: int = 10000, p_init: float = 0.8,
-                 batch_size: int = 1000, generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        max_queries: int = 10000,
+        p_init: float = 0.8,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("max_queries", max_queries, integer=True)
         if not (isinstance(p_init, (int, float)) and 0 < p_init <= 1):
@@ -127,13 +146,23 @@ class Square(Attack):
         self.max_queries = int(max_queries)
         self.p_init = float(p_init)
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         xi = _as_images(x)
         n, _c, h, w = xi.shape
         if threat.norm == "l2" and min(h, w) < 2:
-            raise UsageError(f"the L2 Square attack needs image inputs (C, H, W) with H, W >= 2, got {tuple(x.shape[1:])}: "
-                             "use norm='linf' or the 'simba' attack")
+            raise UsageError(
+                f"the L2 Square attack needs image inputs (C, H, W) with H, W >= 2, got {tuple(x.shape[1:])}: "
+                "use norm='linf' or the 'simba' attack"
+            )
         eps = float(threat.eps)
         lo, hi = threat.bounds
         init = self._init_linf if threat.norm == "linf" else self._init_l2
@@ -172,8 +201,9 @@ class Square(Attack):
         return x + stripes
 
     @staticmethod
-    def _step_linf(x: Tensor, x_best: Tensor, eps: float, p: float, bounds: tuple[float, float],
-                   generator: torch.Generator) -> Tensor:
+    def _step_linf(
+        x: Tensor, x_best: Tensor, eps: float, p: float, bounds: tuple[float, float], generator: torch.Generator
+    ) -> Tensor:
         n, c, h, w = x.shape
         lo, hi = bounds
         if h == 1:  # vectors: segments covering a fraction p of the features
@@ -207,16 +237,18 @@ class Square(Attack):
             for _ in range(w // s):
                 if top + s <= h and left + s <= w:
                     bump = _meta_pseudo_gaussian(s, generator, x.device).to(x.dtype)
-                    delta[:, :, top:top + s, left:left + s] += bump * _rand_sign((n, c, 1, 1), generator, x.device,
-                                                                                 x.dtype)
+                    delta[:, :, top : top + s, left : left + s] += bump * _rand_sign(
+                        (n, c, 1, 1), generator, x.device, x.dtype
+                    )
                 left += s
             top += s
         norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return x + delta / norm * eps
 
     @staticmethod
-    def _step_l2(x: Tensor, x_best: Tensor, eps: float, p: float, bounds: tuple[float, float],
-                 generator: torch.Generator) -> Tensor:
+    def _step_l2(
+        x: Tensor, x_best: Tensor, eps: float, p: float, bounds: tuple[float, float], generator: torch.Generator
+    ) -> Tensor:
         n, c, h, w = x.shape
         lo, hi = bounds
         s = max(round(math.sqrt(p * h * w)), 3)

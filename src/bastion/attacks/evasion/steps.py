@@ -29,8 +29,14 @@ def random_start(x: Tensor, norm: str, eps: float, generator: torch.Generator) -
     return x + d * _view(r / n, x)
 
 
-def ascent_direction(g: Tensor, norm: str, *, x: Tensor | None = None, bounds: tuple[float, float] | None = None,
-                     l1_sparsity: float = 0.95) -> Tensor:
+def ascent_direction(
+    g: Tensor,
+    norm: str,
+    *,
+    x: Tensor | None = None,
+    bounds: tuple[float, float] | None = None,
+    l1_sparsity: float = 0.95,
+) -> Tensor:
     """Steepest-ascent direction of unit norm for gradient ``g``.
 
     linf: sign(g). l2: g / ||g||_2. l1: sparse L1 descent (Tramèr & Boneh 2019): the coordinates

@@ -53,17 +53,28 @@ class ConstrainedAttack(Attack):
     norms = ("linf", "l2", "l1")
     needs_gradients = False
 
-    def __init__(self, *, constraints: FeatureConstraints | None = None, eps: float | None = None, norm: str = "linf",
-                 max_queries: int = 1000, p_init: float = 0.3, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        constraints: FeatureConstraints | None = None,
+        eps: float | None = None,
+        norm: str = "linf",
+        max_queries: int = 1000,
+        p_init: float = 0.3,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         if constraints is not None and not isinstance(constraints, FeatureConstraints):
             raise UsageError(f"constraints must be a FeatureConstraints (or None), got {type(constraints).__name__}")
         if constraints is not None and constraints.eps is not None:
             if eps is None:
                 eps, norm = constraints.eps, constraints.norm
             elif not math.isclose(float(eps), constraints.eps) or norm != constraints.norm:
-                raise UsageError(f"the attack's budget ({norm}, eps={eps}) disagrees with the constraints' "
-                                 f"({constraints.norm}, eps={constraints.eps}): give it once")
+                raise UsageError(
+                    f"the attack's budget ({norm}, eps={eps}) disagrees with the constraints' "
+                    f"({constraints.norm}, eps={constraints.eps}): give it once"
+                )
         if eps is None:
             raise UsageError("ConstrainedAttack needs eps: pass eps= or constraints with an eps")
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
@@ -89,8 +100,16 @@ class ConstrainedAttack(Attack):
         return self.p_init / 2**halvings
 
     @torch.no_grad()
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         cons = self._constraints(model, threat)
         n, shape = x.shape[0], x.shape
         x0 = x.reshape(n, -1)

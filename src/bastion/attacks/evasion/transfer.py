@@ -38,16 +38,34 @@ class _Rescale(nn.Module):
         return (x - self.lo) / self.span
 
 
-def surrogate_mlp(input_shape: tuple[int, ...], n_classes: int, bounds: tuple[float, float] = (0.0, 1.0),
-                  hidden: int = 256) -> nn.Module:
+def surrogate_mlp(
+    input_shape: tuple[int, ...], n_classes: int, bounds: tuple[float, float] = (0.0, 1.0), hidden: int = 256
+) -> nn.Module:
     """A 2-hidden-layer MLP for any input shape, rescaling ``bounds`` to [0, 1] inside."""
     d = math.prod(input_shape)
-    return nn.Sequential(_Rescale(*bounds), nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+    return nn.Sequential(
+        _Rescale(*bounds),
+        nn.Flatten(),
+        nn.Linear(d, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, n_classes),
+    )
 
 
-def train_surrogate(target: Classifier, x_query: Tensor, *, arch: str = "mlp", epochs: int = 10, batch_size: int = 64,
-                    lr: float = 1e-3, hidden: int = 256, seed: int = 0, query_batch: int = 1000) -> TorchClassifier:
+def train_surrogate(
+    target: Classifier,
+    x_query: Tensor,
+    *,
+    arch: str = "mlp",
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    hidden: int = 256,
+    seed: int = 0,
+    query_batch: int = 1000,
+) -> TorchClassifier:
     """Train a white-box surrogate of ``target`` on ``x_query`` labelled by the target's predictions.
 
     The target is queried once per ``query_batch`` inputs (``x_query.shape[0]`` counted queries).
@@ -66,8 +84,9 @@ def train_surrogate(target: Classifier, x_query: Tensor, *, arch: str = "mlp", e
         raise UsageError(f"lr must be a number > 0, got {lr!r}")
     x_query = x_query.detach()
     with torch.no_grad(), target.attack_mode():
-        labels = torch.cat([target.logits(x_query[i:i + query_batch]).argmax(dim=1)
-                            for i in range(0, x_query.shape[0], query_batch)])
+        labels = torch.cat(
+            [target.logits(x_query[i : i + query_batch]).argmax(dim=1) for i in range(0, x_query.shape[0], query_batch)]
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if arch == "mlp":
@@ -75,14 +94,22 @@ def train_surrogate(target: Classifier, x_query: Tensor, *, arch: str = "mlp", e
         else:
             module, spec = build_architecture(arch)
             if spec.input_shape != tuple(target.input_shape) or spec.n_classes != target.n_classes:
-                raise UsageError(f"architecture {arch!r} takes {spec.input_shape} -> {spec.n_classes} classes; the target "
-                                 f"takes {tuple(target.input_shape)} -> {target.n_classes}")
+                raise UsageError(
+                    f"architecture {arch!r} takes {spec.input_shape} -> {spec.n_classes} classes; the target "
+                    f"takes {tuple(target.input_shape)} -> {target.n_classes}"
+                )
     with torch.enable_grad():
-        train_module(module, x_query.to(torch.float32), labels, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+        train_module(
+            module,
+            x_query.to(torch.float32),
+            labels,
+            TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+        )
     for p in module.parameters():
         p.requires_grad_(False)
-    return TorchClassifier(module, bounds=target.bounds, n_classes=target.n_classes,
-                           input_shape=tuple(target.input_shape), output="logits")
+    return TorchClassifier(
+        module, bounds=target.bounds, n_classes=target.n_classes, input_shape=tuple(target.input_shape), output="logits"
+    )
 
 
 @register("transfer")
@@ -103,9 +130,20 @@ class TransferAttack(Attack):
     norms = ("linf", "l2")
     needs_gradients = False
 
-    def __init__(self, *, surrogate: Classifier | None = None, attack: str | Attack = "mifgsm", eps: float = 0.3,
-                 norm: str = "linf", steps: int = 10, surrogate_epochs: int = 10, n_augment: int = 4,
-                 batch_size: int = 1000, generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        surrogate: Classifier | None = None,
+        attack: str | Attack = "mifgsm",
+        eps: float = 0.3,
+        norm: str = "linf",
+        steps: int = 10,
+        surrogate_epochs: int = 10,
+        n_augment: int = 4,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("steps", steps, integer=True)
         self._positive("surrogate_epochs", surrogate_epochs, integer=True)
@@ -113,17 +151,23 @@ class TransferAttack(Attack):
         if surrogate is not None and not isinstance(surrogate, Classifier):
             raise UsageError(f"surrogate must be a Classifier, got {type(surrogate).__name__}")
         if surrogate is not None and not surrogate.white_box:
-            raise UsageError(f"the surrogate {type(surrogate).__name__} is not white-box: a transfer attack needs its gradients")
+            raise UsageError(
+                f"the surrogate {type(surrogate).__name__} is not white-box: a transfer attack needs its gradients"
+            )
         if isinstance(attack, str):
             if attack.strip().lower() == self.name:
                 raise UsageError("the surrogate attack cannot be 'transfer' itself")
             cls = ATTACKS.get(attack.strip().lower())
-            extra = {"steps": steps} if cls is not None and "steps" in inspect.signature(cls.__init__).parameters else {}
+            extra = (
+                {"steps": steps} if cls is not None and "steps" in inspect.signature(cls.__init__).parameters else {}
+            )
             inner = get_attack(attack, eps=eps, norm=norm, seed=seed, generator=generator, **extra)
         elif isinstance(attack, Attack):
             if attack.eps != self.eps or attack.norm != self.norm:
-                raise UsageError(f"the surrogate attack has ({attack.norm}, eps={attack.eps}) but the transfer attack "
-                                 f"({self.norm}, eps={self.eps}): give both the same budget")
+                raise UsageError(
+                    f"the surrogate attack has ({attack.norm}, eps={attack.eps}) but the transfer attack "
+                    f"({self.norm}, eps={self.eps}): give both the same budget"
+                )
             inner = attack
         else:
             raise UsageError(f"attack must be an attack name or an Attack, got {type(attack).__name__}")
@@ -138,8 +182,10 @@ class TransferAttack(Attack):
         if self.surrogate is not None:
             s = self.surrogate
             if tuple(s.input_shape) != tuple(model.input_shape) or s.n_classes != model.n_classes:
-                raise UsageError(f"the surrogate takes {tuple(s.input_shape)} -> {s.n_classes} classes but the target "
-                                 f"{tuple(model.input_shape)} -> {model.n_classes}")
+                raise UsageError(
+                    f"the surrogate takes {tuple(s.input_shape)} -> {s.n_classes} classes but the target "
+                    f"{tuple(model.input_shape)} -> {model.n_classes}"
+                )
             return s
         copies = [x]
         for _ in range(self.n_augment):
@@ -148,8 +194,16 @@ class TransferAttack(Attack):
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device))
         return train_surrogate(model, torch.cat(copies), epochs=self.surrogate_epochs, seed=seed)
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         surrogate = self._surrogate(model, x, threat, generator)
         inner_budget = Budget()
         with surrogate.attack_mode(), torch.enable_grad():

@@ -32,8 +32,15 @@ class BlackBoxProbe(Probe):
     name = "blackbox"
     title = "Black-box evasion (queries only)"
     threat = "evasion / black-box (scores, labels)"
-    defaults: ClassVar[dict[str, Any]] = {"n_square": 500, "square_queries": 1000, "n_hsj": 50, "hsj_queries": 2500,
-                                "examples": 2, "tolerance": 0.01, "batch_size": 1000}
+    defaults: ClassVar[dict[str, Any]] = {
+        "n_square": 500,
+        "square_queries": 1000,
+        "n_hsj": 50,
+        "hsj_queries": 2500,
+        "examples": 2,
+        "tolerance": 0.01,
+        "batch_size": 1000,
+    }
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if canonical_norm(ctx.norm) not in ("linf", "l2"):
@@ -56,8 +63,13 @@ class BlackBoxProbe(Probe):
         clean_acc = float(clean_correct.float().mean())
         for i, eps in enumerate(ctx.eps):
             ctx.report(self.name, i / steps, f"Square eps={eps:g}")
-            sq = Square(eps=eps, norm=ctx.norm, max_queries=int(p["square_queries"]), batch_size=int(p["batch_size"]),
-                        seed=ctx.seed_for(f"square:{eps_key(eps)}"))
+            sq = Square(
+                eps=eps,
+                norm=ctx.norm,
+                max_queries=int(p["square_queries"]),
+                batch_size=int(p["batch_size"]),
+                seed=ctx.seed_for(f"square:{eps_key(eps)}"),
+            )
             r = sq(model, x, y)
             results[eps] = r
             attacks[f"square@{eps_key(eps)}"] = repr(sq)
@@ -74,12 +86,25 @@ class BlackBoxProbe(Probe):
             n_ok = max(int(clean_correct.sum()), 1)
             qcurves.append(Series(f"eps={eps:g}", grid, [float((fooled & (q <= g)).sum()) / n_ok for g in grid]))
         checks = [self._masking(ctx, results, m)]
-        plots = [Plot(id="square-curve", title=f"Square: robust accuracy against eps ({ctx.norm})", kind="line",
-                      x_label=f"eps ({ctx.norm})", y_label="robust accuracy",
-                      series=[Series("Square", [0.0, *ctx.eps], [clean_acc, *curve])]),
-                 Plot(id="square-queries", title="Square: inputs fooled against queries spent", kind="line",
-                      x_label="queries per input", y_label="fraction of correct inputs fooled", series=qcurves,
-                      x_log=True)]
+        plots = [
+            Plot(
+                id="square-curve",
+                title=f"Square: robust accuracy against eps ({ctx.norm})",
+                kind="line",
+                x_label=f"eps ({ctx.norm})",
+                y_label="robust accuracy",
+                series=[Series("Square", [0.0, *ctx.eps], [clean_acc, *curve])],
+            ),
+            Plot(
+                id="square-queries",
+                title="Square: inputs fooled against queries spent",
+                kind="line",
+                x_label="queries per input",
+                y_label="fraction of correct inputs fooled",
+                series=qcurves,
+                x_log=True,
+            ),
+        ]
         hsj_summary = ""
         k = min(int(p["n_hsj"]), ctx.x.shape[0])
         if k > 0:
@@ -92,36 +117,72 @@ class BlackBoxProbe(Probe):
             metrics["median_perturbation[hopskipjump]"] = med
             metrics["success_rate[hopskipjump]"] = rh.success_rate
             metrics["mean_queries[hopskipjump]"] = float(rh.extra["queries"].float().mean())
-            per_sample["hopskipjump"] = {"success": ok.tolist(), "norm": rh.norms.tolist(),
-                                         "queries": rh.extra["queries"].tolist()}
-            plots.append(Plot(id="hsj-hist", title=f"HopSkipJump (labels only): perturbation per input ({ctx.norm})",
-                              kind="hist", x_label=f"{ctx.norm} norm", y_label="inputs",
-                              series=[Series("HopSkipJump", rh.norms[ok].tolist())]))
+            per_sample["hopskipjump"] = {
+                "success": ok.tolist(),
+                "norm": rh.norms.tolist(),
+                "queries": rh.extra["queries"].tolist(),
+            }
+            plots.append(
+                Plot(
+                    id="hsj-hist",
+                    title=f"HopSkipJump (labels only): perturbation per input ({ctx.norm})",
+                    kind="hist",
+                    x_label=f"{ctx.norm} norm",
+                    y_label="inputs",
+                    series=[Series("HopSkipJump", rh.norms[ok].tolist())],
+                )
+            )
             if med is not None:
-                hsj_summary = (f"; HopSkipJump (labels only) median {ctx.norm} {med:.3g} with "
-                               f"{int(p['hsj_queries'])} queries")
+                hsj_summary = (
+                    f"; HopSkipJump (labels only) median {ctx.norm} {med:.3g} with {int(p['hsj_queries'])} queries"
+                )
         ref = ctx.reference_eps
         rr = results[ref]
         with torch.no_grad():
             pred_clean = model.predict(x)
-        examples = pick_examples(x, rr.x_adv, y, pred_clean, rr.pred_adv, rr.success, rr.norms, attack="square",
-                                 norm=ctx.norm, eps=ref, bounds=model.bounds, k=int(p["examples"]))
+        examples = pick_examples(
+            x,
+            rr.x_adv,
+            y,
+            pred_clean,
+            rr.pred_adv,
+            rr.success,
+            rr.norms,
+            attack="square",
+            norm=ctx.norm,
+            eps=ref,
+            bounds=model.bounds,
+            k=int(p["examples"]),
+        )
         mq = metrics.get(f"mean_queries[square]@{eps_key(ref)}")
         ctx.report(self.name, 1.0, "done")
         return self.result(
-            ctx, risk=risk_from_ratio(rr.robust_accuracy, clean_acc),
-            summary=(f"Square leaves robust accuracy {rr.robust_accuracy:.3f} at {ctx.norm} eps={ref:g} with at most "
-                     f"{int(p['square_queries'])} queries" + (f" (mean {mq:.0f} per fooled input)" if mq else "")
-                     + hsj_summary),
+            ctx,
+            risk=risk_from_ratio(rr.robust_accuracy, clean_acc),
+            summary=(
+                f"Square leaves robust accuracy {rr.robust_accuracy:.3f} at {ctx.norm} eps={ref:g} with at most "
+                f"{int(p['square_queries'])} queries"
+                + (f" (mean {mq:.0f} per fooled input)" if mq else "")
+                + hsj_summary
+            ),
             params={**p, "eps": ctx.eps, "norm": ctx.norm, "attacks": attacks},
-            metrics=metrics, plots=plots, checks=checks, examples=examples, per_sample=per_sample)
+            metrics=metrics,
+            plots=plots,
+            checks=checks,
+            examples=examples,
+            per_sample=per_sample,
+        )
 
     def _masking(self, ctx: AuditContext, results: dict, m: int) -> Check:
         title = "No black-box attack beats the white-box ones (gradient masking)"
         wb = ctx.results.get("whitebox")
         if wb is None or wb.status != "ok":
-            return Check("gradient-masking", title, "skipped",
-                         "No white-box results to compare with (black-box model, or the white-box probe did not run).")
+            return Check(
+                "gradient-masking",
+                title,
+                "skipped",
+                "No white-box results to compare with (black-box model, or the white-box probe did not run).",
+            )
         tol = float(self.params["tolerance"])
         rows, worst = [], None
         for eps, r in results.items():
@@ -132,9 +193,14 @@ class BlackBoxProbe(Probe):
             b_robust = r.pred_adv == ctx.y[:m]
             only_bb = int((w_robust & ~b_robust).sum())
             gap = float(w_robust.float().mean()) - float(b_robust.float().mean())
-            rows.append({"eps": eps, "whitebox": float(w_robust.float().mean()),
-                         "square": float(b_robust.float().mean()),
-                         "only_black_box": only_bb})
+            rows.append(
+                {
+                    "eps": eps,
+                    "whitebox": float(w_robust.float().mean()),
+                    "square": float(b_robust.float().mean()),
+                    "only_black_box": only_bb,
+                }
+            )
             if worst is None or gap > worst[1]:
                 worst = (eps, gap)
         if not rows:
@@ -143,16 +209,30 @@ class BlackBoxProbe(Probe):
         eps, gap = worst
         n_only = max(row["only_black_box"] for row in rows)
         if gap > tol:
-            return Check("gradient-masking", title, "fail",
-                         f"At eps={eps:g} Square, which never sees a gradient, leaves robust accuracy {gap:.3f} lower "
-                         f"than the best white-box attack on the same {m} inputs: the gradients are masked "
-                         "(obfuscated), "
-                         "and the white-box numbers over-state robustness. Trust the black-box numbers.", ev)
+            return Check(
+                "gradient-masking",
+                title,
+                "fail",
+                f"At eps={eps:g} Square, which never sees a gradient, leaves robust accuracy {gap:.3f} lower "
+                f"than the best white-box attack on the same {m} inputs: the gradients are masked "
+                "(obfuscated), "
+                "and the white-box numbers over-state robustness. Trust the black-box numbers.",
+                ev,
+            )
         if n_only > tol * m:
-            return Check("gradient-masking", title, "warn",
-                         f"{n_only} of {m} inputs were fooled by Square but by no white-box attack at the same eps "
-                         f"(more than {tol:.0%}): the gradient attacks miss part of the vulnerability.", ev)
-        return Check("gradient-masking", title, "pass",
-                     "Square (no gradients) does no better than the white-box attacks on the same inputs"
-                     + (f"; at most {n_only} input(s) fell only to Square, within the {tol:.0%} tolerance." if n_only
-                        else "."), ev)
+            return Check(
+                "gradient-masking",
+                title,
+                "warn",
+                f"{n_only} of {m} inputs were fooled by Square but by no white-box attack at the same eps "
+                f"(more than {tol:.0%}): the gradient attacks miss part of the vulnerability.",
+                ev,
+            )
+        return Check(
+            "gradient-masking",
+            title,
+            "pass",
+            "Square (no gradients) does no better than the white-box attacks on the same inputs"
+            + (f"; at most {n_only} input(s) fell only to Square, within the {tol:.0%} tolerance." if n_only else "."),
+            ev,
+        )

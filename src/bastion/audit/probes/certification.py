@@ -71,8 +71,15 @@ class CertificationProbe(Probe):
     title = "Certified robustness (randomized smoothing)"
     threat = "evasion / certified L2"
     defaults: ClassVar[dict[str, Any]] = {
-        "n_certify": 200, "n0": None, "n": None, "alpha": None, "radii": [0.0, 0.25, 0.5, 0.75, 1.0],
-        "pgd_inputs": 20, "pgd_steps": 20, "pgd_restarts": 1, "n_predict": 1000,
+        "n_certify": 200,
+        "n0": None,
+        "n": None,
+        "alpha": None,
+        "radii": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "pgd_inputs": 20,
+        "pgd_steps": 20,
+        "pgd_restarts": 1,
+        "n_predict": 1000,
     }
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
@@ -101,7 +108,8 @@ class CertificationProbe(Probe):
         l2 = canonical_norm(ctx.norm) == "l2"
         grid_r = sorted({0.0} | {float(r) for r in p["radii"]} | ({float(e) for e in ctx.eps} if l2 else set()))
         metrics: dict[str, float | None] = {
-            f"certified_accuracy@{radius_key(r)}": certified_accuracy(labels, radii, yc, r) for r in grid_r}
+            f"certified_accuracy@{radius_key(r)}": certified_accuracy(labels, radii, yc, r) for r in grid_r
+        }
         ok_radii = radii[correct]
         metrics["abstention_rate"] = float((~certified).float().mean()) if m else None
         metrics["median_certified_radius"] = float(ok_radii.median()) if ok_radii.numel() else None
@@ -109,43 +117,83 @@ class CertificationProbe(Probe):
         top = max([float(radii.max()) if m else 0.0, *grid_r]) or 1.0
         curve_x = [top * i / 40 for i in range(41)]
         plots = [
-            Plot(id="certified-accuracy", title=f"Certified accuracy against L2 radius (sigma={model.sigma:g})",
-                 kind="line", x_label="radius (l2)", y_label="certified accuracy",
-                 series=[Series(f"certified (n={n}, alpha={alpha:g})", curve_x,
-                                [certified_accuracy(labels, radii, yc, r) for r in curve_x])]),
-            Plot(id="certified-radius-hist", title="Certified radius per input (abstentions left out)", kind="hist",
-                 x_label="certified radius (l2)", y_label="inputs",
-                 series=[s for s in (Series("certified, correct", ok_radii.tolist()),
-                                     Series("certified, wrong class", radii[certified & ~correct].tolist()))
-                         if s.x]),
+            Plot(
+                id="certified-accuracy",
+                title=f"Certified accuracy against L2 radius (sigma={model.sigma:g})",
+                kind="line",
+                x_label="radius (l2)",
+                y_label="certified accuracy",
+                series=[
+                    Series(
+                        f"certified (n={n}, alpha={alpha:g})",
+                        curve_x,
+                        [certified_accuracy(labels, radii, yc, r) for r in curve_x],
+                    )
+                ],
+            ),
+            Plot(
+                id="certified-radius-hist",
+                title="Certified radius per input (abstentions left out)",
+                kind="hist",
+                x_label="certified radius (l2)",
+                y_label="inputs",
+                series=[
+                    s
+                    for s in (
+                        Series("certified, correct", ok_radii.tolist()),
+                        Series("certified, wrong class", radii[certified & ~correct].tolist()),
+                    )
+                    if s.x
+                ],
+            ),
         ]
         ctx.report(self.name, 0.6, "PGD-L2 inside the certified radii")
         check = self._certificate_holds(ctx, model, x, labels, radii, alpha)
         metrics["certificate_violations"] = check.evidence.get("violations")
         ref = ctx.reference_eps
-        risk = risk_from_ratio(certified_accuracy(labels, radii, yc, ref), metrics["certified_accuracy@r=0"] or 0.0) \
-            if l2 else "n/a"
+        risk = (
+            risk_from_ratio(certified_accuracy(labels, radii, yc, ref), metrics["certified_accuracy@r=0"] or 0.0)
+            if l2
+            else "n/a"
+        )
         a0 = metrics["certified_accuracy@r=0"]
         at_r = "".join(f", {metrics[f'certified_accuracy@{radius_key(r)}']:.3f} at {r:g}" for r in grid_r if r > 0)
-        summary = (f"certified accuracy {a0:.3f} at radius 0{at_r}"
-                   + f" (L2, sigma={model.sigma:g}, n={n}, alpha={alpha:g}, {m} inputs); "
-                   f"{metrics['abstention_rate']:.0%} abstained; certificate check: {check.status}")
+        summary = (
+            f"certified accuracy {a0:.3f} at radius 0{at_r}"
+            + f" (L2, sigma={model.sigma:g}, n={n}, alpha={alpha:g}, {m} inputs); "
+            f"{metrics['abstention_rate']:.0%} abstained; certificate check: {check.status}"
+        )
         ctx.report(self.name, 1.0, "done")
         return self.result(
-            ctx, risk=risk, summary=summary,
+            ctx,
+            risk=risk,
+            summary=summary,
             params={**p, "n0": n0, "n": n, "alpha": alpha, "sigma": model.sigma, "model": repr(model)},
-            metrics=metrics, plots=plots, checks=[check],
-            per_sample={"certification": {"label": labels.tolist(), "radius": radii.tolist(),
-                                          "correct": correct.tolist(), "count": counts.tolist()}},
+            metrics=metrics,
+            plots=plots,
+            checks=[check],
+            per_sample={
+                "certification": {
+                    "label": labels.tolist(),
+                    "radius": radii.tolist(),
+                    "correct": correct.tolist(),
+                    "count": counts.tolist(),
+                }
+            },
         )
 
-    def _certificate_holds(self, ctx: AuditContext, model: SmoothedClassifier, x: Tensor, labels: Tensor,
-                           radii: Tensor, alpha: float) -> Check:
+    def _certificate_holds(
+        self, ctx: AuditContext, model: SmoothedClassifier, x: Tensor, labels: Tensor, radii: Tensor, alpha: float
+    ) -> Check:
         p = self.params
         title = "No attack inside a certified radius changes the smoothed prediction"
         if not model.white_box:
-            return Check("certificate-holds", title, "skipped",
-                         "The base model is a black box: the soft smoothed classifier has no gradients to attack.")
+            return Check(
+                "certificate-holds",
+                title,
+                "skipped",
+                "The base model is a black box: the soft smoothed classifier has no gradients to attack.",
+            )
         idx = torch.nonzero((labels != ABSTAIN) & (radii > 0)).flatten()[: int(p["pgd_inputs"])]
         if idx.numel() == 0:
             return Check("certificate-holds", title, "skipped", "No input was certified with a positive radius.")
@@ -153,10 +201,16 @@ class CertificationProbe(Probe):
         x_adv = torch.empty_like(x[idx])
         soft_moved = 0
         for j, i in enumerate(idx.tolist()):
-            pgd = PGD(eps=float(radii[i]), norm="l2", steps=int(p["pgd_steps"]), restarts=int(p["pgd_restarts"]),
-                      early_stop=False, seed=ctx.seed_for(f"{self.name}:pgd:{i}"))
-            target = labels[i:i + 1].to(x.device)
-            r = pgd(soft, x[i:i + 1], target)
+            pgd = PGD(
+                eps=float(radii[i]),
+                norm="l2",
+                steps=int(p["pgd_steps"]),
+                restarts=int(p["pgd_restarts"]),
+                early_stop=False,
+                seed=ctx.seed_for(f"{self.name}:pgd:{i}"),
+            )
+            target = labels[i : i + 1].to(x.device)
+            r = pgd(soft, x[i : i + 1], target)
             x_adv[j] = r.x_adv[0]
             soft_moved += int(r.pred_adv[0] != target[0])
             ctx.report(self.name, 0.6 + 0.3 * (j + 1) / idx.numel(), f"PGD-L2 {j + 1}/{idx.numel()}")
@@ -165,24 +219,41 @@ class CertificationProbe(Probe):
         flipped = (pred != cert) & (pred != ABSTAIN)
         norms = (x_adv - x[idx]).flatten(1).norm(dim=1).cpu()
         evidence = {
-            "inputs": int(idx.numel()), "violations": int(flipped.sum()),
+            "inputs": int(idx.numel()),
+            "violations": int(flipped.sum()),
             "violating_inputs": idx[flipped].tolist(),
             "abstained_after_attack": int((pred == ABSTAIN).sum()),
             "soft_classifier_moved": soft_moved,
-            "eps_min": float(radii[idx].min()), "eps_max": float(radii[idx].max()),
+            "eps_min": float(radii[idx].min()),
+            "eps_max": float(radii[idx].max()),
             "max_norm_over_radius": float((norms / radii[idx]).max()),
-            "pgd": {"norm": "l2", "steps": int(p["pgd_steps"]), "restarts": int(p["pgd_restarts"]),
-                    "eot_samples": model.n_logits, "early_stop": False},
+            "pgd": {
+                "norm": "l2",
+                "steps": int(p["pgd_steps"]),
+                "restarts": int(p["pgd_restarts"]),
+                "eot_samples": model.n_logits,
+                "early_stop": False,
+            },
             "predict": {"n": int(p["n_predict"]), "alpha": alpha},
         }
         if bool(flipped.any()):
-            return Check("certificate-holds", title, "fail",
-                         f"PGD-L2 within the certified radius made the smoothed classifier predict another class on "
-                         f"{int(flipped.sum())} of {idx.numel()} certified inputs. With a sound implementation this "
-                         f"happens with probability about {2 * alpha:g} per input: suspect the noise source (seeded, "
-                         "reused or predictable noise) or a base model that is not deterministic.", evidence)
-        return Check("certificate-holds", title, "pass",
-                     f"PGD-L2 ({int(p['pgd_steps'])} steps through the Monte-Carlo soft classifier, i.e. EOT over "
-                     f"{model.n_logits} noise draws) with eps equal to each input's certified radius never made the "
-                     f"smoothed prediction a different class on {idx.numel()} certified inputs "
-                     f"({int((pred == ABSTAIN).sum())} abstained, which a certificate allows).", evidence)
+            return Check(
+                "certificate-holds",
+                title,
+                "fail",
+                f"PGD-L2 within the certified radius made the smoothed classifier predict another class on "
+                f"{int(flipped.sum())} of {idx.numel()} certified inputs. With a sound implementation this "
+                f"happens with probability about {2 * alpha:g} per input: suspect the noise source (seeded, "
+                "reused or predictable noise) or a base model that is not deterministic.",
+                evidence,
+            )
+        return Check(
+            "certificate-holds",
+            title,
+            "pass",
+            f"PGD-L2 ({int(p['pgd_steps'])} steps through the Monte-Carlo soft classifier, i.e. EOT over "
+            f"{model.n_logits} noise draws) with eps equal to each input's certified radius never made the "
+            f"smoothed prediction a different class on {idx.numel()} certified inputs "
+            f"({int((pred == ABSTAIN).sum())} abstained, which a certificate allows).",
+            evidence,
+        )

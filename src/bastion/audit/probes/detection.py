@@ -52,13 +52,21 @@ class DetectionProbe(Probe):
     name = "detection"
     title = "Adversarial-input detection"
     threat = "evasion / detector in front of the model"
-    defaults: ClassVar[dict[str, Any]] = {"n": 500, "pgd_steps": 40, "adaptive_steps": 100, "adaptive_restarts": 3,
-                                "batch_size": 500, "examples": 2}
+    defaults: ClassVar[dict[str, Any]] = {
+        "n": 500,
+        "pgd_steps": 40,
+        "adaptive_steps": 100,
+        "adaptive_restarts": 3,
+        "batch_size": 500,
+        "examples": 2,
+    }
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if not isinstance(ctx.model, DetectingClassifier):
-            return ("the model has no detector in front (wrap it in bastion.defenses.detection.DetectingClassifier "
-                    "to audit a detector)")
+            return (
+                "the model has no detector in front (wrap it in bastion.defenses.detection.DetectingClassifier "
+                "to audit a detector)"
+            )
         if not ctx.model.white_box:
             return "the model behind the detector is a black box; the attacks here need its gradients"
         if canonical_norm(ctx.norm) not in ("linf", "l2"):
@@ -83,8 +91,14 @@ class DetectionProbe(Probe):
         fpr = float(rejected_clean.float().mean())
 
         ctx.report(self.name, 0.05, f"PGD on the bare model (eps={eps:g})")
-        pgd = PGD(eps=eps, norm=norm, steps=int(p["pgd_steps"]), early_stop=False, batch_size=bs,
-                  seed=ctx.seed_for("detection:pgd"))
+        pgd = PGD(
+            eps=eps,
+            norm=norm,
+            steps=int(p["pgd_steps"]),
+            early_stop=False,
+            batch_size=bs,
+            seed=ctx.seed_for("detection:pgd"),
+        )
         r = pgd(inner, x, y)
         fooled_bare = r.success & r.clean_correct
         with torch.no_grad():
@@ -92,9 +106,14 @@ class DetectionProbe(Probe):
         nonadaptive = fooled_bare & ~detected_pgd  # fooled the model, let through by the detector
 
         ctx.report(self.name, 0.3, "adaptive attack on model + detector")
-        adaptive = DetectorAwarePGD(eps=eps, norm=norm, steps=int(p["adaptive_steps"]),
-                                    restarts=int(p["adaptive_restarts"]), batch_size=bs,
-                                    seed=ctx.seed_for("detection:adaptive"))
+        adaptive = DetectorAwarePGD(
+            eps=eps,
+            norm=norm,
+            steps=int(p["adaptive_steps"]),
+            restarts=int(p["adaptive_restarts"]),
+            batch_size=bs,
+            seed=ctx.seed_for("detection:adaptive"),
+        )
         ra = adaptive(model, x, y)
         adaptive_ok = ra.success & combo_correct
 
@@ -107,52 +126,128 @@ class DetectionProbe(Probe):
             "success_rate[adaptive]": _rate(adaptive_ok, combo_correct),
         }
         m = {key: (v if v is not None else math.nan) for key, v in metrics.items()}
-        labels = ["false positives (clean)", "PGD detected", "PGD success (bare model)",
-                  "non-adaptive success (model + detector)", "adaptive success (model + detector)"]
-        values = [m["false_positive_rate"], m["detection_rate[pgd]"], m["success_rate[pgd]"],
-                  m["success_rate[nonadaptive]"], m["success_rate[adaptive]"]]
-        plots = [Plot(id="detection-bars", title=f"Detection at {norm} eps={eps:g}", kind="bar", x_label="",
-                      y_label="fraction", categories=labels,
-                      series=[Series("rate", list(range(len(labels))), values)])]
-        checks = [self._check(m["success_rate[nonadaptive]"], m["success_rate[adaptive]"],
-                              int(combo_correct.sum()), int(nonadaptive.sum()), int(adaptive_ok.sum()),
-                              int((nonadaptive & ~ra.success & combo_correct).sum()))]
+        labels = [
+            "false positives (clean)",
+            "PGD detected",
+            "PGD success (bare model)",
+            "non-adaptive success (model + detector)",
+            "adaptive success (model + detector)",
+        ]
+        values = [
+            m["false_positive_rate"],
+            m["detection_rate[pgd]"],
+            m["success_rate[pgd]"],
+            m["success_rate[nonadaptive]"],
+            m["success_rate[adaptive]"],
+        ]
+        plots = [
+            Plot(
+                id="detection-bars",
+                title=f"Detection at {norm} eps={eps:g}",
+                kind="bar",
+                x_label="",
+                y_label="fraction",
+                categories=labels,
+                series=[Series("rate", list(range(len(labels))), values)],
+            )
+        ]
+        checks = [
+            self._check(
+                m["success_rate[nonadaptive]"],
+                m["success_rate[adaptive]"],
+                int(combo_correct.sum()),
+                int(nonadaptive.sum()),
+                int(adaptive_ok.sum()),
+                int((nonadaptive & ~ra.success & combo_correct).sum()),
+            )
+        ]
         lo, hi = wilson_interval(int(rejected_clean.sum()), k)
-        examples = pick_examples(x, ra.x_adv, y, pred_clean, ra.pred_adv, ra.success, ra.norms,
-                                 attack="detector-aware-pgd", norm=norm, eps=eps, bounds=model.bounds,
-                                 k=int(p["examples"]))
+        examples = pick_examples(
+            x,
+            ra.x_adv,
+            y,
+            pred_clean,
+            ra.pred_adv,
+            ra.success,
+            ra.norms,
+            attack="detector-aware-pgd",
+            norm=norm,
+            eps=eps,
+            bounds=model.bounds,
+            k=int(p["examples"]),
+        )
         per_sample = {
             "clean": {"rejected": rejected_clean.tolist(), "correct": combo_correct.tolist()},
-            "pgd": {"fooled": fooled_bare.tolist(), "detected": detected_pgd.tolist(),
-                    "success": (nonadaptive & combo_correct).tolist()},
+            "pgd": {
+                "fooled": fooled_bare.tolist(),
+                "detected": detected_pgd.tolist(),
+                "success": (nonadaptive & combo_correct).tolist(),
+            },
             "adaptive": {"success": adaptive_ok.tolist(), "rejected": (ra.pred_adv == REJECT).tolist()},
         }
         ctx.report(self.name, 1.0, "done")
-        summary = (f"At {norm} eps={eps:g} the detector ({det.name}) rejects {fpr:.1%} of clean inputs and flags "
-                   f"{m['detection_rate[pgd]']:.1%} of PGD's adversarial examples; against model + detector "
-                   f"non-adaptive PGD succeeds on {m['success_rate[nonadaptive]']:.1%}, the adaptive attack on "
-                   f"{m['success_rate[adaptive]']:.1%}")
+        summary = (
+            f"At {norm} eps={eps:g} the detector ({det.name}) rejects {fpr:.1%} of clean inputs and flags "
+            f"{m['detection_rate[pgd]']:.1%} of PGD's adversarial examples; against model + detector "
+            f"non-adaptive PGD succeeds on {m['success_rate[nonadaptive]']:.1%}, the adaptive attack on "
+            f"{m['success_rate[adaptive]']:.1%}"
+        )
         return self.result(
-            ctx, risk=_risk(m["success_rate[adaptive]"]), summary=summary,
-            params={**p, "eps": eps, "norm": norm, "detector": repr(det), "threshold": det.threshold_,
-                    "calibrated_fpr": det.fpr_, "attacks": {"pgd": repr(pgd), "adaptive": repr(adaptive)},
-                    "false_positive_rate_ci": [lo, hi]},
-            metrics=metrics, plots=plots, checks=checks, examples=examples, per_sample=per_sample)
+            ctx,
+            risk=_risk(m["success_rate[adaptive]"]),
+            summary=summary,
+            params={
+                **p,
+                "eps": eps,
+                "norm": norm,
+                "detector": repr(det),
+                "threshold": det.threshold_,
+                "calibrated_fpr": det.fpr_,
+                "attacks": {"pgd": repr(pgd), "adaptive": repr(adaptive)},
+                "false_positive_rate_ci": [lo, hi],
+            },
+            metrics=metrics,
+            plots=plots,
+            checks=checks,
+            examples=examples,
+            per_sample=per_sample,
+        )
 
     @staticmethod
     def _check(nonadaptive: float, adaptive: float, n: int, k_non: int, k_ad: int, missed: int) -> Check:
         title = "The adaptive attack is at least as strong as the non-adaptive one"
-        ev = {"inputs": n, "success_nonadaptive": nonadaptive, "success_adaptive": adaptive,
-              "fooled_nonadaptive": k_non, "fooled_adaptive": k_ad, "only_nonadaptive": missed}
+        ev = {
+            "inputs": n,
+            "success_nonadaptive": nonadaptive,
+            "success_adaptive": adaptive,
+            "fooled_nonadaptive": k_non,
+            "fooled_adaptive": k_ad,
+            "only_nonadaptive": missed,
+        }
         if not (math.isfinite(nonadaptive) and math.isfinite(adaptive)):
-            return Check("adaptive-at-least-as-strong", title, "skipped",
-                         "The combination got no clean input right, so there is nothing to attack.", ev)
+            return Check(
+                "adaptive-at-least-as-strong",
+                title,
+                "skipped",
+                "The combination got no clean input right, so there is nothing to attack.",
+                ev,
+            )
         if adaptive < nonadaptive:
-            return Check("adaptive-at-least-as-strong", title, "fail",
-                         f"The adaptive attack fooled model + detector on {adaptive:.1%} of the inputs, less than "
-                         f"non-adaptive PGD ({nonadaptive:.1%}): it is too weak, and its number flatters the "
-                         "detector. Give it more steps or restarts; until then report the larger number.", ev)
-        return Check("adaptive-at-least-as-strong", title, "pass",
-                     f"The adaptive attack ({adaptive:.1%}) does at least as well as non-adaptive PGD "
-                     f"({nonadaptive:.1%}) against model + detector"
-                     + (f"; {missed} input(s) fell only to the non-adaptive attack." if missed else "."), ev)
+            return Check(
+                "adaptive-at-least-as-strong",
+                title,
+                "fail",
+                f"The adaptive attack fooled model + detector on {adaptive:.1%} of the inputs, less than "
+                f"non-adaptive PGD ({nonadaptive:.1%}): it is too weak, and its number flatters the "
+                "detector. Give it more steps or restarts; until then report the larger number.",
+                ev,
+            )
+        return Check(
+            "adaptive-at-least-as-strong",
+            title,
+            "pass",
+            f"The adaptive attack ({adaptive:.1%}) does at least as well as non-adaptive PGD "
+            f"({nonadaptive:.1%}) against model + detector"
+            + (f"; {missed} input(s) fell only to the non-adaptive attack." if missed else "."),
+            ev,
+        )

@@ -34,8 +34,15 @@ class MinimumNormProbe(Probe):
     name = "minimum-norm"
     title = "Minimum-norm perturbations"
     threat = "evasion / white-box (minimal perturbation)"
-    defaults: ClassVar[dict[str, Any]] = {"n_deepfool": 1000, "deepfool_steps": 50, "n_cw": 100, "cw_search_steps": 5,
-                                "cw_iterations": 100, "examples": 2, "batch_size": 500}
+    defaults: ClassVar[dict[str, Any]] = {
+        "n_deepfool": 1000,
+        "deepfool_steps": 50,
+        "n_cw": 100,
+        "cw_search_steps": 5,
+        "cw_iterations": 100,
+        "examples": 2,
+        "batch_size": 500,
+    }
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if not ctx.model.white_box:
@@ -52,16 +59,24 @@ class MinimumNormProbe(Probe):
         m = min(int(p["n_deepfool"]), ctx.x.shape[0])
         x, y = ctx.x[:m], ctx.y[:m]
         ctx.report(self.name, 0.0, "DeepFool")
-        df = DeepFool(norm=ctx.norm, steps=int(p["deepfool_steps"]), batch_size=int(p["batch_size"]),
-                      seed=ctx.seed_for("deepfool"))
+        df = DeepFool(
+            norm=ctx.norm,
+            steps=int(p["deepfool_steps"]),
+            batch_size=int(p["batch_size"]),
+            seed=ctx.seed_for("deepfool"),
+        )
         rd = df(model, x, y)
         runs: dict[str, AttackResult] = {f"deepfool-{ctx.norm}": rd}
         attacks = {f"deepfool-{ctx.norm}": repr(df)}
         k = min(int(p["n_cw"]), ctx.x.shape[0])
         if k > 0:
             ctx.report(self.name, 0.5, "Carlini-Wagner L2")
-            cw = CarliniWagnerL2(binary_search_steps=int(p["cw_search_steps"]), max_iterations=int(p["cw_iterations"]),
-                                 batch_size=int(p["batch_size"]), seed=ctx.seed_for("cw"))
+            cw = CarliniWagnerL2(
+                binary_search_steps=int(p["cw_search_steps"]),
+                max_iterations=int(p["cw_iterations"]),
+                batch_size=int(p["batch_size"]),
+                seed=ctx.seed_for("cw"),
+            )
             runs["cw-l2"] = cw(model, ctx.x[:k], ctx.y[:k])
             attacks["cw-l2"] = repr(cw)
         metrics: dict[str, float | None] = {}
@@ -77,27 +92,63 @@ class MinimumNormProbe(Probe):
             per_sample[name] = {"success": (r.success & r.clean_correct).tolist(), "norm": r.norms.tolist()}
         for nm, series in hist.items():
             if series:
-                plots.append(Plot(id=f"min-norm-hist-{nm}", title=f"Smallest fooling perturbation per input ({nm})",
-                                  kind="hist", x_label=f"{nm} norm", y_label="inputs", series=series))
+                plots.append(
+                    Plot(
+                        id=f"min-norm-hist-{nm}",
+                        title=f"Smallest fooling perturbation per input ({nm})",
+                        kind="hist",
+                        x_label=f"{nm} norm",
+                        y_label="inputs",
+                        series=series,
+                    )
+                )
         ok = rd.success & rd.clean_correct
         top = float(rd.norms[ok].max()) if bool(ok.any()) else ctx.reference_eps
         grid = [top * i / 40 for i in range(41)]
-        plots.append(Plot(id="min-norm-curve", title=f"Accuracy against perturbation size, from DeepFool ({ctx.norm})",
-                          kind="line", x_label=f"eps ({ctx.norm})", y_label="accuracy",
-                          series=[Series("DeepFool", grid, _curve(rd.norms, rd.success, rd.clean_correct, grid))]))
+        plots.append(
+            Plot(
+                id="min-norm-curve",
+                title=f"Accuracy against perturbation size, from DeepFool ({ctx.norm})",
+                kind="line",
+                x_label=f"eps ({ctx.norm})",
+                y_label="accuracy",
+                series=[Series("DeepFool", grid, _curve(rd.norms, rd.success, rd.clean_correct, grid))],
+            )
+        )
         med = metrics["median_min_perturbation[deepfool]"]
         ref = ctx.reference_eps
         risk = "n/a" if med is None else "high" if med <= ref else "medium" if med <= 2 * ref else "low"
         pred_clean = torch.where(rd.clean_correct, rd.y, -1)
-        examples = pick_examples(x, rd.x_adv, y, pred_clean, rd.pred_adv, rd.success, rd.norms,
-                                 attack="deepfool", norm=ctx.norm, eps=None, bounds=ctx.model.bounds,
-                                 k=int(p["examples"]))
+        examples = pick_examples(
+            x,
+            rd.x_adv,
+            y,
+            pred_clean,
+            rd.pred_adv,
+            rd.success,
+            rd.norms,
+            attack="deepfool",
+            norm=ctx.norm,
+            eps=None,
+            bounds=ctx.model.bounds,
+            k=int(p["examples"]),
+        )
         cw_med = metrics.get("median_min_perturbation[cw]")
-        summary = (f"median smallest {ctx.norm} perturbation {med:.3g} (DeepFool, {m} inputs)" if med is not None
-                   else "DeepFool found no adversarial example")
+        summary = (
+            f"median smallest {ctx.norm} perturbation {med:.3g} (DeepFool, {m} inputs)"
+            if med is not None
+            else "DeepFool found no adversarial example"
+        )
         if cw_med is not None:
             summary += f"; C&W-L2 median {cw_med:.3g} on {k}"
         ctx.report(self.name, 1.0, "done")
-        return self.result(ctx, risk=risk, summary=summary,
-                           params={**p, "norm": ctx.norm, "attacks": attacks, "eot": eot},
-                           metrics=metrics, plots=plots, examples=examples, per_sample=per_sample)
+        return self.result(
+            ctx,
+            risk=risk,
+            summary=summary,
+            params={**p, "norm": ctx.norm, "attacks": attacks, "eot": eot},
+            metrics=metrics,
+            plots=plots,
+            examples=examples,
+            per_sample=per_sample,
+        )

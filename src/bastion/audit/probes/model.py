@@ -43,23 +43,39 @@ class ModelProbe(Probe):
         lo, hi = wilson_interval(k, n)
         pred = pred_all[: ctx.x.shape[0]]
         correct = pred == ctx.y
-        per_class = [float(correct_all[data.y_test == c].float().mean()) if bool((data.y_test == c).any()) else 0.0
-                     for c in range(model.n_classes)]
+        per_class = [
+            float(correct_all[data.y_test == c].float().mean()) if bool((data.y_test == c).any()) else 0.0
+            for c in range(model.n_classes)
+        ]
         ctx.report(self.name, 0.5, "sanity checks")
         m = min(int(self.params["check_inputs"]), ctx.x.shape[0])
         xs, ys = ctx.x[:m], ctx.y[:m]
         checks = [self._determinism(ctx, xs), self._logits(ctx, xs), self._gradients(ctx, xs, ys)]
         deterministic = checks[0].status == "pass"
         res = self.result(
-            ctx, risk="n/a",
+            ctx,
+            risk="n/a",
             summary=f"clean accuracy {acc:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {n} test inputs; "
-                    f"{float(correct.float().mean()):.3f} on the {ctx.x.shape[0]} audited ones",
-            metrics={"clean_accuracy": acc, "clean_accuracy_ci_low": lo, "clean_accuracy_ci_high": hi,
-                     "clean_accuracy_audited": float(correct.float().mean()), "n_test": n,
-                     "deterministic": float(deterministic)},
-            plots=[Plot(id="per-class", title="Clean accuracy per class", kind="bar", x_label="class",
-                        y_label="accuracy", series=[Series("accuracy", list(range(model.n_classes)), per_class)],
-                        categories=[str(c) for c in range(model.n_classes)])],
+            f"{float(correct.float().mean()):.3f} on the {ctx.x.shape[0]} audited ones",
+            metrics={
+                "clean_accuracy": acc,
+                "clean_accuracy_ci_low": lo,
+                "clean_accuracy_ci_high": hi,
+                "clean_accuracy_audited": float(correct.float().mean()),
+                "n_test": n,
+                "deterministic": float(deterministic),
+            },
+            plots=[
+                Plot(
+                    id="per-class",
+                    title="Clean accuracy per class",
+                    kind="bar",
+                    x_label="class",
+                    y_label="accuracy",
+                    series=[Series("accuracy", list(range(model.n_classes)), per_class)],
+                    categories=[str(c) for c in range(model.n_classes)],
+                )
+            ],
             checks=checks,
             per_sample={"clean": {"correct": correct.tolist(), "pred": pred.tolist()}},
         )
@@ -71,38 +87,68 @@ class ModelProbe(Probe):
             a, b = ctx.model.logits(xs), ctx.model.logits(xs)
         diff = float((a - b).abs().max()) if a.numel() else 0.0
         if diff == 0.0:
-            return Check("deterministic", "The model is deterministic", "pass",
-                         "Two forward passes on the same inputs gave identical scores.", {"max_difference": diff})
+            return Check(
+                "deterministic",
+                "The model is deterministic",
+                "pass",
+                "Two forward passes on the same inputs gave identical scores.",
+                {"max_difference": diff},
+            )
         if averages_randomness(ctx.model):
-            return Check("deterministic", "The model is deterministic", "warn",
-                         "The model is randomised by design (e.g. randomized smoothing) and its scores are already an "
-                         "average over its noise draws (expectation over transformation built in): white-box attacks "
-                         "use those scores directly.", {"max_difference": diff})
-        return Check("deterministic", "The model is deterministic", "warn",
-                     "The scores differ between two passes on the same inputs: the model is randomised. White-box "
-                     "attacks are run through expectation over transformation (EOT), averaging the scores over "
-                     "several draws, so that randomness cannot hide the gradient.", {"max_difference": diff})
+            return Check(
+                "deterministic",
+                "The model is deterministic",
+                "warn",
+                "The model is randomised by design (e.g. randomized smoothing) and its scores are already an "
+                "average over its noise draws (expectation over transformation built in): white-box attacks "
+                "use those scores directly.",
+                {"max_difference": diff},
+            )
+        return Check(
+            "deterministic",
+            "The model is deterministic",
+            "warn",
+            "The scores differ between two passes on the same inputs: the model is randomised. White-box "
+            "attacks are run through expectation over transformation (EOT), averaging the scores over "
+            "several draws, so that randomness cannot hide the gradient.",
+            {"max_difference": diff},
+        )
 
     def _logits(self, ctx: AuditContext, xs: torch.Tensor) -> Check:
         title = "The model outputs logits, not probabilities"
         if not ctx.model.white_box:
-            return Check("logits", title, "skipped", "The model is a black box: its scores only feed score-based "
-                         f"attacks, which work on their logarithm ({ctx.model.output} declared); saturation only "
-                         "matters for gradients.", {"declared": ctx.model.output})
+            return Check(
+                "logits",
+                title,
+                "skipped",
+                "The model is a black box: its scores only feed score-based "
+                f"attacks, which work on their logarithm ({ctx.model.output} declared); saturation only "
+                "matters for gradients.",
+                {"declared": ctx.model.output},
+            )
         if ctx.model.output == "probabilities":
-            return Check("logits", title, "warn",
-                         "The model outputs probabilities. Attacks work on their logarithm, but a softmax that "
-                         "saturates (probability exactly 0 or 1 in float32) flattens the loss; the ensemble's "
-                         "DLR-loss member is scale-invariant and is the one to trust.", {"declared": "probabilities"})
+            return Check(
+                "logits",
+                title,
+                "warn",
+                "The model outputs probabilities. Attacks work on their logarithm, but a softmax that "
+                "saturates (probability exactly 0 or 1 in float32) flattens the loss; the ensemble's "
+                "DLR-loss member is scale-invariant and is the one to trust.",
+                {"declared": "probabilities"},
+            )
         with torch.no_grad(), ctx.model.attack_mode():
             s = ctx.model.logits(xs)
         looks = bool(((s >= 0).all() & ((s.sum(dim=1) - 1).abs() < 1e-4).all()).item()) if s.numel() else False
         if looks:
-            return Check("logits", title, "warn",
-                         "The model declares logits but every row of scores is non-negative and sums to 1: there "
-                         "is probably a softmax at the end of the network, which can saturate and mask gradients. "
-                         "Remove it (attacks need the pre-softmax scores) or declare output='probabilities'.",
-                         {"declared": "logits", "rows_sum_to_one": True})
+            return Check(
+                "logits",
+                title,
+                "warn",
+                "The model declares logits but every row of scores is non-negative and sums to 1: there "
+                "is probably a softmax at the end of the network, which can saturate and mask gradients. "
+                "Remove it (attacks need the pre-softmax scores) or declare output='probabilities'.",
+                {"declared": "logits", "rows_sum_to_one": True},
+            )
         return Check("logits", title, "pass", "The scores are unnormalised logits.", {"declared": "logits"})
 
     def _gradients(self, ctx: AuditContext, xs: torch.Tensor, ys: torch.Tensor) -> Check:
@@ -113,32 +159,60 @@ class ModelProbe(Probe):
         with model.attack_mode(), torch.enable_grad():
             xg = xs.clone().requires_grad_(True)
             z = as_logits(model.logits(xg), model.output)
-            g_margin, = torch.autograd.grad(margin_loss(z, ys).sum(), xg, allow_unused=True)
+            (g_margin,) = torch.autograd.grad(margin_loss(z, ys).sum(), xg, allow_unused=True)
             xg2 = xs.clone().requires_grad_(True)
             z2 = as_logits(model.logits(xg2), model.output)
-            g_ce, = torch.autograd.grad(torch.nn.functional.cross_entropy(z2, ys, reduction="sum"), xg2,
-                                        allow_unused=True)
+            (g_ce,) = torch.autograd.grad(
+                torch.nn.functional.cross_entropy(z2, ys, reduction="sum"), xg2, allow_unused=True
+            )
         if g_margin is None:
-            return Check("gradients", title, "fail", "The scores do not depend on the input through autograd: the "
-                         "model detaches its input, so every gradient attack is blind.", {"connected": False})
+            return Check(
+                "gradients",
+                title,
+                "fail",
+                "The scores do not depend on the input through autograd: the "
+                "model detaches its input, so every gradient attack is blind.",
+                {"connected": False},
+            )
         flat = g_margin.flatten(1)
         finite = bool(torch.isfinite(flat).all())
         zero = float((flat.abs().amax(dim=1) == 0).float().mean())
         ce_zero = float((g_ce.flatten(1).abs().amax(dim=1) == 0).float().mean()) if g_ce is not None else 1.0
-        evidence = {"inputs": int(xs.shape[0]), "finite": finite, "zero_margin_gradient_fraction": zero,
-                    "zero_cross_entropy_gradient_fraction": ce_zero}
+        evidence = {
+            "inputs": int(xs.shape[0]),
+            "finite": finite,
+            "zero_margin_gradient_fraction": zero,
+            "zero_cross_entropy_gradient_fraction": ce_zero,
+        }
         if not finite:
-            return Check("gradients", title, "fail", "Some input gradients are NaN or infinite: gradient attacks "
-                         "cannot be trusted on this model (a numerically unstable layer or a saturated softmax).",
-                         evidence)
+            return Check(
+                "gradients",
+                title,
+                "fail",
+                "Some input gradients are NaN or infinite: gradient attacks "
+                "cannot be trusted on this model (a numerically unstable layer or a saturated softmax).",
+                evidence,
+            )
         if zero > 0.5:
-            return Check("gradients", title, "fail",
-                         f"{zero:.0%} of the inputs have an exactly zero gradient: the model is not differentiable "
-                         "where it matters (quantisation, thresholds, non-differentiable preprocessing). Gradient "
-                         "attacks will under-report the risk; trust the black-box probes.", evidence)
+            return Check(
+                "gradients",
+                title,
+                "fail",
+                f"{zero:.0%} of the inputs have an exactly zero gradient: the model is not differentiable "
+                "where it matters (quantisation, thresholds, non-differentiable preprocessing). Gradient "
+                "attacks will under-report the risk; trust the black-box probes.",
+                evidence,
+            )
         if zero > 0:
-            return Check("gradients", title, "warn", f"{zero:.0%} of the inputs have an exactly zero gradient.",
-                         evidence)
-        return Check("gradients", title, "pass", "Margin-loss gradients are finite and non-zero on every checked "
-                     f"input ({ce_zero:.0%} have a cross-entropy gradient that underflows to zero: confident "
-                     "predictions, which margin-based attacks handle).", evidence)
+            return Check(
+                "gradients", title, "warn", f"{zero:.0%} of the inputs have an exactly zero gradient.", evidence
+            )
+        return Check(
+            "gradients",
+            title,
+            "pass",
+            "Margin-loss gradients are finite and non-zero on every checked "
+            f"input ({ce_zero:.0%} have a cross-entropy gradient that underflows to zero: confident "
+            "predictions, which margin-based attacks handle).",
+            evidence,
+        )

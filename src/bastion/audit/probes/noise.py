@@ -43,8 +43,13 @@ class NoiseProbe(Probe):
             clean_acc = float((ctx.model.predict(x) == y).float().mean())
         for i, eps in enumerate(ctx.eps):
             ctx.report(self.name, i / len(ctx.eps), f"eps={eps:g}")
-            atk = RandomNoise(eps=eps, norm=ctx.norm, max_queries=int(p["queries"]), batch_size=int(p["batch_size"]),
-                              seed=ctx.seed_for(f"noise:{eps_key(eps)}"))
+            atk = RandomNoise(
+                eps=eps,
+                norm=ctx.norm,
+                max_queries=int(p["queries"]),
+                batch_size=int(p["batch_size"]),
+                seed=ctx.seed_for(f"noise:{eps_key(eps)}"),
+            )
             r = atk(ctx.model, x, y)
             metrics[f"robust_accuracy[noise]@{eps_key(eps)}"] = r.robust_accuracy
             per_sample[f"noise@{eps_key(eps)}"] = {"robust": (r.pred_adv == y).tolist()}
@@ -52,14 +57,25 @@ class NoiseProbe(Probe):
         ref = ctx.reference_eps
         ctx.report(self.name, 1.0, "done")
         return self.result(
-            ctx, risk=risk_from_ratio(curve[-1], clean_acc),
+            ctx,
+            risk=risk_from_ratio(curve[-1], clean_acc),
             summary=f"{int(p['queries'])} random {ctx.norm} perturbations of size eps={ref:g} leave accuracy "
-                    f"{curve[-1]:.3f} (clean {clean_acc:.3f})",
+            f"{curve[-1]:.3f} (clean {clean_acc:.3f})",
             params={**p, "eps": ctx.eps, "norm": ctx.norm},
-            metrics=metrics, per_sample=per_sample, checks=[self._beaten(ctx, curve, m)],
-            plots=[Plot(id="noise-curve", title=f"Random noise: accuracy against eps ({ctx.norm})", kind="line",
-                        x_label=f"eps ({ctx.norm})", y_label="accuracy",
-                        series=[Series("random noise", [0.0, *ctx.eps], [clean_acc, *curve])])])
+            metrics=metrics,
+            per_sample=per_sample,
+            checks=[self._beaten(ctx, curve, m)],
+            plots=[
+                Plot(
+                    id="noise-curve",
+                    title=f"Random noise: accuracy against eps ({ctx.norm})",
+                    kind="line",
+                    x_label=f"eps ({ctx.norm})",
+                    y_label="accuracy",
+                    series=[Series("random noise", [0.0, *ctx.eps], [clean_acc, *curve])],
+                )
+            ],
+        )
 
     def _beaten(self, ctx: AuditContext, noise: list[float], m: int) -> Check:
         title = "Attacks beat random noise of the same size"
@@ -76,9 +92,19 @@ class NoiseProbe(Probe):
             ev = {"compared_with": name, "noise": dict(zip(map(str, ctx.eps), noise)), "worse_than_noise": bad}
             if bad:
                 b = bad[0]
-                return Check("attacks-beat-noise", title, "fail",
-                             f"At eps={b['eps']:g} the {name} attacks leave robust accuracy {b['attack']:.3f}, above "
-                             f"random noise's {b['noise']:.3f}: the attacks are broken or blinded.", ev)
-            return Check("attacks-beat-noise", title, "pass",
-                         f"At every eps the {name} attacks leave no more accuracy than random noise.", ev)
+                return Check(
+                    "attacks-beat-noise",
+                    title,
+                    "fail",
+                    f"At eps={b['eps']:g} the {name} attacks leave robust accuracy {b['attack']:.3f}, above "
+                    f"random noise's {b['noise']:.3f}: the attacks are broken or blinded.",
+                    ev,
+                )
+            return Check(
+                "attacks-beat-noise",
+                title,
+                "pass",
+                f"At every eps the {name} attacks leave no more accuracy than random noise.",
+                ev,
+            )
         return Check("attacks-beat-noise", title, "skipped", "No attack results to compare with.")

@@ -27,8 +27,15 @@ class PatchProbe(Probe):
     name = "patch"
     title = "Adversarial patch (physical)"
     threat = "evasion / physical (universal patch)"
-    defaults: ClassVar[dict[str, Any]] = {"area": 0.1, "steps": 500, "fit_images": 2000, "batch_size": 64, "lr": 0.05,
-                                "targets": [], "examples": 4}
+    defaults: ClassVar[dict[str, Any]] = {
+        "area": 0.1,
+        "steps": 500,
+        "fit_images": 2000,
+        "batch_size": 64,
+        "lr": 0.05,
+        "targets": [],
+        "examples": 4,
+    }
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if ctx.kind != "image":
@@ -57,8 +64,17 @@ class PatchProbe(Probe):
             label = "untargeted" if t is None else f"target={t}"
             ctx.report(self.name, i / len(goals), f"fitting the {label} patch")
             g = ctx.generator(f"patch:{label}")
-            patch = fit(model, xf, yf, t, area=float(p["area"]), steps=int(p["steps"]),
-                        batch_size=int(p["batch_size"]), lr=float(p["lr"]), generator=g)
+            patch = fit(
+                model,
+                xf,
+                yf,
+                t,
+                area=float(p["area"]),
+                steps=int(p["steps"]),
+                batch_size=int(p["batch_size"]),
+                lr=float(p["lr"]),
+                generator=g,
+            )
             patches[label] = patch
             if t is None:
                 keep = model.predict(x) == y
@@ -75,28 +91,52 @@ class PatchProbe(Probe):
             names += [f"{label}", f"random patch ({label})"]
             if t is None and xe.shape[0]:
                 with torch.no_grad():
-                    xa = apply(xe[: 4 * int(p["examples"])], patch, ctx.generator("patch-examples"),
-                               bounds=model.bounds)
+                    xa = apply(
+                        xe[: 4 * int(p["examples"])], patch, ctx.generator("patch-examples"), bounds=model.bounds
+                    )
                     pa, pc = model.predict(xa), model.predict(xe[: xa.shape[0]])
                 for j in torch.nonzero(pa != ye[: xa.shape[0]]).flatten()[: int(p["examples"])].tolist():
-                    examples.append(Example(index=-1, label=int(ye[j]), pred_clean=int(pc[j]), pred_adv=int(pa[j]),
-                                            attack="patch", norm="patch", eps=float(p["area"]),
-                                            perturbation=float((xa[j] != xe[j]).float().mean()),
-                                            clean=xe[j].tolist(), adversarial=xa[j].tolist(), bounds=model.bounds))
+                    examples.append(
+                        Example(
+                            index=-1,
+                            label=int(ye[j]),
+                            pred_clean=int(pc[j]),
+                            pred_adv=int(pa[j]),
+                            attack="patch",
+                            norm="patch",
+                            eps=float(p["area"]),
+                            perturbation=float((xa[j] != xe[j]).float().mean()),
+                            clean=xe[j].tolist(),
+                            adversarial=xa[j].tolist(),
+                            bounds=model.bounds,
+                        )
+                    )
         un = metrics["patch_success[untargeted]"]
         risk = "high" if un >= 0.5 else "medium" if un >= 0.2 else "low"
         side = patches["untargeted"].shape[-1]
         h, w = model.input_shape[1:]
         ctx.report(self.name, 1.0, "done")
         return self.result(
-            ctx, risk=risk,
-            summary=(f"a {side}x{side} patch ({side * side / (h * w):.1%} of the image) at a random place makes "
-                     f"{un:.1%} of correctly classified held-out images wrong (random patch: "
-                     f"{metrics['patch_success[random,untargeted]']:.1%})"),
+            ctx,
+            risk=risk,
+            summary=(
+                f"a {side}x{side} patch ({side * side / (h * w):.1%} of the image) at a random place makes "
+                f"{un:.1%} of correctly classified held-out images wrong (random patch: "
+                f"{metrics['patch_success[random,untargeted]']:.1%})"
+            ),
             params={**p, "patch_side": side, "fit_images": k},
-            metrics=metrics, examples=examples,
-            plots=[Plot(id="patch-success", title="Patch success on held-out images (random placement)", kind="bar",
-                        x_label="patch", y_label="success rate",
-                        series=[Series("success", list(range(len(bars))), bars)],
-                        categories=names)],
-            artifacts={"patches": {label: v.tolist() for label, v in patches.items()}})
+            metrics=metrics,
+            examples=examples,
+            plots=[
+                Plot(
+                    id="patch-success",
+                    title="Patch success on held-out images (random placement)",
+                    kind="bar",
+                    x_label="patch",
+                    y_label="success rate",
+                    series=[Series("success", list(range(len(bars))), bars)],
+                    categories=names,
+                )
+            ],
+            artifacts={"patches": {label: v.tolist() for label, v in patches.items()}},
+        )

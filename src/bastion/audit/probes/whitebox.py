@@ -57,8 +57,16 @@ class WhiteBoxProbe(Probe):
     title = "White-box evasion"
     threat = "evasion / white-box (gradients)"
     defaults: ClassVar[dict[str, Any]] = {
-        "pgd_steps": 40, "pgd_restarts": 1, "apgd_steps": 100, "apgd_t_targets": 9, "ensemble": True,
-        "convergence_factor": 2, "extra_restarts": 2, "examples": 4, "eot_samples": 10, "batch_size": 1000,
+        "pgd_steps": 40,
+        "pgd_restarts": 1,
+        "apgd_steps": 100,
+        "apgd_t_targets": 9,
+        "ensemble": True,
+        "convergence_factor": 2,
+        "extra_restarts": 2,
+        "examples": 4,
+        "eot_samples": 10,
+        "batch_size": 1000,
         "tolerance": 0.01,
     }
 
@@ -70,8 +78,12 @@ class WhiteBoxProbe(Probe):
         return None
 
     def _common(self, ctx: AuditContext, name: str, eps: float) -> dict[str, Any]:
-        return {"eps": eps, "norm": ctx.norm, "batch_size": int(self.params["batch_size"]),
-                "seed": ctx.seed_for(f"{self.name}:{name}:{eps_key(eps)}")}
+        return {
+            "eps": eps,
+            "norm": ctx.norm,
+            "batch_size": int(self.params["batch_size"]),
+            "seed": ctx.seed_for(f"{self.name}:{name}:{eps_key(eps)}"),
+        }
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
@@ -100,9 +112,14 @@ class WhiteBoxProbe(Probe):
             broken_by[(rf.pred_adv == y) & (rp.pred_adv != y)] = 2
             attacks_used.update(fgsm=repr(fgsm), pgd=repr(pgd))
             if p["ensemble"] and bool(robust.any()):
-                members = [APGD(steps=int(p["apgd_steps"]), loss="ce", **self._common(ctx, "apgd-ce", eps)),
-                           APGDT(steps=int(p["apgd_steps"]), n_target_classes=min(int(p["apgd_t_targets"]),
-                                 ctx.model.n_classes - 1), **self._common(ctx, "apgd-t", eps))]
+                members = [
+                    APGD(steps=int(p["apgd_steps"]), loss="ce", **self._common(ctx, "apgd-ce", eps)),
+                    APGDT(
+                        steps=int(p["apgd_steps"]),
+                        n_target_classes=min(int(p["apgd_t_targets"]), ctx.model.n_classes - 1),
+                        **self._common(ctx, "apgd-t", eps),
+                    ),
+                ]
                 if ctx.model.n_classes < 4:  # targeted DLR needs 4 classes: CE then margin-free DLR
                     members = members[:1]
                 ens = Ensemble(members=members, **self._common(ctx, "ensemble", eps))
@@ -113,8 +130,11 @@ class WhiteBoxProbe(Probe):
                 broken_by[idx[fell]] = 3
                 robust[idx[fell]] = False
             key = eps_key(eps)
-            fa, pa, wa = (float((rf.pred_adv == y).float().mean()), float((rp.pred_adv == y).float().mean()),
-                          float(robust.float().mean()))
+            fa, pa, wa = (
+                float((rf.pred_adv == y).float().mean()),
+                float((rp.pred_adv == y).float().mean()),
+                float(robust.float().mean()),
+            )
             metrics[f"robust_accuracy[fgsm]@{key}"] = fa
             metrics[f"robust_accuracy[pgd]@{key}"] = pa
             metrics[f"robust_accuracy[whitebox]@{key}"] = wa
@@ -122,8 +142,11 @@ class WhiteBoxProbe(Probe):
             curves["PGD"].append(pa)
             curves["worst case"].append(wa)
             worst_masks[eps] = robust
-            per_sample[f"whitebox@{key}"] = {"robust": robust.tolist(), "broken_by": broken_by.tolist(),
-                                             "pgd_norm": rp.norms.tolist()}
+            per_sample[f"whitebox@{key}"] = {
+                "robust": robust.tolist(),
+                "broken_by": broken_by.tolist(),
+                "pgd_norm": rp.norms.tolist(),
+            }
         ctx.report(self.name, len(ctx.eps) / total, "validity checks")
         checks = [self._single_step(ctx, curves), self._monotone(ctx, curves)]
         checks.append(self._unbounded(ctx, model))
@@ -133,20 +156,47 @@ class WhiteBoxProbe(Probe):
         # the gallery shows the smallest eps at which PGD fooled something: the least visible perturbations
         shown = next((e for e in ctx.eps if bool((pgd_results[e].success & pgd_results[e].clean_correct).any())), ref)
         rp = pgd_results[shown]
-        examples = pick_examples(x, rp.x_adv, y, pred_clean, rp.pred_adv, rp.success, rp.norms, attack="pgd",
-                                 norm=ctx.norm, eps=shown, bounds=ctx.model.bounds, k=int(p["examples"]))
+        examples = pick_examples(
+            x,
+            rp.x_adv,
+            y,
+            pred_clean,
+            rp.pred_adv,
+            rp.success,
+            rp.norms,
+            attack="pgd",
+            norm=ctx.norm,
+            eps=shown,
+            bounds=ctx.model.bounds,
+            k=int(p["examples"]),
+        )
         worst_ref = curves["worst case"][-1]
         risk = risk_from_ratio(worst_ref, clean_acc)
-        plots = [Plot(id="robustness-curve", title=f"Robust accuracy against eps ({ctx.norm})", kind="line",
-                      x_label=f"eps ({ctx.norm})", y_label="robust accuracy",
-                      series=[Series(k, [0.0, *ctx.eps], [clean_acc, *v]) for k, v in curves.items()])]
+        plots = [
+            Plot(
+                id="robustness-curve",
+                title=f"Robust accuracy against eps ({ctx.norm})",
+                kind="line",
+                x_label=f"eps ({ctx.norm})",
+                y_label="robust accuracy",
+                series=[Series(k, [0.0, *ctx.eps], [clean_acc, *v]) for k, v in curves.items()],
+            )
+        ]
         ctx.report(self.name, 1.0, "done")
         return self.result(
-            ctx, risk=risk,
-            summary=(f"worst-case robust accuracy {worst_ref:.3f} at {ctx.norm} eps={ref:g} (clean {clean_acc:.3f})"
-                     + (", attacked through EOT (randomised model)" if eot else "")),
+            ctx,
+            risk=risk,
+            summary=(
+                f"worst-case robust accuracy {worst_ref:.3f} at {ctx.norm} eps={ref:g} (clean {clean_acc:.3f})"
+                + (", attacked through EOT (randomised model)" if eot else "")
+            ),
             params={**self.params, "eps": ctx.eps, "norm": ctx.norm, "n": n, "eot": eot, "attacks": attacks_used},
-            metrics=metrics, plots=plots, checks=checks, examples=examples, per_sample=per_sample)
+            metrics=metrics,
+            plots=plots,
+            checks=checks,
+            examples=examples,
+            per_sample=per_sample,
+        )
 
     # -- checks ------------------------------------------------------------------------------------
     def _single_step(self, ctx: AuditContext, curves: dict[str, list[float]]) -> Check:
@@ -156,14 +206,24 @@ class WhiteBoxProbe(Probe):
         ev = {"eps": ctx.eps, "fgsm": curves["FGSM"], "pgd": curves["PGD"]}
         title = "Iterative attacks beat single-step ones"
         if worst >= -tol:
-            return Check("iterative-beats-single-step", title, "pass",
-                         "PGD leaves no higher robust accuracy than FGSM at any eps.", ev)
+            return Check(
+                "iterative-beats-single-step",
+                title,
+                "pass",
+                "PGD leaves no higher robust accuracy than FGSM at any eps.",
+                ev,
+            )
         status = "fail" if worst < -5 * tol else "warn"
         i = gaps.index(worst)
-        return Check("iterative-beats-single-step", title, status,
-                     f"At eps={ctx.eps[i]:g} FGSM (one step) leaves robust accuracy {curves['FGSM'][i]:.3f}, lower "
-                     f"than PGD's {curves['PGD'][i]:.3f}: the loss surface misleads iterative attacks, a classic sign "
-                     "of gradient masking (or a too-small PGD step).", ev)
+        return Check(
+            "iterative-beats-single-step",
+            title,
+            status,
+            f"At eps={ctx.eps[i]:g} FGSM (one step) leaves robust accuracy {curves['FGSM'][i]:.3f}, lower "
+            f"than PGD's {curves['PGD'][i]:.3f}: the loss surface misleads iterative attacks, a classic sign "
+            "of gradient masking (or a too-small PGD step).",
+            ev,
+        )
 
     def _monotone(self, ctx: AuditContext, curves: dict[str, list[float]]) -> Check:
         tol = float(self.params["tolerance"]) / 2
@@ -172,12 +232,18 @@ class WhiteBoxProbe(Probe):
         title = "Robust accuracy does not rise as eps grows"
         ev = {"eps": ctx.eps, "worst_case": w}
         if not rises:
-            return Check("monotone-in-eps", title, "pass",
-                         "Worst-case robust accuracy falls (or stays) as eps grows.", ev)
+            return Check(
+                "monotone-in-eps", title, "pass", "Worst-case robust accuracy falls (or stays) as eps grows.", ev
+            )
         e, d = rises[0]
-        return Check("monotone-in-eps", title, "fail",
-                     f"Robust accuracy rises by {d:.3f} at eps={e:g}: a larger budget can always reproduce a smaller "
-                     "one, so the attack is not finding the worst case (masking or a broken attack).", ev)
+        return Check(
+            "monotone-in-eps",
+            title,
+            "fail",
+            f"Robust accuracy rises by {d:.3f} at eps={e:g}: a larger budget can always reproduce a smaller "
+            "one, so the attack is not finding the worst case (masking or a broken attack).",
+            ev,
+        )
 
     def _unbounded(self, ctx: AuditContext, model: Classifier) -> Check:
         lo, hi = ctx.model.bounds
@@ -190,16 +256,27 @@ class WhiteBoxProbe(Probe):
         ev = {"eps": big, "robust_accuracy": r.robust_accuracy, "chance": chance, "inputs": m}
         title = "An unbounded attack reaches chance accuracy"
         if r.robust_accuracy <= chance:
-            return Check("unbounded-attack", title, "pass",
-                         f"With eps={big:.3g} (half the input range: every input can reach the same point) PGD "
-                         f"leaves {r.robust_accuracy:.3f}, at most chance ({chance:.3f}).", ev)
-        return Check("unbounded-attack", title, "fail",
-                     f"With eps={big:.3g} PGD still leaves robust accuracy {r.robust_accuracy:.3f} > chance "
-                     f"({chance:.3f}), though any input could be moved to the same point: gradients are masked or "
-                     "the attack is broken, so the other numbers over-state robustness.", ev)
+            return Check(
+                "unbounded-attack",
+                title,
+                "pass",
+                f"With eps={big:.3g} (half the input range: every input can reach the same point) PGD "
+                f"leaves {r.robust_accuracy:.3f}, at most chance ({chance:.3f}).",
+                ev,
+            )
+        return Check(
+            "unbounded-attack",
+            title,
+            "fail",
+            f"With eps={big:.3g} PGD still leaves robust accuracy {r.robust_accuracy:.3f} > chance "
+            f"({chance:.3f}), though any input could be moved to the same point: gradients are masked or "
+            "the attack is broken, so the other numbers over-state robustness.",
+            ev,
+        )
 
-    def _convergence(self, ctx: AuditContext, model: Classifier, worst: dict[float, Tensor],
-                     clean_acc: float) -> list[Check]:
+    def _convergence(
+        self, ctx: AuditContext, model: Classifier, worst: dict[float, Tensor], clean_acc: float
+    ) -> list[Check]:
         """Is the reported number converged? Stronger PGD (twice the steps; more restarts) on the inputs the
         worst case left robust, at the eps where it is nearest half the clean accuracy: the share of all
         inputs it newly breaks must stay under the tolerance."""
@@ -209,29 +286,67 @@ class WhiteBoxProbe(Probe):
         robust = worst[eps]
         base = float(robust.float().mean())
         idx = torch.nonzero(robust).flatten()
-        longer = PGD(steps=int(p["pgd_steps"]) * int(p["convergence_factor"]), restarts=int(p["pgd_restarts"]),
-                     **self._common(ctx, "pgd-longer", eps))
-        more = PGD(steps=int(p["pgd_steps"]), restarts=int(p["pgd_restarts"]) + int(p["extra_restarts"]),
-                   **self._common(ctx, "pgd-restarts", eps))
+        longer = PGD(
+            steps=int(p["pgd_steps"]) * int(p["convergence_factor"]),
+            restarts=int(p["pgd_restarts"]),
+            **self._common(ctx, "pgd-longer", eps),
+        )
+        more = PGD(
+            steps=int(p["pgd_steps"]),
+            restarts=int(p["pgd_restarts"]) + int(p["extra_restarts"]),
+            **self._common(ctx, "pgd-restarts", eps),
+        )
         out = []
-        for i, (cid, title, atk, what) in enumerate((
-                ("convergence", f"Doubling the iterations changes robust accuracy by < {tol:.0%}", longer,
-                 f"PGD with {longer.steps} instead of {p['pgd_steps']} steps"),
-                ("restarts", f"More random restarts change robust accuracy by < {tol:.0%}", more,
-                 f"PGD with {more.restarts} instead of {p['pgd_restarts']} restart(s)"))):
+        for i, (cid, title, atk, what) in enumerate(
+            (
+                (
+                    "convergence",
+                    f"Doubling the iterations changes robust accuracy by < {tol:.0%}",
+                    longer,
+                    f"PGD with {longer.steps} instead of {p['pgd_steps']} steps",
+                ),
+                (
+                    "restarts",
+                    f"More random restarts change robust accuracy by < {tol:.0%}",
+                    more,
+                    f"PGD with {more.restarts} instead of {p['pgd_restarts']} restart(s)",
+                ),
+            )
+        ):
             ctx.report(self.name, (len(ctx.eps) + 1 + i) / (len(ctx.eps) + 3), cid)
             broken = int((atk(model, ctx.x[idx], ctx.y[idx]).pred_adv != ctx.y[idx]).sum()) if idx.numel() else 0
             other = (int(robust.sum()) - broken) / n
             delta = base - other
-            ev = {"eps": eps, "base": base, "with_stronger_attack": other, "difference": delta,
-                  "newly_broken": broken, "inputs": n, "attack": repr(atk)}
+            ev = {
+                "eps": eps,
+                "base": base,
+                "with_stronger_attack": other,
+                "difference": delta,
+                "newly_broken": broken,
+                "inputs": n,
+                "attack": repr(atk),
+            }
             if delta < tol:
-                out.append(Check(cid, title, "pass",
-                                 f"At eps={eps:g}, adding {what} to the worst case breaks {broken} more of {n} inputs "
-                                 f"({base:.3f} -> {other:.3f}).", ev))
+                out.append(
+                    Check(
+                        cid,
+                        title,
+                        "pass",
+                        f"At eps={eps:g}, adding {what} to the worst case breaks {broken} more of {n} inputs "
+                        f"({base:.3f} -> {other:.3f}).",
+                        ev,
+                    )
+                )
             else:
-                out.append(Check(cid, title, "warn",
-                                 f"At eps={eps:g}, adding {what} to the worst case breaks {broken} more of {n} inputs "
-                                 f"({base:.3f} -> {other:.3f}): the evaluation has not converged, so robust accuracy "
-                                 "is over-stated; use a stronger profile.", ev))
+                out.append(
+                    Check(
+                        cid,
+                        title,
+                        "warn",
+                        f"At eps={eps:g}, adding {what} to the worst case breaks {broken} more of {n} inputs "
+                        f"({base:.3f} -> {other:.3f}): the evaluation has not converged, so robust accuracy "
+                        "is over-stated; use a stronger profile.",
+                        ev,
+                    )
+                )
         return out

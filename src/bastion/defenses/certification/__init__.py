@@ -27,5 +27,10 @@ from .noise_training import train_with_noise
 from .smoothing import ABSTAIN, SmoothedClassifier
 
 __all__ = [
-    "ABSTAIN", "SmoothedClassifier", "binomial_pvalue", "certified_radius", "clopper_pearson_lower", "train_with_noise",
+    "ABSTAIN",
+    "SmoothedClassifier",
+    "binomial_pvalue",
+    "certified_radius",
+    "clopper_pearson_lower",
+    "train_with_noise",
 ]

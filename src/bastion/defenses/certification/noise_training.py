@@ -23,9 +23,18 @@ from ...errors import UsageError
 __all__ = ["train_with_noise"]
 
 
-def train_with_noise(module: nn.Module, x: Tensor, y: Tensor, sigma: float, *, epochs: int, batch_size: int = 64,
-                     lr: float = 1e-3, seed: int = 0,
-                     on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
+def train_with_noise(
+    module: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    sigma: float,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> nn.Module:
     """Train ``module`` in place on inputs with Gaussian noise N(0, sigma^2 I); return it in eval mode.
 
     Adam on cross-entropy; every parameter is trained (frozen ones too, as loaded and zoo models come
@@ -48,8 +57,10 @@ def train_with_noise(module: nn.Module, x: Tensor, y: Tensor, sigma: float, *, e
     if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         raise UsageError(f"y must be integer labels of shape ({x.shape[0]},), one per input")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-        raise UsageError(f"sigma must be a finite number > 0 (the smoothing noise level, e.g. 0.25), got {sigma!r}; "
-                         "for training without noise use bastion.models.training.train_module")
+        raise UsageError(
+            f"sigma must be a finite number > 0 (the smoothing noise level, e.g. 0.25), got {sigma!r}; "
+            "for training without noise use bastion.models.training.train_module"
+        )
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
@@ -76,8 +87,18 @@ def train_with_noise(module: nn.Module, x: Tensor, y: Tensor, sigma: float, *, e
     return module
 
 
-def _fit(module: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor, sigma: float, epochs: int,
-         batch_size: int, lr: float, g: torch.Generator, on_epoch: Callable[[int, float], None] | None) -> None:
+def _fit(
+    module: nn.Module,
+    params: list[nn.Parameter],
+    x: Tensor,
+    y: Tensor,
+    sigma: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    g: torch.Generator,
+    on_epoch: Callable[[int, float], None] | None,
+) -> None:
     opt = torch.optim.Adam(params, lr=lr)
     module.train()
     n = x.shape[0]
@@ -85,7 +106,7 @@ def _fit(module: nn.Module, params: list[nn.Parameter], x: Tensor, y: Tensor, si
         perm = torch.randperm(n, generator=g, device=x.device)
         total = 0.0
         for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             xb = x[idx]
             noisy = xb + sigma * torch.randn(xb.shape, generator=g, device=xb.device, dtype=xb.dtype)
             opt.zero_grad(set_to_none=True)

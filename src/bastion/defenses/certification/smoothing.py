@@ -113,10 +113,21 @@ class SmoothedClassifier(WrappedClassifier):
 
     scores_are_expectation = True  # logits() already averages over noise: EOT is built in
 
-    def __init__(self, base: Classifier, sigma: float, *, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-                 batch_size: int | None = None, n_logits: int = 32, secure: bool = False,
-                 seed: int | None = _DEFAULT_SEED, generator: torch.Generator | None = None,
-                 compile: bool = False) -> None:
+    def __init__(
+        self,
+        base: Classifier,
+        sigma: float,
+        *,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        batch_size: int | None = None,
+        n_logits: int = 32,
+        secure: bool = False,
+        seed: int | None = _DEFAULT_SEED,
+        generator: torch.Generator | None = None,
+        compile: bool = False,
+    ) -> None:
         super().__init__(base, output="logits")
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise UsageError(f"sigma (the noise level) must be a finite number > 0, e.g. 0.25, got {sigma!r}")
@@ -128,11 +139,14 @@ class SmoothedClassifier(WrappedClassifier):
         if not isinstance(compile, bool):
             raise UsageError(f"compile must be True or False, got {compile!r}")
         if compile and not isinstance(base, TorchClassifier):
-            raise UsageError(f"compile=True compiles a torch module with torch.compile; the base is a "
-                             f"{type(base).__name__}: leave compile off")
+            raise UsageError(
+                f"compile=True compiles a torch module with torch.compile; the base is a "
+                f"{type(base).__name__}: leave compile off"
+            )
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
-            raise UsageError(f"alpha (the failure probability) must be strictly between 0 and 1, e.g. 0.001, "
-                             f"got {alpha!r}")
+            raise UsageError(
+                f"alpha (the failure probability) must be strictly between 0 and 1, e.g. 0.001, got {alpha!r}"
+            )
         if not isinstance(secure, bool):
             raise UsageError(f"secure must be True or False, got {secure!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -141,8 +155,10 @@ class SmoothedClassifier(WrappedClassifier):
             raise UsageError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if secure and (generator is not None or not (seed is None or isinstance(seed, _DefaultSeed))):
             given = "generator=" if generator is not None else f"seed={seed!r}"
-            raise UsageError(f"secure=True draws its noise from a fresh CSPRNG-seeded generator and takes no seed or "
-                             f"generator: remove {given} (or use secure=False for reproducible runs)")
+            raise UsageError(
+                f"secure=True draws its noise from a fresh CSPRNG-seeded generator and takes no seed or "
+                f"generator: remove {given} (or use secure=False for reproducible runs)"
+            )
         self.sigma = sigma
         self.n0 = n0
         self.n = n
@@ -175,8 +191,12 @@ class SmoothedClassifier(WrappedClassifier):
                 scores = base._unwrap(self._compiled(noisy))[:rows]
             except Exception as exc:  # noqa: BLE001 - any compiler failure: say why, run eagerly
                 self._compiled = False
-                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).strip()[:300]}); "
-                              "SmoothedClassifier runs the eager model instead", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"torch.compile failed ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+                    "SmoothedClassifier runs the eager model instead",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             else:
                 base.n_queries += rows
                 return scores.argmax(dim=1)
@@ -189,8 +209,10 @@ class SmoothedClassifier(WrappedClassifier):
             return torch.Generator(device=device).manual_seed(secrets.randbits(64))
         if self.generator is not None:
             if self.generator.device.type != device.type:
-                raise UsageError(f"the generator is on {self.generator.device} but the inputs are on {device}: "
-                                 "pass a generator on the inputs' device")
+                raise UsageError(
+                    f"the generator is on {self.generator.device} but the inputs are on {device}: "
+                    "pass a generator on the inputs' device"
+                )
             return self.generator
         g = self._gens.get(device)
         if g is None:
@@ -226,17 +248,24 @@ class SmoothedClassifier(WrappedClassifier):
             owner = torch.arange(start, stop, device=x.device) // num
             if last - first < 8:
                 for i in range(first, last + 1):
-                    noisy[max(start, i * num) - start:min(stop, (i + 1) * num) - start].add_(x[i])
+                    noisy[max(start, i * num) - start : min(stop, (i + 1) * num) - start].add_(x[i])
             else:
                 noisy.add_(x[owner])
             top = self._top(buf, stop - start)
             span = last - first + 1
-            counts[first:first + span] += torch.bincount((owner - first) * c + top, minlength=span * c).view(span, c)
+            counts[first : first + span] += torch.bincount((owner - first) * c + top, minlength=span * c).view(span, c)
         return counts
 
     # -- Cohen's CERTIFY and PREDICT -----------------------------------------------------------------
-    def certify(self, x: Tensor, *, n0: int | None = None, n: int | None = None, alpha: float | None = None,
-                return_counts: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+    def certify(
+        self,
+        x: Tensor,
+        *,
+        n0: int | None = None,
+        n: int | None = None,
+        alpha: float | None = None,
+        return_counts: bool = False,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Cohen's CERTIFY on each input: (labels (N,) int64, radii (N,) float64[, counts (N,) int64]).
 
         n0 samples select the top class c_A; n separate samples count it (n_A, returned as ``counts``);
@@ -255,14 +284,16 @@ class SmoothedClassifier(WrappedClassifier):
             counts_a = self._counts(x, n).gather(1, selected[:, None]).squeeze(1)
         p_lower = clopper_pearson_lower(counts_a, n, alpha)
         certified = p_lower >= 0.5
-        radii = torch.where(certified, certified_radius(p_lower.clamp_min(0.5), float(self.sigma)),
-                            torch.zeros_like(p_lower))
+        radii = torch.where(
+            certified, certified_radius(p_lower.clamp_min(0.5), float(self.sigma)), torch.zeros_like(p_lower)
+        )
         labels = torch.where(certified.to(x.device), selected, torch.full_like(selected, ABSTAIN))
         radii = radii.to(x.device)
         return (labels, radii, counts_a) if return_counts else (labels, radii)
 
-    def predict(self, x: Tensor, batch_size: int | None = None, *, n: int | None = None,
-                alpha: float | None = None) -> Tensor:
+    def predict(
+        self, x: Tensor, batch_size: int | None = None, *, n: int | None = None, alpha: float | None = None
+    ) -> Tensor:
         """Cohen's PREDICT: labels (N,) int64, :data:`ABSTAIN` (-1) where the smoothed classifier abstains.
 
         Counts the base model's top class over n noisy samples; returns the most frequent class when
@@ -301,7 +332,7 @@ class SmoothedClassifier(WrappedClassifier):
         draws = min(d, step)
         outs = []
         for i in range(0, m, per_pass):
-            xb = x[i:i + per_pass]
+            xb = x[i : i + per_pass]
             k = xb.shape[0]
             pieces = []
             for j in range(0, d, draws):
@@ -330,8 +361,14 @@ class SmoothedClassifier(WrappedClassifier):
         return self.wrapped
 
     def __repr__(self) -> str:
-        rng = ("secure=True" if self.secure else f"secure=False, seed={self.seed!r}"
-               + (", generator=<torch.Generator>" if self.generator is not None else ""))
-        return (f"SmoothedClassifier({self.base!r}, sigma={self.sigma!r}, n0={self.n0!r}, n={self.n!r}, "
-                f"alpha={self.alpha!r}, batch_size={self.batch_size!r}, n_logits={self.n_logits!r}, {rng}"
-                + (", compile=True)" if self.compile else ")"))
+        rng = (
+            "secure=True"
+            if self.secure
+            else f"secure=False, seed={self.seed!r}"
+            + (", generator=<torch.Generator>" if self.generator is not None else "")
+        )
+        return (
+            f"SmoothedClassifier({self.base!r}, sigma={self.sigma!r}, n0={self.n0!r}, n={self.n!r}, "
+            f"alpha={self.alpha!r}, batch_size={self.batch_size!r}, n_logits={self.n_logits!r}, {rng}"
+            + (", compile=True)" if self.compile else ")")
+        )

@@ -66,13 +66,23 @@ class ActivationDetector(FeatureDetector):
 
     differentiable = True
 
-    def __init__(self, *, layers: Sequence[str] | None = None, pool: Pool = "avg", class_conditional: bool = True,
-                 combine: Combine = "sum", ridge: float = 1e-3, batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        layers: Sequence[str] | None = None,
+        pool: Pool = "avg",
+        class_conditional: bool = True,
+        combine: Combine = "sum",
+        ridge: float = 1e-3,
+        batch_size: int = 500,
+    ) -> None:
         super().__init__(batch_size=batch_size)
-        if layers is not None and (isinstance(layers, str) or not layers
-                                   or not all(isinstance(s, str) for s in layers)):
-            raise UsageError(f"layers must be a non-empty list of module names (or None for every ReLU), "
-                             f"got {layers!r}")
+        if layers is not None and (
+            isinstance(layers, str) or not layers or not all(isinstance(s, str) for s in layers)
+        ):
+            raise UsageError(
+                f"layers must be a non-empty list of module names (or None for every ReLU), got {layers!r}"
+            )
         if pool not in ("avg", "flatten"):
             raise UsageError(f"pool must be 'avg' or 'flatten', got {pool!r}")
         if combine not in ("sum", "max"):

@@ -107,10 +107,24 @@ class DetectorAwarePGD(Attack):
     name = "detector-aware-pgd"
     norms = ("linf", "l2")
 
-    def __init__(self, *, eps: float = 0.3, norm: str = "linf", steps: int = 100, step_size: float | None = None,
-                 restarts: int = 3, modes: Sequence[str] = MODES, lam: float = 1.0, kappa: float = 5.0,
-                 delta: float = 0.25, early_stop: bool = True, random_start: bool = False, batch_size: int = 1000,
-                 generator: torch.Generator | None = None, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        steps: int = 100,
+        step_size: float | None = None,
+        restarts: int = 3,
+        modes: Sequence[str] = MODES,
+        lam: float = 1.0,
+        kappa: float = 5.0,
+        delta: float = 0.25,
+        early_stop: bool = True,
+        random_start: bool = False,
+        batch_size: int = 1000,
+        generator: torch.Generator | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
         self._positive("steps", steps, integer=True)
         self._positive("restarts", restarts, integer=True)
@@ -137,8 +151,9 @@ class DetectorAwarePGD(Attack):
         return base * (1.0 - 0.9 * t / max(self.steps - 1, 1))
 
     @staticmethod
-    def _classifier_term(z: Tensor, views: list[Tensor], y: Tensor, t: Tensor | None,
-                         kappa: float) -> tuple[Tensor, Tensor]:
+    def _classifier_term(
+        z: Tensor, views: list[Tensor], y: Tensor, t: Tensor | None, kappa: float
+    ) -> tuple[Tensor, Tensor]:
         """(m, c), both (N,): m the C&W margin of the model on the input (> 0: fooled); c the classifier
         objective — the smallest margin over the input and its views towards one common adversarial
         class (the target, or the wrong class where that smallest margin is largest), capped at ``kappa``."""
@@ -152,8 +167,18 @@ class DetectorAwarePGD(Attack):
             c = margins.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(dim=1)
         return m, c.clamp(max=kappa)
 
-    def _run(self, model: DetectingClassifier, x: Tensor, y: Tensor, t: Tensor | None, threat: ThreatModel,
-             generator: torch.Generator, budget: Budget, mode: str, rand: bool) -> tuple[Tensor, Tensor]:
+    def _run(
+        self,
+        model: DetectingClassifier,
+        x: Tensor,
+        y: Tensor,
+        t: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+        mode: str,
+        rand: bool,
+    ) -> tuple[Tensor, Tensor]:
         det = model.detector
         thr, scale = float(det.threshold_), float(det.scale_)
         tol = 1e-4 * scale  # success needs a hair of room (batching changes the last bits of logits and scores)
@@ -206,8 +231,16 @@ class DetectorAwarePGD(Attack):
         best[~done] = x_cur[~done]  # the inputs not solved: the last iterate (fooled but flagged, or not fooled)
         return best, done
 
-    def _attack(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None, threat: ThreatModel,
-                generator: torch.Generator, budget: Budget) -> Tensor:
+    def _attack(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        budget: Budget,
+    ) -> Tensor:
         if not isinstance(model, DetectingClassifier):  # pragma: no cover - __call__ checks
             raise UsageError("DetectorAwarePGD attacks a DetectingClassifier")
         best = x.clone()
@@ -217,24 +250,42 @@ class DetectorAwarePGD(Attack):
             if todo.numel() == 0:
                 break
             tt = targets[todo] if targets is not None else None
-            cand, ok = self._run(model, x[todo], y[todo], tt, threat, generator, budget,
-                                 self.modes[r % len(self.modes)], r > 0 or self.random_start)
+            cand, ok = self._run(
+                model,
+                x[todo],
+                y[todo],
+                tt,
+                threat,
+                generator,
+                budget,
+                self.modes[r % len(self.modes)],
+                r > 0 or self.random_start,
+            )
             if r == 0:
                 best[todo] = cand  # the first run's last iterates for the inputs no restart solves
             best[todo[ok]] = cand[ok]
             done[todo[ok]] = True
         return best
 
-    def __call__(self, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None = None, *,
-                 progress: Callable[[int, int], None] | None = None) -> AttackResult:
+    def __call__(
+        self,
+        model: Classifier,
+        x: Tensor,
+        y: Tensor,
+        targets: Tensor | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> AttackResult:
         """Attack the DetectingClassifier ``model`` on ``x`` (N, *input_shape), ``y`` (N,).
 
         ``success``: fooled and not rejected (for clean-correct inputs); ``pred_adv``: the combination's
         labels (``REJECT`` = -1 where the detector fires).
         """
         if not isinstance(model, DetectingClassifier):
-            raise UsageError(f"DetectorAwarePGD attacks a model with a detector in front: wrap them in "
-                             f"DetectingClassifier(model, detector), got {type(model).__name__}")
+            raise UsageError(
+                f"DetectorAwarePGD attacks a model with a detector in front: wrap them in "
+                f"DetectingClassifier(model, detector), got {type(model).__name__}"
+            )
         if not model.white_box:
             raise UsageError("DetectorAwarePGD needs gradients of the inner model: it must be white-box")
         res = super().__call__(model, x, y, targets, progress=progress)

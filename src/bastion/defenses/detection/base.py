@@ -73,15 +73,18 @@ class Detector:
 
     def _require_fitted(self, what: str) -> Classifier:
         if not self.is_fitted:
-            raise UsageError(f"{type(self).__name__} is not fitted: call .fit(model, x_train, y_train) "
-                             f"on clean data before {what}")
+            raise UsageError(
+                f"{type(self).__name__} is not fitted: call .fit(model, x_train, y_train) on clean data before {what}"
+            )
         return self.model_
 
     def _require_calibrated(self, what: str) -> float:
         self._require_fitted(what)
         if not self.is_calibrated:
-            raise UsageError(f"{type(self).__name__} has no threshold: call .calibrate(x_clean, fpr=0.05) on "
-                             f"held-out clean inputs before {what}")
+            raise UsageError(
+                f"{type(self).__name__} has no threshold: call .calibrate(x_clean, fpr=0.05) on "
+                f"held-out clean inputs before {what}"
+            )
         return self.threshold_
 
     # -- public API ------------------------------------------------------------------------------
@@ -160,13 +163,17 @@ class Detector:
         """
         model = self._require_fitted("calibrate")
         if isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not math.isfinite(fpr) or not 0 < fpr < 1:
-            raise UsageError(f"fpr is the false-positive rate to allow on clean inputs, strictly between 0 and 1 "
-                             f"(e.g. 0.05), got {fpr!r}")
+            raise UsageError(
+                f"fpr is the false-positive rate to allow on clean inputs, strictly between 0 and 1 "
+                f"(e.g. 0.05), got {fpr!r}"
+            )
         validate_inputs(model, x_clean, name="calibration inputs")
         need = math.ceil(1.0 / min(fpr, 1.0 - fpr))
         if x_clean.shape[0] < need:
-            raise UsageError(f"calibrating at fpr={fpr:g} needs at least {need} held-out clean inputs, "
-                             f"got {x_clean.shape[0]}: pass more inputs or a larger fpr")
+            raise UsageError(
+                f"calibrating at fpr={fpr:g} needs at least {need} held-out clean inputs, "
+                f"got {x_clean.shape[0]}: pass more inputs or a larger fpr"
+            )
         with torch.no_grad():
             s = self.score(x_clean).double()
         self.threshold_ = float(torch.quantile(s, 1.0 - float(fpr)))

@@ -51,8 +51,10 @@ class DetectingClassifier(WrappedClassifier):
             raise UsageError(f"detector must be a bastion Detector (see DETECTORS), got {type(detector).__name__}")
         detector._require_calibrated("wrapping it in a DetectingClassifier")
         if detector.model_ is not model:
-            raise UsageError("the detector was fitted on another model: fit it on this one "
-                             "(detector.fit(model, x_train, y_train)) and calibrate it again")
+            raise UsageError(
+                "the detector was fitted on another model: fit it on this one "
+                "(detector.fit(model, x_train, y_train)) and calibrate it again"
+            )
         self.detector = detector
 
     @property
@@ -90,5 +92,7 @@ class DetectingClassifier(WrappedClassifier):
         return fooled & (pred != REJECT)
 
     def __repr__(self) -> str:
-        return (f"DetectingClassifier({self.model!r}, {self.detector!r}, threshold={self.detector.threshold_:.6g}, "
-                f"fpr={self.detector.fpr_:g})")
+        return (
+            f"DetectingClassifier({self.model!r}, {self.detector!r}, threshold={self.detector.threshold_:.6g}, "
+            f"fpr={self.detector.fpr_:g})"
+        )

@@ -31,9 +31,11 @@ class FeatureDetector(Detector):
 
     def _check_model(self, model: Classifier) -> None:
         if not isinstance(model, HasFeatures):
-            raise UsageError(f"{type(self).__name__} reads the activations of a torch model: wrap the network in "
-                             f"bastion.models.TorchClassifier (got {type(model).__name__}, which declares no "
-                             "features capability)")
+            raise UsageError(
+                f"{type(self).__name__} reads the activations of a torch model: wrap the network in "
+                f"bastion.models.TorchClassifier (got {type(model).__name__}, which declares no "
+                "features capability)"
+            )
 
     def _model_features(self) -> HasFeatures:
         model = self._require_fitted("reading features")

@@ -105,8 +105,9 @@ class MahalanobisDetector(FeatureDetector):
 
     differentiable = True
 
-    def __init__(self, *, layer: str | None = None, pool: Pool = "avg", ridge: float = 1e-3,
-                 batch_size: int = 500) -> None:
+    def __init__(
+        self, *, layer: str | None = None, pool: Pool = "avg", ridge: float = 1e-3, batch_size: int = 500
+    ) -> None:
         super().__init__(batch_size=batch_size)
         if pool not in ("avg", "flatten"):
             raise UsageError(f"pool must be 'avg' or 'flatten', got {pool!r}")

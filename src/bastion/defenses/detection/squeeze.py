@@ -81,9 +81,11 @@ class BitDepth(Squeezer):
     def __init__(self, *, bits: int = 1, bpda_temperature: float | None = 0.1) -> None:
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
             raise UsageError(f"bits must be an integer in [1, 16] (1 for MNIST, 5 for CIFAR-10), got {bits!r}")
-        if bpda_temperature is not None and (isinstance(bpda_temperature, bool)
-                                             or not isinstance(bpda_temperature, (int, float))
-                                             or not bpda_temperature > 0):
+        if bpda_temperature is not None and (
+            isinstance(bpda_temperature, bool)
+            or not isinstance(bpda_temperature, (int, float))
+            or not bpda_temperature > 0
+        ):
             raise UsageError(f"bpda_temperature must be a number > 0 (e.g. 0.1) or None, got {bpda_temperature!r}")
         self.bits = bits
         self.bpda_temperature = bpda_temperature
@@ -128,8 +130,10 @@ class MedianSmoothing(Squeezer):
 
     def check(self, input_shape: tuple[int, ...]) -> None:
         if len(input_shape) != 3:
-            raise UsageError(f"median smoothing needs images (C, H, W), but inputs have shape {input_shape}: "
-                             "use squeezers=[BitDepth(...)] for non-image data")
+            raise UsageError(
+                f"median smoothing needs images (C, H, W), but inputs have shape {input_shape}: "
+                "use squeezers=[BitDepth(...)] for non-image data"
+            )
 
     def __call__(self, x: Tensor, bounds: tuple[float, float]) -> Tensor:
         k = self.size
@@ -161,8 +165,9 @@ class FeatureSqueezing(Detector):
         super().__init__(batch_size=batch_size)
         chosen = list(squeezers) if squeezers is not None else [BitDepth(bits=1), MedianSmoothing(size=2)]
         if not chosen or not all(isinstance(s, Squeezer) for s in chosen):
-            raise UsageError(f"squeezers must be a non-empty list of Squeezer objects (BitDepth, MedianSmoothing), "
-                             f"got {squeezers!r}")
+            raise UsageError(
+                f"squeezers must be a non-empty list of Squeezer objects (BitDepth, MedianSmoothing), got {squeezers!r}"
+            )
         self.squeezers = chosen
 
     def _check_model(self, model: Classifier) -> None:

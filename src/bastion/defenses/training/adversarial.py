@@ -179,8 +179,18 @@ class _Frozen:
         self.module.train(self.training)
 
 
-def pgd_examples(module: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, steps: int, alpha: float,
-                 generator: torch.Generator, *, random_init: bool = True, start: Tensor | None = None) -> Tensor:
+def pgd_examples(
+    module: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    steps: int,
+    alpha: float,
+    generator: torch.Generator,
+    *,
+    random_init: bool = True,
+    start: Tensor | None = None,
+) -> Tensor:
     """PGD on the cross-entropy (Madry et al.), parameters frozen: forward + input-backward per step.
 
     Starts from ``start`` (projected into the threat model) when given, else from a uniform random point
@@ -199,13 +209,13 @@ def pgd_examples(module: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, s
     return x_adv.detach()
 
 
-def _trades_examples(module: nn.Module, x: Tensor, threat: ThreatModel, steps: int, alpha: float,
-                     generator: torch.Generator) -> Tensor:
+def _trades_examples(
+    module: nn.Module, x: Tensor, threat: ThreatModel, steps: int, alpha: float, generator: torch.Generator
+) -> Tensor:
     """TRADES' inner maximisation: PGD on KL(f(x) || f(x')) from x + 0.001 N(0, 1)."""
     with _Frozen(module):
         p_clean = F.softmax(module(x), dim=1)
-        x_adv = threat.project(x, x + 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype,
-                                                                  device=x.device))
+        x_adv = threat.project(x, x + 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device))
         for _ in range(steps):
             x_adv.requires_grad_(True)
             kl = F.kl_div(F.log_softmax(module(x_adv), dim=1), p_clean, reduction="sum")
@@ -214,8 +224,9 @@ def _trades_examples(module: nn.Module, x: Tensor, threat: ThreatModel, steps: i
     return x_adv.detach()
 
 
-def _fgsm_rs(module: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, alpha: float,
-             generator: torch.Generator) -> Tensor:
+def _fgsm_rs(
+    module: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, alpha: float, generator: torch.Generator
+) -> Tensor:
     """Wong et al.'s FGSM with a uniform random start; the step may leave the ball and is projected back."""
     return pgd_examples(module, x, y, threat, 1, alpha, generator)
 
@@ -229,8 +240,9 @@ def _accuracy(module: nn.Module, x: Tensor, y: Tensor) -> float:
     return acc
 
 
-def _robust_accuracy(module: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, steps: int,
-                     generator: torch.Generator) -> float:
+def _robust_accuracy(
+    module: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, steps: int, generator: torch.Generator
+) -> float:
     adv = pgd_examples(module, x, y, threat, steps, 2.5 * float(threat.eps) / steps, generator)
     return _accuracy(module, adv, y)
 
@@ -241,10 +253,15 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def adversarial_train(model: TorchClassifier, data: Dataset, config: AdversarialTrainingConfig, *,
-                      from_scratch: bool = False, checkpoint: str | os.PathLike[str] | None = None,
-                      on_epoch: Callable[[dict[str, Any]], None] | None = None
-                      ) -> tuple[TorchClassifier, dict[str, Any]]:
+def adversarial_train(
+    model: TorchClassifier,
+    data: Dataset,
+    config: AdversarialTrainingConfig,
+    *,
+    from_scratch: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[TorchClassifier, dict[str, Any]]:
     """Adversarially train a copy of ``model`` on ``data``'s training split; return it and a record.
 
     The given model is not modified. ``from_scratch`` re-initialises the copy's parameters (seeded)
@@ -255,8 +272,10 @@ def adversarial_train(model: TorchClassifier, data: Dataset, config: Adversarial
     validate_inputs(model, data.x_train[:2], data.y_train[:2], name="the training data")
     n_total = int(data.x_train.shape[0])
     if config.holdout and n_total <= config.val_size + config.batch_size // 2:
-        raise UsageError(f"the training split has {n_total} inputs: too few for val_size={config.val_size} "
-                         f"held out and batches of {config.batch_size}")
+        raise UsageError(
+            f"the training split has {n_total} inputs: too few for val_size={config.val_size} "
+            f"held out and batches of {config.batch_size}"
+        )
     module = copy.deepcopy(model.module)
     if from_scratch:
         with torch.random.fork_rng(devices=[]):
@@ -269,13 +288,15 @@ def adversarial_train(model: TorchClassifier, data: Dataset, config: Adversarial
     g = torch.Generator().manual_seed(config.seed)
     perm = torch.randperm(n_total, generator=g)
     val_idx = perm[: config.val_size]
-    train_idx = perm[config.val_size:] if config.holdout else perm
+    train_idx = perm[config.val_size :] if config.holdout else perm
     x_tr, y_tr = data.x_train[train_idx], data.y_train[train_idx]
     x_val, y_val = data.x_train[val_idx], data.y_train[val_idx]
     params = [p for p in module.parameters()]
-    opt: torch.optim.Optimizer = (torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-                                  if config.optimizer == "adam" else
-                                  torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay))
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        if config.optimizer == "adam"
+        else torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    )
     settings = dataclasses.asdict(config) | {"from_scratch": bool(from_scratch), "train_inputs": int(x_tr.shape[0])}
     record: dict[str, Any] = {"config": settings, "epochs": [], "seconds": 0.0, "overfit_events": []}
     start_epoch, best = 0, (-1.0, None, 0)
@@ -314,7 +335,7 @@ def adversarial_train(model: TorchClassifier, data: Dataset, config: Adversarial
         order = torch.randperm(x_tr.shape[0], generator=g)
         total, seen = 0.0, 0
         for i in range(0, x_tr.shape[0], config.batch_size):
-            idx = order[i:i + config.batch_size]
+            idx = order[i : i + config.batch_size]
             if config.lr_schedule != "constant":
                 lr_now = config.lr_at((epoch + i / x_tr.shape[0]) / config.epochs) * lr_scale
                 for group in opt.param_groups:
@@ -342,9 +363,15 @@ def adversarial_train(model: TorchClassifier, data: Dataset, config: Adversarial
             seen += idx.numel()
         clean = _accuracy(module, x_val, y_val)
         robust = _robust_accuracy(module, x_val, y_val, eval_threat, config.eval_steps, g)
-        entry = {"epoch": epoch + 1, "eps": eps, "lr": opt.param_groups[0]["lr"], "loss": total / max(seen, 1),
-                 "val_clean_accuracy": clean,
-                 "val_robust_accuracy": robust, "seconds": round(time.perf_counter() - t0, 3)}
+        entry = {
+            "epoch": epoch + 1,
+            "eps": eps,
+            "lr": opt.param_groups[0]["lr"],
+            "loss": total / max(seen, 1),
+            "val_clean_accuracy": clean,
+            "val_robust_accuracy": robust,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         if config.defense == "fast-at" and best[0] >= 0 and robust < best[0] - config.overfit_drop:
             # catastrophic overfitting: PGD accuracy collapsed during this epoch
             event = {"epoch": epoch + 1, "val_robust_accuracy": robust, "best": best[0], "action": config.on_overfit}
@@ -372,11 +399,21 @@ def adversarial_train(model: TorchClassifier, data: Dataset, config: Adversarial
         record["epochs"].append(entry)
         record["seconds"] += entry["seconds"]
         if ck is not None:  # saved before the callback: an interruption there loses nothing
-            _save_checkpoint(ck, {"epoch": epoch, "model": module.state_dict(), "optimizer": opt.state_dict(),
-                                  "generator": g.get_state(), "record": json.dumps(record),
-                                  "settings": json.dumps(settings), "best_robust": best[0], "best_epoch": best[2],
-                                  **({"best_model": best[1]} if best[1] is not None else {}),
-                                  **({"prior": prior} if prior is not None else {})})
+            _save_checkpoint(
+                ck,
+                {
+                    "epoch": epoch,
+                    "model": module.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": g.get_state(),
+                    "record": json.dumps(record),
+                    "settings": json.dumps(settings),
+                    "best_robust": best[0],
+                    "best_epoch": best[2],
+                    **({"best_model": best[1]} if best[1] is not None else {}),
+                    **({"prior": prior} if prior is not None else {}),
+                },
+            )
         if on_epoch is not None:
             on_epoch(entry)
         epoch += 1
@@ -388,7 +425,12 @@ def adversarial_train(model: TorchClassifier, data: Dataset, config: Adversarial
     if record.get("stopped_early"):
         kept = [e for e in kept if e["epoch"] == record["restored_epoch"]] or kept
     record["final"] = kept[-1] if kept else {}
-    hardened = TorchClassifier(module, bounds=model.bounds, n_classes=model.n_classes,
-                               input_shape=tuple(model.input_shape), output=model.output)
+    hardened = TorchClassifier(
+        module,
+        bounds=model.bounds,
+        n_classes=model.n_classes,
+        input_shape=tuple(model.input_shape),
+        output=model.output,
+    )
     hardened.arch = getattr(model, "arch", None)
     return hardened, record
