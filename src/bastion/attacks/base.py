@@ -75,7 +75,7 @@ class AttackResult:
     @property
     def clean_accuracy(self) -> float:
         """Fraction of inputs classified correctly before the attack."""
-        return float(self.clean_correct.float().mean()) if self.y.numel() else float("nan")
+        return float(self.clean_correct.double().mean()) if self.y.numel() else float("nan")  # as metrics does
 
     @property
     def robust_accuracy(self) -> float:
