@@ -57,6 +57,13 @@ class ThreatModel:
             raise UsageError(f"bounds must be two finite numbers (low, high) with low < high, got {self.bounds!r}")
         object.__setattr__(self, "bounds", (lo, hi))
 
+    @property
+    def radius(self) -> float:
+        """``eps`` for an attack with a fixed budget; a minimum-norm threat model (eps None) has none."""
+        if self.eps is None:
+            raise UsageError("this attack needs a perturbation budget: give the threat model an eps")
+        return self.eps
+
     def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
         """Project ``x_adv`` onto the eps-ball around ``x`` intersected with the bounds."""
         return project(x, x_adv, self.norm, self.eps, self.bounds)

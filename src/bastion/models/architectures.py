@@ -69,7 +69,7 @@ def _mnist_cnn() -> nn.Module:
         nn.Linear(64 * 5 * 5, 128),
         nn.ReLU(),
         nn.Linear(128, 10),
-    ).to(memory_format=torch.channels_last)
+    ).to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch accepts it; its stubs do not
 
 
 def _cancer_mlp() -> nn.Module:

@@ -35,12 +35,19 @@ class Classifier(Protocol):
         n_queries: number of inputs passed through the model so far.
     """
 
-    n_classes: int
-    input_shape: tuple[int, ...]
-    bounds: tuple[float, float]
-    output: Output
-    white_box: bool
-    n_queries: int
+    # read-only in the protocol: a wrapper (:class:`~bastion.models.wrapped.WrappedClassifier`) delegates them
+    @property
+    def n_classes(self) -> int: ...
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+    @property
+    def bounds(self) -> tuple[float, float]: ...
+    @property
+    def output(self) -> Output: ...
+    @property
+    def white_box(self) -> bool: ...
+    @property
+    def n_queries(self) -> int: ...
 
     def logits(self, x: Tensor) -> Tensor:
         """Scores of shape (N, n_classes) for inputs of shape (N, *input_shape)."""

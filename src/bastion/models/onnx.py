@@ -24,7 +24,8 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(fl
 
 def _static(dims: list[object]) -> tuple[int, ...] | None:
     """The dims as ints when all are static positive integers, else None."""
-    return tuple(int(d) for d in dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
+    static = tuple(d for d in dims if isinstance(d, int) and d > 0)
+    return static if len(static) == len(dims) else None
 
 
 class OnnxClassifier(BaseClassifier):

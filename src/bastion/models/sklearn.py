@@ -9,6 +9,7 @@ function is rebuilt in torch, so gradient attacks apply exactly.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ class SklearnClassifier(BaseClassifier):
 
     def __init__(
         self,
-        estimator: object,
+        estimator: Any,
         *,
         input_shape: tuple[int, ...] | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),

@@ -53,4 +53,4 @@ class FGSM(Attack):
         loss = get_loss(self.loss)(as_logits(model.logits(xa), model.output), y, targets).sum()
         (g,) = torch.autograd.grad(loss, xa)
         budget.backward += int(x.shape[0])
-        return x + float(threat.eps) * ascent_direction(g, threat.norm)
+        return x + threat.radius * ascent_direction(g, threat.norm)

@@ -57,7 +57,7 @@ class MIFGSM(Attack):
         budget: Budget,
     ) -> Tensor:
         loss_fn = get_loss(self.loss)
-        alpha = float(threat.eps) / self.steps
+        alpha = threat.radius / self.steps
         momentum = torch.zeros_like(x)
         xa = x.clone()
         for _ in range(self.steps):

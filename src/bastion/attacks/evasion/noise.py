@@ -76,7 +76,7 @@ class RandomNoise(Attack):
                 active = torch.nonzero(~done).flatten()
                 if active.numel() == 0:
                     break
-                cand = (x[active] + self._draw(x[active], threat.norm, float(threat.eps), generator)).clamp(lo, hi)
+                cand = (x[active] + self._draw(x[active], threat.norm, threat.radius, generator)).clamp(lo, hi)
                 ta = targets[active] if targets is not None else None
                 fooled = is_adversarial(model.logits(cand), y[active], ta)
                 queries[active] += 1

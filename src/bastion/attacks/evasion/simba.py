@@ -28,6 +28,7 @@ and ``extra["query_success"]`` whether the search fooled it; they sum to ``Attac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -95,7 +96,9 @@ class SimBA(Attack):
         self.max_queries = int(max_queries)
 
     # -- the basis ------------------------------------------------------------------------
-    def _basis(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[Tensor, object]:
+    def _basis(
+        self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """(coordinates searched, as flat indices into a coefficient tensor of ``shape``; map to input space)."""
         if self.basis == "pixel":
             return torch.arange(math.prod(shape), device=device), lambda c: c

@@ -163,7 +163,7 @@ class Square(Attack):
                 f"the L2 Square attack needs image inputs (C, H, W) with H, W >= 2, got {tuple(x.shape[1:])}: "
                 "use norm='linf' or the 'simba' attack"
             )
-        eps = float(threat.eps)
+        eps = threat.radius
         lo, hi = threat.bounds
         init = self._init_linf if threat.norm == "linf" else self._init_l2
         step = self._step_linf if threat.norm == "linf" else self._step_l2

@@ -190,7 +190,7 @@ class TransferAttack(Attack):
         copies = [x]
         for _ in range(self.n_augment):
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
-            copies.append(threat.project(x, x + u * float(threat.eps)))
+            copies.append(threat.project(x, x + u * threat.radius))
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device))
         return train_surrogate(model, torch.cat(copies), epochs=self.surrogate_epochs, seed=seed)
 

@@ -112,7 +112,7 @@ class ActivationDetector(FeatureDetector):
     def layer_scores(self, x: Tensor) -> Tensor:
         """Standardised per-layer scores (N, L) (no gradients), columns in the order of ``layers_``."""
         model = self._model_features()
-        validate_inputs(model, x, name="inputs")
+        validate_inputs(self.model_, x, name="inputs")
         if x.shape[0] == 0:
             return x.new_zeros(0, len(self.layers_))
         feats = model.features(x, self.layers_, pool=self.pool, batch_size=self.batch_size)

@@ -182,7 +182,7 @@ class DetectorAwarePGD(Attack):
         det = model.detector
         thr, scale = float(det.threshold_), float(det.scale_)
         tol = 1e-4 * scale  # success needs a hair of room (batching changes the last bits of logits and scores)
-        eps = float(threat.eps)
+        eps = threat.radius
         x_cur = threat.project(x, random_start(x, threat.norm, eps, generator)) if rand else x.clone()
         best, done = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         lam = torch.full((x.shape[0],), self.lam, device=x.device, dtype=x.dtype)

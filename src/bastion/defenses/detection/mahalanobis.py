@@ -134,5 +134,5 @@ class MahalanobisDetector(FeatureDetector):
     def features(self, x: Tensor) -> Tensor:
         """The fitted layer's pooled features (N, d) (no gradients)."""
         model = self._model_features()
-        validate_inputs(model, x, name="inputs")
+        validate_inputs(self.model_, x, name="inputs")
         return model.features(x, self.layers_, pool=self.pool, batch_size=self.batch_size)[0]
