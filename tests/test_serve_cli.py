@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from serve_helpers import free_port
 
 BASTION = str(Path(sys.executable).parent / "bastion")
@@ -45,11 +46,28 @@ def test_serve_answers_and_refuses_bad_settings(tmp_path, mnist):
     cfg.write_text('[ood]\naction = "explode"\n')
     bad = run("serve", "--model", "zoo:mnist-cnn", "--db", db, "--config", str(cfg), env=env)
     assert bad.returncode == 2 and "ood.action" in bad.stderr
-    cfg.write_text('[confidence]\ntarget_risk = 0.01\n[limits]\nmax_batch = 8\n')
+    cfg.write_text("[confidence]\ntarget_risk = 0.01\n[limits]\nmax_batch = 8\n")
     port = free_port()
-    proc = subprocess.Popen([BASTION, "serve", "--model", "zoo:mnist-cnn", "--reference", "mnist5k", "--db", db,
-                             "--config", str(cfg), "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            BASTION,
+            "serve",
+            "--model",
+            "zoo:mnist-cnn",
+            "--reference",
+            "mnist5k",
+            "--db",
+            db,
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -61,15 +79,23 @@ def test_serve_answers_and_refuses_bad_settings(tmp_path, mnist):
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "bastion serve did not come up"
             time.sleep(0.3)
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", json={"inputs": mnist.x_test[:3].tolist()},
-                       headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/predict",
+            json={"inputs": mnist.x_test[:3].tolist()},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
         assert r.status_code == 200 and len(r.json()["results"]) == 3
         spec = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=10).json()
         assert "/v1/predict" in spec["paths"] and "/dashboard" in spec["paths"]
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", json={"inputs": mnist.x_test[:9].tolist()},
-                       headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/predict",
+            json={"inputs": mnist.x_test[:9].tolist()},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
         assert r.status_code == 413  # the config's batch limit applies
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert "Traceback" not in err, err[-2000:]

@@ -99,9 +99,14 @@ class GuardConfig:
         _prob(d.alpha, "drift.alpha")
         if e.delta is not None:
             _prob(e.delta, "extraction.delta")
-        for name, v, lo in (("drift.window", d.window, 10), ("drift.permutations", d.permutations, 19),
-                            ("extraction.budget", e.budget, 0), ("limits.max_batch", lim.max_batch, 1),
-                            ("limits.max_body_bytes", lim.max_body_bytes, 1024), ("limits.burst", lim.burst, 1)):
+        for name, v, lo in (
+            ("drift.window", d.window, 10),
+            ("drift.permutations", d.permutations, 19),
+            ("extraction.budget", e.budget, 0),
+            ("limits.max_batch", lim.max_batch, 1),
+            ("limits.max_body_bytes", lim.max_body_bytes, 1024),
+            ("limits.burst", lim.burst, 1),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise UsageError(f"{name} must be an integer >= {lo}, got {v!r}")
         for name, v in (("limits.rate", lim.rate), ("limits.throttled_rate", lim.throttled_rate)):
@@ -122,8 +127,13 @@ def _prob(v: Any, name: str) -> None:
         raise UsageError(f"{name} must be a number strictly between 0 and 1, got {v!r}")
 
 
-_SECTIONS = {"confidence": ConfidenceConfig, "ood": OodConfig, "drift": DriftConfig,
-             "extraction": ExtractionConfig, "limits": LimitsConfig}
+_SECTIONS = {
+    "confidence": ConfidenceConfig,
+    "ood": OodConfig,
+    "drift": DriftConfig,
+    "extraction": ExtractionConfig,
+    "limits": LimitsConfig,
+}
 
 
 def load_config(path: str | Path | None = None, **overrides: dict[str, Any]) -> GuardConfig:
@@ -149,7 +159,8 @@ def load_config(path: str | Path | None = None, **overrides: dict[str, Any]) -> 
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise UsageError(f"--config: unknown key(s) {', '.join(unknown)} in [{section}]: "
-                             f"known are {', '.join(sorted(known))}")
+            raise UsageError(
+                f"--config: unknown key(s) {', '.join(unknown)} in [{section}]: known are {', '.join(sorted(known))}"
+            )
         kwargs[section] = cls(**values)
     return GuardConfig(**kwargs)

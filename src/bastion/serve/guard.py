@@ -57,10 +57,15 @@ class RiskCoverage:
 
     def to_dict(self, points: int = 200) -> dict[str, Any]:
         step = max(1, len(self.coverage) // points)
-        return {"target_risk": self.target_risk, "threshold": self.threshold,
-                "coverage_at_threshold": self.chosen_coverage, "risk_at_threshold": self.chosen_risk,
-                "thresholds": self.thresholds[::step],
-                "coverage": self.coverage[::step], "risk": self.risk[::step]}
+        return {
+            "target_risk": self.target_risk,
+            "threshold": self.threshold,
+            "coverage_at_threshold": self.chosen_coverage,
+            "risk_at_threshold": self.chosen_risk,
+            "thresholds": self.thresholds[::step],
+            "coverage": self.coverage[::step],
+            "risk": self.risk[::step],
+        }
 
 
 def risk_coverage(confidence: Tensor, correct: Tensor, target_risk: float) -> RiskCoverage:
@@ -106,8 +111,16 @@ class Guard:
     inputs of its training split. The second half of the test split is never used here.
     """
 
-    def __init__(self, model: Any, reference: Any, config: GuardConfig | None = None, *, detector: Any = None,
-                 seed: int = 0, max_batch_inputs: int = 256) -> None:
+    def __init__(
+        self,
+        model: Any,
+        reference: Any,
+        config: GuardConfig | None = None,
+        *,
+        detector: Any = None,
+        seed: int = 0,
+        max_batch_inputs: int = 256,
+    ) -> None:
         from ..models.base import validate_inputs
         from .drift import DriftMonitor
         from .extraction import ExtractionMonitor
@@ -124,8 +137,10 @@ class Guard:
         # held-out split (confidence on training data would be over-optimistic); the second half stays unseen
         n_cal = int(reference.x_test.shape[0]) // 2
         if n_cal < 20 or x_ref.shape[0] < 2 * self.n_classes:
-            raise UsageError(f"the reference data is too small to fit the detector and calibrate thresholds: give at "
-                             f"least {2 * self.n_classes} training and 40 held-out inputs")
+            raise UsageError(
+                f"the reference data is too small to fit the detector and calibrate thresholds: give at "
+                f"least {2 * self.n_classes} training and 40 held-out inputs"
+            )
         x_cal, y_cal = reference.x_test[:n_cal], reference.y_test[:n_cal]
         n = int(x_ref.shape[0])
         from ..models.features import HasFeatures
@@ -142,7 +157,7 @@ class Guard:
             self.detector.calibrate(x_cal, fpr=self.config.ood.fpr)
         else:
             self.detector = None  # no features to read: the OOD signal is off (said in /v1/admin/config)
-        logits, feats, ood = self.forward(x_cal)
+        logits, _feats, _ood = self.forward(x_cal)
         p = torch.softmax(logits.double(), dim=1)
         conf, pred = p.max(dim=1)
         self.risk_coverage = risk_coverage(conf, pred == y_cal, self.config.confidence.target_risk)
@@ -152,19 +167,31 @@ class Guard:
         g = torch.Generator().manual_seed(seed)
         sub = x_ref[torch.randperm(n, generator=g)[:2000]]
         ref_feats = self.forward(sub)[1] if test == "mmd" else sub.flatten(1)
-        self.drift = DriftMonitor(ref_feats, test=test, window=self.config.drift.window,
-                                  alpha=self.config.drift.alpha, permutations=self.config.drift.permutations, seed=seed)
+        self.drift = DriftMonitor(
+            ref_feats,
+            test=test,
+            window=self.config.drift.window,
+            alpha=self.config.drift.alpha,
+            permutations=self.config.drift.permutations,
+            seed=seed,
+        )
         self.drift_test = test
         ext_kwargs: dict[str, Any] = {"budget": self.config.extraction.budget or None}
         if self.config.extraction.delta is not None:
             ext_kwargs["delta"] = self.config.extraction.delta
         self.extraction = ExtractionMonitor(**ext_kwargs)
         self._ext_lock = threading.Lock()  # the worker updates it while request handlers read it
-        self.calibration = {"reference": getattr(reference, "name", "?"), "fit_inputs": n, "calibration_inputs": n_cal,
-                            "ood_threshold": getattr(self.detector, "threshold_", None),
-                            "confidence_threshold": self.risk_coverage.threshold,
-                            "coverage": self.risk_coverage.chosen_coverage, "risk": self.risk_coverage.chosen_risk,
-                            "drift_test": test, "seconds": round(time.perf_counter() - t0, 3)}
+        self.calibration = {
+            "reference": getattr(reference, "name", "?"),
+            "fit_inputs": n,
+            "calibration_inputs": n_cal,
+            "ood_threshold": getattr(self.detector, "threshold_", None),
+            "confidence_threshold": self.risk_coverage.threshold,
+            "coverage": self.risk_coverage.chosen_coverage,
+            "risk": self.risk_coverage.chosen_risk,
+            "drift_test": test,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         self.ood_scores: list[float] = []  # recent scores, for the dashboard's histogram
         self.drift_events: list[dict[str, Any]] = []
         self.client_events: list[dict[str, Any]] = []
@@ -183,7 +210,7 @@ class Guard:
         """Logits (N, C), features (N, d) and OOD scores (N,) (None without a detector), in batches."""
         outs_z, outs_f, outs_s = [], [], []
         for i in range(0, x.shape[0], 500):
-            xb = x[i:i + 500]
+            xb = x[i : i + 500]
             if self.detector is not None:
                 z, f, s = self._forward_with_detector(xb)
                 outs_s.append(s.float())
@@ -201,10 +228,11 @@ class Guard:
         if isinstance(self.detector, FeatureDetector):
             layers = list(self.detector.layers_)
             extra = self._feature_layer not in layers
-            z, feats = self.model.logits_and_features(x, layers + [self._feature_layer] if extra else layers,
-                                                      pool=self.detector.pool)
+            z, feats = self.model.logits_and_features(
+                x, [*layers, self._feature_layer] if extra else layers, pool=self.detector.pool
+            )
             f = feats[-1] if extra else feats[layers.index(self._feature_layer)]
-            return z, f, self.detector.score_features(feats[:len(layers)])
+            return z, f, self.detector.score_features(feats[: len(layers)])
         z, (f,) = self.model.logits_and_features(x, [self._feature_layer])
         return z, f, self.detector.score(x)
 
@@ -261,7 +289,7 @@ class Guard:
                 for callback in self.on_drift:
                     try:
                         callback(w)
-                    except Exception:  # noqa: BLE001 - a failing listener must not stop the monitor
+                    except Exception:
                         logging.getLogger("bastion.serve").exception("drift listener failed")
                 with self._drift_lock:
                     self._published.append(w)
@@ -335,23 +363,37 @@ class Guard:
                         abstain |= cfg.ood.action == "abstain"
                 policy = {"low_confidence": cfg.confidence.action, "ood": cfg.ood.action}
                 flagged = [r for r in reasons if policy[r] != "answer"]
-                results.append({"label": None if abstain else int(labels[i]),
-                                "probabilities": [round(v, 6) for v in probs[i].tolist()],
-                                "abstain": abstain, "reasons": flagged, "scores": scores,
-                                "action": "abstain" if abstain else ("flag" if flagged else "answer")})
+                results.append(
+                    {
+                        "label": None if abstain else int(labels[i]),
+                        "probabilities": [round(v, 6) for v in probs[i].tolist()],
+                        "abstain": abstain,
+                        "reasons": flagged,
+                        "scores": scores,
+                        "action": "abstain" if abstain else ("flag" if flagged else "answer"),
+                    }
+                )
             j.future.set_result((results, status))
 
     # -- views ------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "calibration": self.calibration,
-                "input_shape": list(self.input_shape), "bounds": list(self.bounds), "n_classes": self.n_classes,
-                "ood_signal": self.detector is not None,
-                "detector": repr(self.detector) if self.detector is not None else None}
+        return {
+            "config": self.config.to_dict(),
+            "calibration": self.calibration,
+            "input_shape": list(self.input_shape),
+            "bounds": list(self.bounds),
+            "n_classes": self.n_classes,
+            "ood_signal": self.detector is not None,
+            "detector": repr(self.detector) if self.detector is not None else None,
+        }
 
     def ood_histogram(self, bins: int = 30) -> dict[str, Any]:
         if not self.ood_scores:
             return {"edges": [], "counts": [], "threshold": getattr(self.detector, "threshold_", None)}
         s = np.asarray(self.ood_scores)
         counts, edges = np.histogram(s, bins=bins)
-        return {"edges": edges.tolist(), "counts": counts.tolist(),
-                "threshold": getattr(self.detector, "threshold_", None)}
+        return {
+            "edges": edges.tolist(),
+            "counts": counts.tolist(),
+            "threshold": getattr(self.detector, "threshold_", None),
+        }

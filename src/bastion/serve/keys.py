@@ -46,7 +46,7 @@ def parse_key(key: str) -> tuple[str, str] | None:
     """``(id, secret)`` of a well-formed key, else None."""
     if not isinstance(key, str) or not key.startswith(_PREFIX) or len(key) > 200:
         return None
-    parts = key[len(_PREFIX):].split("_", 1)
+    parts = key[len(_PREFIX) :].split("_", 1)
     if len(parts) != 2 or len(parts[0]) != 12 or not parts[1]:
         return None
     return parts[0], parts[1]
@@ -59,8 +59,17 @@ def create_key(store: Store, role: str, label: str = "") -> tuple[str, KeyInfo]:
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
-    store.add_key({"id": key_id, "salt": salt, "digest": _digest(salt, secret), "role": role,
-                   "label": str(label)[:200], "created_at": time.time(), "revoked_at": None})
+    store.add_key(
+        {
+            "id": key_id,
+            "salt": salt,
+            "digest": _digest(salt, secret),
+            "role": role,
+            "label": str(label)[:200],
+            "created_at": time.time(),
+            "revoked_at": None,
+        }
+    )
     return f"{_PREFIX}{key_id}_{secret}", KeyInfo(key_id, role, str(label))
 
 

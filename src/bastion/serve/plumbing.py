@@ -75,8 +75,9 @@ class BodyLimit:
                 await _send_json(send, 400, {"detail": "invalid Content-Length header"})
                 return
             if size > self.max_bytes:
-                await _send_json(send, 413, {"detail": f"request body of {size} bytes exceeds the limit of "
-                                                       f"{self.max_bytes} bytes"})
+                await _send_json(
+                    send, 413, {"detail": f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"}
+                )
                 return
             await self.app(scope, receive, send)
             return
@@ -98,8 +99,13 @@ class BodyLimit:
 
 async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -120,5 +126,5 @@ class Events:
                     ts, k, d = self.pending[0]
                     self.store.add_event(k, d, ts=ts)
                     self.pending.popleft()
-            except Exception:  # noqa: BLE001 - the store is down: keep them for later
+            except Exception:  # noqa: BLE001, S110 - the store is down: keep them for the next add
                 pass
