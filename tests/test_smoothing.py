@@ -264,18 +264,31 @@ def test_memory_does_not_grow_with_n():
 
 
 # -- the certificate holds ------------------------------------------------------------------------------------------
-@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(i=st.integers(min_value=0, max_value=359), steps=st.sampled_from([10, 20]))
-def test_no_pgd_example_inside_a_certified_radius(digits, noisy_mlp, i, steps):
-    s = smooth(noisy_mlp, n=2000, n_logits=16, seed=i)
-    x = digits.x_test[i : i + 1]
-    label, radius = s.certify(x)
-    if int(label) == ABSTAIN:
-        return
-    res = PGD(eps=float(radius), norm="l2", steps=steps, early_stop=False, seed=i)(_soft(s), x, label)
-    assert float((res.x_adv - x).norm()) <= float(radius) + 1e-5
-    after = int(s.predict(res.x_adv, n=2000))
-    assert after in (int(label), ABSTAIN)
+def test_no_pgd_example_inside_a_certified_radius(digits, noisy_mlp):
+    """PGD-L2 at the certified radius (against the soft smoothed logits) never changes PREDICT to another class.
+    An abstention leaves nothing to check: the cases that ran are counted, so a certifier that abstains
+    everywhere (or a search that draws only abstentions) fails instead of passing vacuously."""
+    certified: list[int] = []
+
+    @settings(
+        max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(i=st.integers(min_value=0, max_value=359), steps=st.sampled_from([10, 20]))
+    def check(i, steps):
+        s = smooth(noisy_mlp, n=2000, n_logits=16, seed=i)
+        x = digits.x_test[i : i + 1]
+        label, radius = s.certify(x)
+        if int(label) == ABSTAIN:
+            return
+        res = PGD(eps=float(radius), norm="l2", steps=steps, early_stop=False, seed=i)(_soft(s), x, label)
+        assert float((res.x_adv - x).norm()) <= float(radius) + 1e-5
+        after = int(s.predict(res.x_adv, n=2000))
+        assert after in (int(label), ABSTAIN)
+        certified.append(i)
+
+    check()
+    # measured: all 8 drawn inputs are certified (radii 0.01-0.60); the noise-trained model rarely abstains
+    assert len(certified) >= 5, f"only {len(certified)} of 8 cases had a certificate to attack: {certified}"
 
 
 def _soft(s: SmoothedClassifier) -> Classifier:

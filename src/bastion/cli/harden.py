@@ -1,157 +1,238 @@
 """``bastion harden``: adversarial training and Gaussian-noise training from the command line (registered by
-:mod:`bastion.cli`)."""
+:mod:`bastion.cli`). The work is the library's (:func:`bastion.defenses.training.adversarial_train`,
+:func:`bastion.defenses.certification.gaussian_harden`, :func:`bastion.training.save_trained`); this module
+checks the options, shows progress and prints the result."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from ..errors import UsageError
+from .common import INPUT_SHAPE_HELP, LABEL_COLUMN_HELP, N_CLASSES_HELP, load_data_option, load_model_option
 from .common import log as _log
 from .common import refuse as _fail
 
+# the options, named once: the command's signature stays one line per option
+MODEL = typer.Option(
+    ..., "--model", "-m", help="The torch model to harden: zoo:NAME, a .safetensors file, or module:function."
+)
+DATA = typer.Option(
+    ..., "--data", "-d", help="Built-in dataset name or a .npz/.csv file or image folder (its training split is used)."
+)
+DEFENSE = typer.Option(
+    ...,
+    "--defense",
+    help="pgd-at (Madry et al.), trades (Zhang et al.), fast-at (one FGSM step per epoch; see --fast-init), or gaussian (noise training for randomized smoothing, Cohen et al.).",
+)
+SIGMA = typer.Option(None, "--sigma", help="With --defense gaussian: the noise level (input units).")
+OUT = typer.Option(..., "--out", "-o", help="Output .safetensors file; loads back with --model OUT anywhere.")
+EPS = typer.Option(0.3, "--eps", help="Perturbation budget trained against (input units).")
+NORM = typer.Option("linf", "--norm", help="linf or l2.")
+EPOCHS = typer.Option(10, "--epochs", help="Training epochs.")
+BATCH_SIZE = typer.Option(128, "--batch-size", help="Training batch size.")
+LR = typer.Option(1e-3, "--lr", help="Learning rate (Adam).")
+STEPS = typer.Option(10, "--steps", help="Inner attack steps (pgd-at, trades).")
+STEP_SIZE = typer.Option(
+    None,
+    "--step-size",
+    help="Inner attack step (default 2.5*eps/steps; fast-at eps/4 with --fast-init prior, 1.25*eps with random).",
+)
+LR_SCHEDULE = typer.Option(
+    "constant",
+    "--lr-schedule",
+    help="constant, cosine (decay to 0) or cyclic (Wong et al.'s triangle, peak --lr at 40%).",
+)
+HOLDOUT = typer.Option(
+    True,
+    "--holdout/--no-holdout",
+    help="Keep the 256 monitoring inputs out of training (default), or train on every input and monitor 256 of them.",
+)
+FAST_INIT = typer.Option(
+    "prior",
+    "--fast-init",
+    help="fast-at's start: prior (each example's perturbation from its previous epoch; ATTA, Zheng et al. 2020) or random (uniform, Wong et al. 2020).",
+)
+BETA = typer.Option(6.0, "--beta", help="TRADES' robustness weight.")
+EPS_WARMUP = typer.Option(0, "--eps-warmup", help="Epochs over which eps ramps up linearly from 0.")
+FROM_SCRATCH = typer.Option(
+    False, "--from-scratch", help="Re-initialise the weights (seeded) instead of fine-tuning them."
+)
+CHECKPOINT = typer.Option(
+    None, "--checkpoint", help="Checkpoint file written every epoch; the same command resumes from it."
+)
+RECORD = typer.Option(None, "--record", help="JSON training record (default: OUT with .json).")
+ARCH = typer.Option(
+    None, "--arch", help="Architecture name (for weights-only files, and to name the output's architecture)."
+)
+INPUT_SHAPE = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP)
+N_CLASSES = typer.Option(None, "--n-classes", help=N_CLASSES_HELP)
+LABEL_COLUMN = typer.Option(None, "--label-column", help=LABEL_COLUMN_HELP)
+SEED = typer.Option(0, "--seed", help="Seed for shuffling, random starts, noise and --from-scratch initialisation.")
+JSON_OUT = typer.Option(False, "--json", help="Print exactly one JSON object (the training record).")
 
-def _harden_gaussian(
-    clf: Any,
-    ds: Any,
-    sigma: float,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    out: str,
-    record: str | None,
-    arch: str,
+
+def _check_options(
+    defense: str, sigma: float | None, out: str, paths: dict[str, str | None], lr_schedule: str, fast_init: str
+) -> str:
+    """Refuse what would fail after the training (an unknown name, a missing sigma, an unusable output path);
+    return the defence's canonical name."""
+    import difflib
+
+    from ..defenses.training import FAST_INITS, LR_SCHEDULES, adversarial_defenses
+    from ..training import TRAINING_STEPS
+
+    choices = (*adversarial_defenses(), "gaussian")
+    name = TRAINING_STEPS.canonical(defense)
+    if name not in choices:
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(f"--defense: unknown defense {defense!r}{hint}; choose one of {', '.join(choices)}")
+    if lr_schedule not in LR_SCHEDULES:
+        _fail(f"--lr-schedule: unknown schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if fast_init not in FAST_INITS:
+        _fail(f"--fast-init: unknown start {fast_init!r}; choose one of {', '.join(FAST_INITS)}")
+    if name == "gaussian" and (sigma is None or not sigma > 0):
+        _fail("--defense gaussian needs --sigma > 0 (the noise level the model will be smoothed with)")
+    if not out.endswith(".safetensors"):
+        _fail(f"--out must end with .safetensors, got {out!r}")
+    for option, path in {"--out": out, **paths}.items():
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            _fail(f"{option}: {path} is a directory")
+        parent = next(q for q in Path(path).absolute().parents if q.exists())
+        if not parent.is_dir():
+            _fail(f"{option}: {parent} is a file, not a folder")
+    return name
+
+
+def _load(
     model: str,
     data: str,
+    arch: str | None,
+    input_shape: str | None,
+    n_classes: int | None,
+    label_column: str | None,
     as_json: bool,
-) -> None:
-    """Gaussian-noise training (Cohen et al. 2019): the base model randomized smoothing needs."""
-    import copy
-    import time
+) -> tuple[Any, Any, str]:
+    """The torch model, the dataset and the architecture name the output will be saved under."""
+    from ..models.torch import TorchClassifier
 
-    import torch
+    log = None if as_json else _log
+    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=log)
+    if not isinstance(clf, TorchClassifier):
+        _fail(
+            f"--model: {model} is not a torch model ({type(clf).__name__}); adversarial training needs gradients "
+            "and weights to update"
+        )
+    arch_name = arch or clf.arch
+    if arch_name is None:
+        _fail(
+            "--arch: the model's architecture is not known (a factory or TorchScript model); name the registered "
+            "architecture its weights fit so the output loads back"
+        )
+    ds = load_data_option(data, label_column=label_column, log=log)
+    if tuple(ds.input_shape) != tuple(clf.input_shape):
+        _fail(
+            f"--data: {data} has inputs of shape {tuple(ds.input_shape)} but the model expects {tuple(clf.input_shape)}"
+        )
+    return clf, ds, arch_name
 
-    from ..defenses.certification import train_with_noise
-    from ..models.training import accuracy
 
-    module = copy.deepcopy(clf.module)
-    start = time.perf_counter()
-    epochs_done: list[dict[str, Any]] = []
+@contextlib.contextmanager
+def _epoch_display(title: str, epochs: int, as_json: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """An ``on_epoch`` callback that prints each adversarial-training epoch (under a rich bar on a terminal)."""
+    import sys
 
-    def on_epoch(epoch: int, loss: float) -> None:
-        epochs_done.append({"epoch": epoch + 1, "loss": loss})
-        if not as_json:
-            _log(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}")
-
-    train_with_noise(
-        module, ds.x_train, ds.y_train, sigma, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, on_epoch=on_epoch
-    )
-    g = torch.Generator().manual_seed(seed)
-    noisy = ds.x_test + sigma * torch.randn(ds.x_test.shape, generator=g)
-    rec = {
-        "config": {
-            "defense": "gaussian",
-            "sigma": sigma,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-        },
-        "epochs": epochs_done,
-        "seconds": round(time.perf_counter() - start, 3),
-        "test_accuracy": accuracy(module, ds.x_test, ds.y_test),
-        "test_accuracy_under_noise": accuracy(module, noisy, ds.y_test),
-        "model": model,
-        "data": data,
-        "arch": arch,
-        "out": out,
-    }
-    rec_path = _write_hardened(module, out, arch, rec, record)
-    if as_json:
-        typer.echo(json.dumps(rec))
-    else:
-        typer.echo(
-            f"saved {out} (gaussian noise, sigma={sigma:g}, {epochs} epochs, {rec['seconds']:.1f} s): test "
-            f"accuracy {rec['test_accuracy']:.3f}, under noise {rec['test_accuracy_under_noise']:.3f}; "
-            f"audit it with --smooth {sigma:g}; record {rec_path}"
+    def line(entry: dict[str, Any]) -> str:
+        flag = "  catastrophic overfitting" if entry.get("catastrophic_overfitting") else ""
+        return (
+            f"epoch {entry['epoch']}/{epochs}  loss {entry['loss']:.4f}  clean {entry['val_clean_accuracy']:.3f}  "
+            f"robust {entry['val_robust_accuracy']:.3f}  ({entry['seconds']:.1f} s){flag}"
         )
 
+    if as_json:
+        yield lambda entry: None
+        return
+    if not sys.stderr.isatty():
+        yield lambda entry: _log(line(entry))
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-def _write_hardened(module: Any, out: str, arch: str | None, rec: dict, record: str | None) -> str:
-    """Write a hardened model as safetensors (the training record in its metadata) and the JSON record;
-    return the record's path."""
-    from pathlib import Path
+    columns = (TextColumn("clean {task.fields[clean]:.3f}  robust {task.fields[robust]:.3f}"), TimeElapsedColumn())
+    with Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), *columns, transient=True) as bar:
+        task = bar.add_task("epochs", total=epochs, clean=float("nan"), robust=float("nan"))
 
-    from ..models.loading import save_model
+        def show(entry: dict[str, Any]) -> None:
+            bar.console.print(line(entry), markup=False, highlight=False)
+            clean, robust = entry["val_clean_accuracy"], entry["val_robust_accuracy"]
+            bar.update(task, completed=entry["epoch"], clean=clean, robust=robust)
 
-    save_model(module, out, arch=arch, metadata={"bastion_defense": rec["config"], "bastion_record": rec})
-    rec_path = Path(record) if record else Path(out).with_suffix(".json")
-    rec_path.write_text(json.dumps(rec, indent=1), encoding="utf-8")
-    return str(rec_path)
+        yield show
+
+
+def _adversarial(clf: Any, ds: Any, config: Any, from_scratch: bool, checkpoint: str | None, as_json: bool) -> Any:
+    """Adversarial training with progress; on Ctrl-C, say how to resume."""
+    from ..defenses.training import adversarial_train
+
+    try:
+        with _epoch_display(f"{config.defense} eps={config.eps}", config.epochs, as_json) as show:
+            return adversarial_train(clf, ds, config, from_scratch=from_scratch, checkpoint=checkpoint, on_epoch=show)
+    except KeyboardInterrupt:
+        typer.echo(
+            "\ninterrupted" + (f": run the same command to resume from {checkpoint}" if checkpoint else ""), err=True
+        )
+        raise typer.Exit(130) from None
+
+
+def _summary(rec: dict[str, Any], out: str, rec_path: Path) -> str:
+    cfg = rec["config"]
+    if cfg["defense"] == "gaussian":
+        return (
+            f"saved {out} (gaussian noise, sigma={cfg['sigma']:g}, {cfg['epochs']} epochs, {rec['seconds']:.1f} s): "
+            f"test accuracy {rec['test_accuracy']:.3f}, under noise {rec['test_accuracy_under_noise']:.3f}; "
+            f"audit it with --smooth {cfg['sigma']:g}; record {rec_path}"
+        )
+    fin = rec["final"]
+    return (
+        f"saved {out} ({cfg['defense']}, eps={cfg['eps']}, {len(rec['epochs'])} epochs, {rec['seconds']:.1f} s): "
+        f"held-out clean {fin.get('val_clean_accuracy', float('nan')):.3f}, PGD-{cfg['eval_steps']} robust "
+        f"{fin.get('val_robust_accuracy', float('nan')):.3f}; record {rec_path}"
+    )
 
 
 def harden(
-    model: str = typer.Option(
-        ..., "--model", "-m", help="The torch model to harden: zoo:NAME, a .safetensors file, or module:function."
-    ),
-    data: str = typer.Option(
-        ...,
-        "--data",
-        "-d",
-        help="Built-in dataset name or a .npz/.csv file or image folder (its training split is used).",
-    ),
-    defense: str = typer.Option(
-        ...,
-        "--defense",
-        help="pgd-at (Madry et al.), trades (Zhang et al.), fast-at (one FGSM step per epoch; see --fast-init), or gaussian (noise training for randomized smoothing, Cohen et al.).",
-    ),
-    sigma: float | None = typer.Option(None, "--sigma", help="With --defense gaussian: the noise level (input units)."),
-    out: str = typer.Option(..., "--out", "-o", help="Output .safetensors file; loads back with --model OUT anywhere."),
-    eps: float = typer.Option(0.3, "--eps", help="Perturbation budget trained against (input units)."),
-    norm: str = typer.Option("linf", "--norm", help="linf or l2."),
-    epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Training batch size."),
-    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (Adam)."),
-    steps: int = typer.Option(10, "--steps", help="Inner attack steps (pgd-at, trades)."),
-    step_size: float | None = typer.Option(
-        None,
-        "--step-size",
-        help="Inner attack step (default 2.5*eps/steps; fast-at eps/4 with --fast-init prior, 1.25*eps with random).",
-    ),
-    lr_schedule: str = typer.Option(
-        "constant",
-        "--lr-schedule",
-        help="constant, cosine (decay to 0) or cyclic (Wong et al.'s triangle, peak --lr at 40%).",
-    ),
-    holdout: bool = typer.Option(
-        True,
-        "--holdout/--no-holdout",
-        help="Keep the 256 monitoring inputs out of training (default), or train on every input and monitor 256 of them.",
-    ),
-    fast_init: str = typer.Option(
-        "prior",
-        "--fast-init",
-        help="fast-at's start: prior (each example's perturbation from its previous epoch; ATTA, Zheng et al. 2020) or random (uniform, Wong et al. 2020).",
-    ),
-    beta: float = typer.Option(6.0, "--beta", help="TRADES' robustness weight."),
-    eps_warmup: int = typer.Option(0, "--eps-warmup", help="Epochs over which eps ramps up linearly from 0."),
-    from_scratch: bool = typer.Option(
-        False, "--from-scratch", help="Re-initialise the weights (seeded) instead of fine-tuning them."
-    ),
-    checkpoint: str | None = typer.Option(
-        None, "--checkpoint", help="Checkpoint file written every epoch; the same command resumes from it."
-    ),
-    record: str | None = typer.Option(None, "--record", help="JSON training record (default: OUT with .json)."),
-    arch: str | None = typer.Option(
-        None, "--arch", help="Architecture name (for weights-only files, and to name the output's architecture)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed for shuffling, random starts and --from-scratch initialisation."),
-    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object (the training record)."),
+    model: str = MODEL,
+    data: str = DATA,
+    defense: str = DEFENSE,
+    sigma: float | None = SIGMA,
+    out: str = OUT,
+    eps: float = EPS,
+    norm: str = NORM,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LR,
+    steps: int = STEPS,
+    step_size: float | None = STEP_SIZE,
+    lr_schedule: str = LR_SCHEDULE,
+    holdout: bool = HOLDOUT,
+    fast_init: str = FAST_INIT,
+    beta: float = BETA,
+    eps_warmup: int = EPS_WARMUP,
+    from_scratch: bool = FROM_SCRATCH,
+    checkpoint: str | None = CHECKPOINT,
+    record: str | None = RECORD,
+    arch: str | None = ARCH,
+    input_shape: str | None = INPUT_SHAPE,
+    n_classes: int | None = N_CLASSES,
+    label_column: str | None = LABEL_COLUMN,
+    seed: int = SEED,
+    as_json: bool = JSON_OUT,
 ) -> None:
     """Adversarially train a torch model and write it as safetensors plus a JSON training record.
 
@@ -160,27 +241,13 @@ def harden(
     held-out training inputs. fast-at stops (restoring the best epoch) when PGD accuracy collapses
     (catastrophic overfitting).
     """
-    from pathlib import Path
+    from ..defenses.certification import gaussian_harden
+    from ..defenses.training import AdversarialTrainingConfig
+    from ..training import save_trained
 
-    from ..data import load_dataset
-    from ..defenses.training import DEFENSES, FAST_INITS, LR_SCHEDULES, AdversarialTrainingConfig, adversarial_train
-    from ..models.loading import load_model
-    from ..models.torch import TorchClassifier
-
-    if defense not in (*DEFENSES, "gaussian"):
-        _fail(f"--defense: unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}, gaussian")
-    if lr_schedule not in LR_SCHEDULES:
-        _fail(f"--lr-schedule: unknown schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
-    if fast_init not in FAST_INITS:
-        _fail(f"--fast-init: unknown start {fast_init!r}; choose one of {', '.join(FAST_INITS)}")
-    if defense == "gaussian" and (sigma is None or not sigma > 0):
-        _fail("--defense gaussian needs --sigma > 0 (the noise level the model will be smoothed with)")
-    if not out.endswith(".safetensors"):
-        _fail(f"--out must end with .safetensors, got {out!r}")
-    if Path(out).is_dir():
-        _fail(f"--out: {out} is a directory")
-    config = AdversarialTrainingConfig(
-        defense="pgd-at" if defense == "gaussian" else defense,
+    name = _check_options(defense, sigma, out, {"--record": record, "--checkpoint": checkpoint}, lr_schedule, fast_init)
+    config = AdversarialTrainingConfig(  # validates the numbers (for gaussian too: epochs, batch size, lr)
+        defense="pgd-at" if name == "gaussian" else name,
         eps=eps,
         norm=norm,
         epochs=epochs,
@@ -195,97 +262,14 @@ def harden(
         lr_schedule=lr_schedule,
         seed=seed,
     )
-    try:
-        clf = load_model(model, arch=arch, log=None if as_json else _log)
-    except (UsageError, ValueError):
-        raise
-    except Exception as exc:
-        _fail(f"--model: cannot load {model!r}: {type(exc).__name__}: {exc}")
-    if not isinstance(clf, TorchClassifier):
-        _fail(
-            f"--model: {model} is not a torch model ({type(clf).__name__}); adversarial training needs gradients "
-            "and weights to update"
+    clf, ds, arch_name = _load(model, data, arch, input_shape, n_classes, label_column, as_json)
+    if name == "gaussian":
+        on_epoch = None if as_json else (lambda e, loss: _log(f"epoch {e + 1}/{epochs}  loss {loss:.4f}"))
+        hardened, rec = gaussian_harden(
+            clf, ds, sigma or 0.0, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, on_epoch=on_epoch
         )
-    arch_name = arch or clf.arch
-    if arch_name is None:
-        _fail(
-            "--arch: the model's architecture is not known (a factory or TorchScript model); name the registered "
-            "architecture its weights fit so the output loads back"
-        )
-    ds = load_dataset(data)
-    if tuple(ds.input_shape) != tuple(clf.input_shape):
-        _fail(
-            f"--data: {data} has inputs of shape {tuple(ds.input_shape)} but the model expects {tuple(clf.input_shape)}"
-        )
-
-    bar: Any = None
-
-    def show(entry: dict[str, Any]) -> None:
-        if as_json:
-            return
-        flag = "  catastrophic overfitting" if entry.get("catastrophic_overfitting") else ""
-        line = (
-            f"epoch {entry['epoch']}/{epochs}  loss {entry['loss']:.4f}  clean {entry['val_clean_accuracy']:.3f}  "
-            f"robust {entry['val_robust_accuracy']:.3f}  ({entry['seconds']:.1f} s){flag}"
-        )
-        if bar is not None:
-            bar.console.print(line, markup=False, highlight=False)
-            bar.update(
-                task, completed=entry["epoch"], clean=entry["val_clean_accuracy"], robust=entry["val_robust_accuracy"]
-            )
-        else:
-            _log(line)
-
-    if defense == "gaussian":
-        _harden_gaussian(
-            clf,
-            ds,
-            sigma,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            out=out,
-            record=record,
-            arch=arch_name,
-            model=model,
-            data=data,
-            as_json=as_json,
-        )
-        return
-    try:
-        if not as_json and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            with Progress(
-                TextColumn(f"{defense} eps={eps}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("clean {task.fields[clean]:.3f}  robust {task.fields[robust]:.3f}"),
-                TimeElapsedColumn(),
-                transient=True,
-            ) as bar:
-                task = bar.add_task("epochs", total=epochs, clean=float("nan"), robust=float("nan"))
-                hardened, rec = adversarial_train(
-                    clf, ds, config, from_scratch=from_scratch, checkpoint=checkpoint, on_epoch=show
-                )
-        else:
-            hardened, rec = adversarial_train(
-                clf, ds, config, from_scratch=from_scratch, checkpoint=checkpoint, on_epoch=show
-            )
-    except KeyboardInterrupt:
-        typer.echo(
-            "\ninterrupted" + (f": run the same command to resume from {checkpoint}" if checkpoint else ""), err=True
-        )
-        raise typer.Exit(130) from None
-    rec.update({"model": model, "data": data, "arch": arch_name, "out": out})
-    rec_path = _write_hardened(hardened, out, arch_name, rec, record)
-    if as_json:
-        typer.echo(json.dumps(rec))
     else:
-        fin = rec["final"]
-        typer.echo(
-            f"saved {out} ({defense}, eps={eps}, {len(rec['epochs'])} epochs, {rec['seconds']:.1f} s): held-out "
-            f"clean {fin.get('val_clean_accuracy', float('nan')):.3f}, PGD-{config.eval_steps} robust "
-            f"{fin.get('val_robust_accuracy', float('nan')):.3f}; record {rec_path}"
-        )
+        hardened, rec = _adversarial(clf, ds, config, from_scratch, checkpoint, as_json)
+    rec.update({"model": model, "data": data, "arch": arch_name, "out": out})
+    rec_path = save_trained(hardened, out, rec, arch=arch_name, record_path=record)
+    typer.echo(json.dumps(rec) if as_json else _summary(rec, out, rec_path))

@@ -77,6 +77,20 @@ class TorchClassifier(BaseClassifier, HasFeatures):
             )
         raise UsageError(f"the model returned {type(out).__name__}; expected a tensor of shape (N, n_classes)")
 
+    def with_module(self, module: nn.Module) -> TorchClassifier:
+        """A classifier around ``module`` (a retrained copy of this one's network) with this one's bounds, classes,
+        input shape, output kind, output key and architecture name."""
+        clf = TorchClassifier(
+            module,
+            bounds=self.bounds,
+            n_classes=self.n_classes,
+            input_shape=tuple(self.input_shape) if self._input_shape_known else None,
+            output=self.output if self._output_known else None,
+            output_key=self.output_key,
+        )
+        clf.arch = self.arch
+        return clf
+
     def learn_input_shape(self, shape: tuple[int, ...]) -> None:
         """Adopt ``shape`` as the input shape if none was given (the first batch decides)."""
         if not self._input_shape_known:

@@ -1,4 +1,5 @@
-"""Deterministic supervised training for the zoo and ``bastion train``.
+"""Deterministic supervised training for the zoo and ``bastion train``, on the one trainer
+(:class:`bastion.training.Trainer`, clean steps).
 
 Determinism without touching the caller's random state: initialisation runs inside
 ``torch.random.fork_rng`` with a fixed seed, and batches are shuffled by an explicit generator.
@@ -6,16 +7,17 @@ Determinism without touching the caller's random state: initialisation runs insi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.dataset import Dataset
 from ..errors import UsageError
+from ..training import Trainer, accuracy
 from .architectures import build_architecture
 
 __all__ = ["TRAIN_CONFIGS", "TrainConfig", "accuracy", "train_architecture", "train_module"]
@@ -37,18 +39,6 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
 }
 
 
-@torch.no_grad()
-def accuracy(module: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
-    was = module.training
-    module.eval()
-    correct = sum(
-        int((module(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-        for i in range(0, x.shape[0], batch_size)
-    )
-    module.train(was)
-    return correct / max(1, x.shape[0])
-
-
 def train_module(
     module: nn.Module,
     x: Tensor,
@@ -56,25 +46,30 @@ def train_module(
     config: TrainConfig,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Train ``module`` with Adam and cross-entropy, shuffling with a seeded generator."""
-    g = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    module.train()
-    n = x.shape[0]
-    for epoch in range(config.epochs):
-        perm = torch.randperm(n, generator=g)
-        total = 0.0
-        for i in range(0, n, config.batch_size):
-            idx = perm[i : i + config.batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(module(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * idx.numel()
-        if on_epoch is not None:
-            on_epoch(epoch, total / n)
-    module.eval()
+    """Train ``module`` in place with Adam and cross-entropy on :class:`bastion.training.Trainer`, shuffling with a
+    generator seeded with ``config.seed``; return it in eval mode. ``on_epoch(epoch, mean_loss)`` after each epoch."""
+    _fit(module, x, y, config, on_epoch)
     return module
+
+
+def _fit(
+    module: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> dict[str, object]:
+    """:func:`train_module`, returning the trainer's record (per-epoch loss, learning rate and seconds)."""
+    return Trainer(
+        module,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        settings=dataclasses.asdict(config),
+        on_epoch=None if on_epoch is None else (lambda entry: on_epoch(entry["epoch"] - 1, entry["loss"])),
+    ).fit(x, y)
 
 
 def train_architecture(
@@ -97,7 +92,7 @@ def train_architecture(
             f"architecture {arch_name!r} has {arch.n_classes} classes, dataset {data.name!r} has {data.n_classes}"
         )
     start = time.perf_counter()
-    train_module(module, data.x_train, data.y_train, config, on_epoch)
+    history = _fit(module, data.x_train, data.y_train, config, on_epoch)
     record = {
         "arch": arch_name,
         "data": data.name,
@@ -107,5 +102,6 @@ def train_architecture(
         "seed": config.seed,
         "seconds": round(time.perf_counter() - start, 2),
         "test_accuracy": accuracy(module, data.x_test, data.y_test),
+        "history": history["epochs"],
     }
     return module, record

@@ -16,21 +16,25 @@ inside the base model.
 
 - :class:`SmoothedClassifier`: the wrapper (a bastion Classifier): ``certify``, ``predict``, and a
   differentiable ``logits`` (Salman et al. 2019's soft smoothed classifier) for adaptive attacks.
-- :func:`train_with_noise`: Gaussian-noise training of the base model (Cohen et al., section 4).
+- :func:`train_with_noise`: Gaussian-noise training of the base model (Cohen et al., section 4), on the one
+  trainer; :func:`gaussian_harden`: that training on a classifier and a dataset, with the test accuracy clean
+  and under the noise (:func:`accuracy_under_noise`) in its record.
 - :func:`clopper_pearson_lower`, :func:`certified_radius`, :func:`binomial_pvalue`: the pure statistics.
 """
 
 from __future__ import annotations
 
 from .bounds import binomial_pvalue, certified_radius, clopper_pearson_lower
-from .noise_training import train_with_noise
+from .noise_training import accuracy_under_noise, gaussian_harden, train_with_noise
 from .smoothing import ABSTAIN, SmoothedClassifier
 
 __all__ = [
     "ABSTAIN",
     "SmoothedClassifier",
+    "accuracy_under_noise",
     "binomial_pvalue",
     "certified_radius",
     "clopper_pearson_lower",
+    "gaussian_harden",
     "train_with_noise",
 ]
