@@ -171,6 +171,13 @@ class Attack:
         self.generator = generator
         self.seed = seed
 
+    @property
+    def radius(self) -> float:
+        """``eps`` of an attack with a fixed budget (set: only minimum-norm attacks may have none)."""
+        if self.eps is None:
+            raise UsageError(f"{type(self).__name__} needs eps (the perturbation budget)")
+        return self.eps
+
     # -- helpers for subclasses ---------------------------------------------------------
     @staticmethod
     def _positive(name: str, value: float, *, integer: bool = False, allow_zero: bool = False) -> None:

@@ -11,8 +11,11 @@ Threat model: Linf or L2 ball of radius eps intersected with the input bounds. I
 on halving, the iterate restarts from the point of best loss. The checkpoint interval starts at
 0.22 * steps and shrinks by 0.03 * steps to at least 0.06 * steps. Every sample keeps its own
 step size, best-loss point and the first adversarial point found (which is what is returned).
-Condition 1 counts the increases f(x^(i+1)) > f(x^(i)) over the interval including the first step
-from the random start, as the paper defines it.
+Condition 1 counts the increases f(x^(i+1)) > f(x^(i)) over the interval. At the first checkpoint
+the reference code compares f(x^(1)) with 0 rather than with the loss at the random start (its loss
+history has no entry for the start): this port does the same, so that with the same random start
+it follows the reference's trajectory step for step (``tests/test_apgd.py`` checks it against the
+vendored ``benchmarks/autoattack_apgd.py``).
 
 - :class:`APGD` ("apgd-ce"): cross-entropy (or DLR with ``loss='dlr'``).
 - :class:`APGDDLR` ("apgd-dlr"): the scale-invariant DLR loss.
@@ -138,7 +141,7 @@ class APGD(Attack):
     ) -> tuple[Tensor, Tensor]:
         """One APGD run on every sample of ``x``; returns (points, fooled): the first adversarial
         point where one was found, else the point of highest loss."""
-        n, eps, norm = x.shape[0], float(threat.eps), threat.norm
+        n, eps, norm = x.shape[0], threat.radius, threat.norm
         k = max(int(0.22 * self.steps), 1)
         k_min, k_decr = max(int(0.06 * self.steps), 1), max(int(0.03 * self.steps), 1)
         out, found = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -160,8 +163,7 @@ class APGD(Attack):
             "step": torch.full((n,), 2 * eps, device=x.device, dtype=x.dtype),
             "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
             "hist": torch.zeros(n, self.steps + 1, device=x.device, dtype=loss.dtype),
-        }  # hist[:, i] = f(x^(i))
-        st["hist"][:, 0] = loss
+        }  # hist[:, i] = f(x^(i)) for i >= 1; hist[:, 0] = 0, as in the reference (see the module docstring)
         lt, sst = loss_t, success_t
         _record(out, found, st["idx"], x_cur, fooled)
         since_check = 0

@@ -67,7 +67,7 @@ class Ensemble(Attack):
                     f"the default ensemble (APGD-CE, APGD-T) supports {', '.join(APGD.norms)}; "
                     f"pass members= for norm {self.norm!r}"
                 )
-            return [APGD(eps=float(self.eps), norm=self.norm), APGDT(eps=float(self.eps), norm=self.norm)]
+            return [APGD(eps=self.radius, norm=self.norm), APGDT(eps=self.radius, norm=self.norm)]
         if isinstance(members, Attack) or not isinstance(members, Sequence) or len(members) == 0:
             raise UsageError("members must be a non-empty list of attacks, e.g. [APGD(eps=...), APGDT(eps=...)]")
         for i, m in enumerate(members):

@@ -70,7 +70,7 @@ class PGD(Attack):
         self.early_stop = bool(early_stop)
 
     def _step_size(self) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * float(self.eps) / self.steps
+        return self.step_size if self.step_size is not None else 2.5 * self.radius / self.steps
 
     def _run(
         self,
@@ -84,7 +84,7 @@ class PGD(Attack):
     ) -> Tensor:
         loss_fn = get_loss(self.loss)
         alpha = self._step_size()
-        eps = float(threat.eps)
+        eps = threat.radius
         x_cur = threat.project(x, random_start(x, threat.norm, eps, generator)) if self.random_start else x.clone()
         active = torch.arange(x.shape[0], device=x.device)
         for _ in range(self.steps):
