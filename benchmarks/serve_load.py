@@ -5,8 +5,8 @@ Issue 6's numbers, on loopback, one machine, one run:
 
 1. throughput: 32 concurrent clients sending single-image `mnist-cnn` requests (mnist5k test images) for
    --seconds each, against (a) a bare FastAPI + uvicorn endpoint that runs the model and returns label and
-   probabilities, and (b) `bastion serve` with every signal on (confidence abstention, Mahalanobis OOD
-   flag, MMD drift windows, PRADA per client, rate limits, SQLite audit log). Reported: requests/s, p50 /
+   probabilities, and (b) `bastion serve` with every signal on (confidence abstention, OOD flag by the
+   default `activations` detector, MMD drift windows, PRADA per client, rate limits, SQLite audit log). Reported: requests/s, p50 /
    p99 latency, and the ratio guarded / bare (target >= 0.6).
 2. paced: 100 requests/s against the guard for --seconds; p99 latency (target < 50 ms).
 3. audit count: --requests (20,000) requests from 32 clients; audit records == 200 answers, for SQLite, and

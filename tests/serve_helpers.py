@@ -10,6 +10,23 @@ from contextlib import contextmanager
 from typing import Any
 
 
+class FakeClock:
+    """Monotonic seconds that move only when a test advances them: pass it as ``clock=`` (the key cache and the
+    rate limits read it) and the test waits on nothing."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = float(start)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += float(seconds)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

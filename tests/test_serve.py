@@ -14,7 +14,7 @@ from bastion.serve.config import load_config
 from bastion.serve.keys import create_key
 from bastion.serve.server import build_app
 from bastion.serve.store import Store
-from serve_helpers import running
+from serve_helpers import FakeClock, running
 
 IMG = [[[0.5] * 28] * 28]  # one (1, 28, 28) input
 
@@ -38,9 +38,19 @@ def service(tmp_path_factory, mnist_cnn, mnist):
         limits={"rate": 20.0, "burst": 10, "max_batch": 16, "max_body_bytes": 200_000},
         drift={"window": 100, "permutations": 99},
     )
-    app, info = build_app(model=mnist_cnn, reference=mnist, config=cfg, store=store, spool=str(d / "spool.jsonl"))
+    clock = FakeClock()  # the key cache and the rate limits run on it: tests advance it instead of sleeping
+    app, info = build_app(
+        model=mnist_cnn, reference=mnist, config=cfg, store=store, spool=str(d / "spool.jsonl"), clock=clock
+    )
     with running(app) as url:
-        yield {"url": url, "keys": keys, "store": store, "app": app, "info": info}
+        yield {"url": url, "keys": keys, "store": store, "app": app, "info": info, "clock": clock}
+
+
+@pytest.fixture(autouse=True)
+def _full_buckets(request):
+    """Each test starts a minute later on the service's clock: every key's bucket is full, every cache expired."""
+    if "service" in request.fixturenames:
+        request.getfixturevalue("service")["clock"].advance(60.0)
 
 
 def auth(key: str) -> dict[str, str]:
@@ -113,8 +123,10 @@ def test_bad_inputs_get_4xx_with_a_message_and_no_audit_record(service):
         "empty": ({"inputs": []}, 422, "inputs"),
         "batch too large": ({"inputs": [good] * 17}, 413, "limit"),
     }
+    clock = service["clock"]
     with httpx.Client(base_url=url, headers=auth(key), timeout=30) as c:
         for name, (body, status, words) in cases.items():
+            clock.advance(1.0)  # a second apart: the rate limit is not what answers
             r = c.post("/v1/predict", json=body)
             assert r.status_code == status, (name, r.status_code, r.text)
             assert words in r.json()["detail"], (name, r.json())
@@ -135,29 +147,65 @@ def test_bad_inputs_get_4xx_with_a_message_and_no_audit_record(service):
         assert "Traceback" not in r_text
 
 
-def test_rate_limit_answers_429_with_retry_after(service):
-    url, key = service["url"], service["keys"]["burst"]
+def test_rate_limit_answers_429_with_retry_after_and_refills_at_the_rate(service):
+    # limits: rate 20 requests/s, burst 10; the service's clock moves only when this test advances it
+    url, key, clock = service["url"], service["keys"]["burst"], service["clock"]
     body = {"inputs": IMG}
     with httpx.Client(base_url=url, headers=auth(key), timeout=30) as c:
-        codes = [c.post("/v1/predict", json=body) for _ in range(25)]
-    limited = [r for r in codes if r.status_code == 429]
-    assert limited, [r.status_code for r in codes]
-    assert int(limited[0].headers["Retry-After"]) >= 1 and "rate limit" in limited[0].json()["detail"]
-    assert sum(r.status_code == 200 for r in codes) >= 10  # the burst passes
+        burst = [c.post("/v1/predict", json=body).status_code for _ in range(10)]
+        limited = c.post("/v1/predict", json=body)
+        clock.advance(0.04)  # 0.8 of a token (1/20 s per token)
+        still = c.post("/v1/predict", json=body).status_code
+        clock.advance(0.02)  # 1.2 tokens: one request passes, the next does not
+        refilled = [c.post("/v1/predict", json=body).status_code for _ in range(2)]
+    assert burst == [200] * 10, burst
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "1", limited.headers
+    assert limited.json()["detail"] == "rate limit of 20 requests/s exceeded"
+    assert still == 429 and refilled == [200, 429], (still, refilled)
 
 
-def test_revoked_key_is_refused(service):
-    import time
-
+def test_revoked_key_is_refused_once_the_key_cache_expires(service):
     from bastion.serve.keys import parse_key
 
-    url, key, store = service["url"], service["keys"]["revoked"], service["store"]
+    url, key, store, clock = service["url"], service["keys"]["revoked"], service["store"], service["clock"]
     body = {"inputs": IMG}
     with httpx.Client(base_url=url, headers=auth(key), timeout=30) as c:
         assert c.post("/v1/predict", json=body).status_code == 200
         assert store.revoke_key(parse_key(key)[0])
-        time.sleep(2.2)  # the key cache's lifetime
-        assert c.post("/v1/predict", json=body).status_code == 401
+        clock.advance(1.9)  # the key cache keeps a row for 2 s
+        cached = c.post("/v1/predict", json=body).status_code
+        clock.advance(0.2)
+        refused = c.post("/v1/predict", json=body)
+    assert cached == 200 and refused.status_code == 401 and "revoked" in refused.json()["detail"]
+
+
+def test_openapi_declares_the_bearer_scheme_and_every_protected_operation(service):
+    url = service["url"]
+    with httpx.Client(base_url=url, timeout=30) as c:
+        spec = c.get("/openapi.json").json()
+        scheme = spec["components"]["securitySchemes"]["bearer"]
+        protected, public = [], []
+        for path, operations in spec["paths"].items():
+            for method, op in operations.items():
+                (protected if "security" in op else public).append((method, path))
+                if "security" in op:
+                    assert op["security"] == [{"bearer": []}], (method, path, op["security"])
+                    assert {"401", "403"} <= set(op["responses"]), (method, path)
+                    # the declaration holds: no key, no answer
+                    r = c.request(method.upper(), path, json={"inputs": IMG})
+                    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer", (method, path)
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer", scheme
+    assert public == [("get", "/health")], public
+    admin = {"/metrics", "/dashboard", "/v1/admin/config", "/v1/admin/risk-coverage", "/v1/admin/clients"}
+    assert {p for _, p in protected} >= admin | {"/v1/predict", "/v1/admin/events", "/v1/admin/drift"}, protected
+
+
+def test_health_says_which_signals_run(service):
+    health = httpx.get(service["url"] + "/health", timeout=30).json()
+    assert health["status"] == "ok" and health["audit_store"] == "up"
+    assert health["ood_signal"] is True and health["signals"]["ood"].startswith("on: ActivationDetector"), health
+    assert health["signals"]["drift"] == "mmd on penultimate features", health
+    assert set(health["signals"]) == {"confidence", "ood", "drift", "extraction"}
 
 
 def test_keys_are_stored_only_as_salted_hashes(service):
@@ -192,7 +240,6 @@ def test_fuzz_every_endpoint_gets_no_5xx(service):
     every operation of the served OpenAPI spec, sent with an admin key and without one: never a server error, and
     every 4xx is JSON with a message."""
     import schemathesis  # the test extra installs it: no silent skip
-    from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis.generation import GenerationMode
 
@@ -203,27 +250,27 @@ def test_fuzz_every_endpoint_gets_no_5xx(service):
     assert {op.path for op in operations} >= {"/v1/predict", "/health", "/metrics", "/dashboard", "/v1/admin/events"}
     for op in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @given(case=op.as_strategy(generation_mode=mode))
-            @settings(
-                max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
-            )
-            def check(case):
-                for headers in ({"Authorization": f"Bearer {key}"}, {}):
-                    response = case.call(headers=headers, timeout=30)
-                    seen[op.label] = seen.get(op.label, 0) + 1  # noqa: B023 - check() runs within this iteration
-                    assert response.status_code < 500, (
-                        case.method,
-                        case.path,
-                        response.status_code,
-                        response.text[:300],
-                    )
-                    if 400 <= response.status_code < 500:
-                        assert response.json()["detail"], response.text
-
             try:
-                check()
+                _fuzz_check(op, mode, key, seen)()
             except Unsatisfiable:  # no invalid variant exists (an operation without parameters or body)
                 assert mode == GenerationMode.NEGATIVE, op.label
     assert len(seen) == len(operations) and min(seen.values()) >= 2, seen  # every operation was exercised, and
     assert seen["POST /v1/predict"] >= 30 and seen["GET /v1/admin/events"] >= 30, seen  # those with inputs a lot
+
+
+def _fuzz_check(op, mode, key: str, seen: dict[str, int]):
+    """A hypothesis test of one operation in one generation mode (a function of its own: @given refuses a test
+    with default arguments, the usual way to bind a loop variable)."""
+    from hypothesis import HealthCheck, given, settings
+
+    @given(case=op.as_strategy(generation_mode=mode))
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    def check(case):
+        for headers in ({"Authorization": f"Bearer {key}"}, {}):
+            response = case.call(headers=headers, timeout=30)
+            seen[op.label] = seen.get(op.label, 0) + 1
+            assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
+            if 400 <= response.status_code < 500:
+                assert response.json()["detail"], response.text
+
+    return check

@@ -167,9 +167,11 @@ def test_spool_replay_is_idempotent_and_unwritable_spool_fails_loudly(tmp_path):
 
     spool.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "request_id": "r3"}) + "\n")
     log = AuditLog(store, spool, retry_seconds=0.1)
-    time.sleep(0.6)
+    deadline = time.monotonic() + 30  # the writer thread replays the spool on its own, before any close()
+    while spool.read_text() != "" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.count_audit() == 3 and spool.read_text() == "" and log.stats["replayed"] == 2, log.stats
     log.close()
-    assert store.count_audit() == 3 and spool.read_text() == ""
     # database unreachable and the spool cannot be written: the future fails (the service answers 503)
     down = Store(f"sqlite:///{tmp_path / 'c.db'}")
     down.engine.dispose()

@@ -53,6 +53,97 @@ def _t(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).strftime("%H:%M:%S")
 
 
+def _traffic_charts(series: list[list[float]]) -> list[str]:
+    """Requests per 10 s, and the abstention and flag rates, over time."""
+    if not series:
+        return [_empty("Traffic", "no request yet")]
+    xs = [r[0] for r in series]
+    req = [r[1] for r in series]
+    inputs = [max(r[2], 1) for r in series]
+    abst = [r[3] / i for r, i in zip(series, inputs)]
+    flag = [r[4] / i for r, i in zip(series, inputs)]
+    x0, x1 = xs[0], max(xs[-1], xs[0] + 10)
+    traffic = _frame(
+        f"Traffic (requests per 10 s), {_t(x0)}–{_t(x1)} UTC",
+        _polyline(xs, req, x0, x1, 0, max(req) or 1, "#1f77b4"),
+        "time",
+        0,
+        max(req) or 1,
+        [("requests", "#1f77b4")],
+    )
+    rates = _frame(
+        "Abstention and flag rates (share of inputs)",
+        _polyline(xs, abst, x0, x1, 0, 1, "#d62728") + _polyline(xs, flag, x0, x1, 0, 1, "#ff7f0e"),
+        "time",
+        0,
+        1,
+        [("abstained", "#d62728"), ("flagged", "#ff7f0e")],
+    )
+    return [traffic, rates]
+
+
+def _drift_chart(drift: list[dict[str, Any]], drift_test: str) -> str:
+    """The p-value of each drift window, the alpha line, and a mark on each alarm."""
+    if not drift:
+        return _empty("Drift", "no window of traffic completed yet")
+    xs = [float(w["window"]) for w in drift]
+    ps = [float(w["p_value"]) for w in drift]
+    alpha = float(drift[-1].get("alpha", 0.01))
+    alarm = [x for x, w in zip(xs, drift) if w["drift"]]
+    x0, x1 = xs[0], max(xs[-1], xs[0] + 1)
+    line = _polyline([x0, x1], [alpha, alpha], x0, x1, 0, 1, "#999")
+    marks = "".join(
+        f'<line x1="{_PAD + (a - x0) * (_W - 2 * _PAD) / (x1 - x0):.1f}" y1="{_PAD}" '
+        f'x2="{_PAD + (a - x0) * (_W - 2 * _PAD) / (x1 - x0):.1f}" y2="{_H - _PAD}" stroke="#d62728" '
+        f'stroke-opacity="0.35"/>'
+        for a in alarm
+    )
+    return _frame(
+        f"Drift ({drift_test}): p-value per window, {len(alarm)} alarm(s)",
+        marks + line + _polyline(xs, ps, x0, x1, 0, 1, "#2ca02c"),
+        "window",
+        0,
+        1,
+        [("p-value", "#2ca02c"), (f"alpha {alpha:g}", "#999"), ("drift", "#d62728")],
+    )
+
+
+def _ood_chart(ood: dict[str, Any]) -> str:
+    """The histogram of recent detector scores with the threshold."""
+    if not ood.get("counts"):
+        return _empty("Detector scores", "no scored input yet")
+    counts, edges = ood["counts"], ood["edges"]
+    top = max(counts) or 1
+    bw = (_W - 2 * _PAD) / len(counts)
+    bars = "".join(
+        f'<rect x="{_PAD + i * bw:.1f}" y="{_H - _PAD - (c / top) * (_H - 2 * _PAD):.1f}" '
+        f'width="{bw - 1:.1f}" height="{(c / top) * (_H - 2 * _PAD):.1f}" fill="#9467bd"/>'
+        for i, c in enumerate(counts)
+    )
+    thr = ood.get("threshold")
+    if thr is not None and edges[0] <= thr <= edges[-1]:
+        x = _PAD + (thr - edges[0]) / max(edges[-1] - edges[0], 1e-9) * (_W - 2 * _PAD)
+        bars += f'<line x1="{x:.1f}" y1="{_PAD}" x2="{x:.1f}" y2="{_H - _PAD}" stroke="#d62728" stroke-width="2"/>'
+    return _frame(
+        f"Detector scores (last {sum(counts)} inputs), {edges[0]:.3g}–{edges[-1]:.3g}",
+        bars,
+        "score",
+        0,
+        top,
+        [("inputs", "#9467bd"), ("threshold", "#d62728")],
+    )
+
+
+def _client_row(c: dict[str, Any]) -> str:
+    w = "" if c.get("w") is None else f"{c['w']:.3f}"
+    at = "" if c.get("flagged_at") is None else str(c["flagged_at"])
+    why = "over budget" if c.get("over_budget") else "extraction"
+    return (
+        f"<tr><td>{html.escape(str(c['client']))}</td><td>{c['queries']}</td><td>{w}</td><td>{at}</td>"
+        f"<td>{why}</td></tr>"
+    )
+
+
 def render_dashboard(
     *,
     series: list[list[float]],
@@ -65,98 +156,10 @@ def render_dashboard(
     spooled: int,
     store_up: bool,
 ) -> str:
-    charts = []
-    if series:
-        xs = [r[0] for r in series]
-        req = [r[1] for r in series]
-        inputs = [max(r[2], 1) for r in series]
-        abst = [r[3] / i for r, i in zip(series, inputs)]
-        flag = [r[4] / i for r, i in zip(series, inputs)]
-        x0, x1 = xs[0], max(xs[-1], xs[0] + 10)
-        charts.append(
-            _frame(
-                f"Traffic (requests per 10 s), {_t(x0)}–{_t(x1)} UTC",
-                _polyline(xs, req, x0, x1, 0, max(req) or 1, "#1f77b4"),
-                "time",
-                0,
-                max(req) or 1,
-                [("requests", "#1f77b4")],
-            )
-        )
-        charts.append(
-            _frame(
-                "Abstention and flag rates (share of inputs)",
-                _polyline(xs, abst, x0, x1, 0, 1, "#d62728") + _polyline(xs, flag, x0, x1, 0, 1, "#ff7f0e"),
-                "time",
-                0,
-                1,
-                [("abstained", "#d62728"), ("flagged", "#ff7f0e")],
-            )
-        )
-    else:
-        charts.append(_empty("Traffic", "no request yet"))
-    if drift:
-        xs = [float(w["window"]) for w in drift]
-        ps = [float(w["p_value"]) for w in drift]
-        alpha = float(drift[-1].get("alpha", 0.01))
-        alarm = [x for x, w in zip(xs, drift) if w["drift"]]
-        x0, x1 = xs[0], max(xs[-1], xs[0] + 1)
-        line = _polyline([x0, x1], [alpha, alpha], x0, x1, 0, 1, "#999")
-        marks = "".join(
-            f'<line x1="{_PAD + (a - x0) * (_W - 2 * _PAD) / (x1 - x0):.1f}" y1="{_PAD}" '
-            f'x2="{_PAD + (a - x0) * (_W - 2 * _PAD) / (x1 - x0):.1f}" y2="{_H - _PAD}" stroke="#d62728" '
-            f'stroke-opacity="0.35"/>'
-            for a in alarm
-        )
-        charts.append(
-            _frame(
-                f"Drift ({drift_test}): p-value per window, {len(alarm)} alarm(s)",
-                marks + line + _polyline(xs, ps, x0, x1, 0, 1, "#2ca02c"),
-                "window",
-                0,
-                1,
-                [("p-value", "#2ca02c"), (f"alpha {alpha:g}", "#999"), ("drift", "#d62728")],
-            )
-        )
-    else:
-        charts.append(_empty("Drift", "no window of traffic completed yet"))
-    if ood.get("counts"):
-        counts, edges = ood["counts"], ood["edges"]
-        top = max(counts) or 1
-        bw = (_W - 2 * _PAD) / len(counts)
-        bars = "".join(
-            f'<rect x="{_PAD + i * bw:.1f}" y="{_H - _PAD - (c / top) * (_H - 2 * _PAD):.1f}" '
-            f'width="{bw - 1:.1f}" height="{(c / top) * (_H - 2 * _PAD):.1f}" fill="#9467bd"/>'
-            for i, c in enumerate(counts)
-        )
-        thr = ood.get("threshold")
-        if thr is not None and edges[0] <= thr <= edges[-1]:
-            x = _PAD + (thr - edges[0]) / max(edges[-1] - edges[0], 1e-9) * (_W - 2 * _PAD)
-            bars += f'<line x1="{x:.1f}" y1="{_PAD}" x2="{x:.1f}" y2="{_H - _PAD}" stroke="#d62728" stroke-width="2"/>'
-        charts.append(
-            _frame(
-                f"Detector scores (last {sum(counts)} inputs), {edges[0]:.3g}–{edges[-1]:.3g}",
-                bars,
-                "score",
-                0,
-                top,
-                [("inputs", "#9467bd"), ("threshold", "#d62728")],
-            )
-        )
-    else:
-        charts.append(_empty("Detector scores", "no scored input yet"))
+    """The page: traffic, abstention/flag rates, drift p-values, detector scores, flagged clients, calibration."""
+    charts = [*_traffic_charts(series), _drift_chart(drift, drift_test), _ood_chart(ood)]
     flagged = [c for c in clients if c.get("flagged") or c.get("over_budget")]
-
-    def row(c: dict[str, Any]) -> str:
-        w = "" if c.get("w") is None else f"{c['w']:.3f}"
-        at = "" if c.get("flagged_at") is None else str(c["flagged_at"])
-        why = "over budget" if c.get("over_budget") else "extraction"
-        return (
-            f"<tr><td>{html.escape(str(c['client']))}</td><td>{c['queries']}</td><td>{w}</td><td>{at}</td>"
-            f"<td>{why}</td></tr>"
-        )
-
-    rows = "".join(row(c) for c in flagged)
+    rows = "".join(_client_row(c) for c in flagged)
     table = (
         f"<table><thead><tr><th>key id</th><th>queries</th><th>Shapiro-Wilk W</th><th>flagged at query</th>"
         f"<th>why</th></tr></thead><tbody>{rows or '<tr><td colspan=5>none</td></tr>'}</tbody></table>"

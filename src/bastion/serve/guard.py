@@ -6,17 +6,22 @@ Per input (one forward pass gives the logits and the penultimate features):
   is compared with a threshold chosen on held-out reference data as the lowest confidence whose
   answered set keeps the error rate at or below ``target_risk`` (empirical risk; the whole
   risk-coverage curve is kept and served at ``/v1/admin/risk-coverage``).
-- **ood** — the Mahalanobis distance of the penultimate features to the closest class-conditional
-  Gaussian (Lee et al. 2018; :class:`bastion.defenses.detection.MahalanobisDetector`), thresholded at the
-  ``fpr`` quantile of held-out clean reference scores. Any fitted, calibrated
-  :class:`~bastion.defenses.detection.Detector` can replace it (``detector=``).
+- **ood** — by default the activation-statistics detector
+  (:class:`bastion.defenses.detection.ActivationDetector`, read in the same forward pass as the logits),
+  thresholded at the ``fpr`` quantile of held-out clean reference scores; on the zoo mnist-cnn it flags 98% of
+  PGD inputs at eps 0.3 where the Mahalanobis detector (``ood.detector = "mahalanobis"``, Lee et al. 2018)
+  flags 2.5%. Any fitted, calibrated :class:`~bastion.defenses.detection.Detector` can replace it
+  (``detector=``). A model without the features capability
+  (:class:`~bastion.models.features.HasFeatures`: ONNX, remote, scikit-learn) has no OOD signal and drift
+  runs on raw inputs: :meth:`Guard.signals` says so.
 
 Per stream: **drift** (:class:`~bastion.serve.drift.DriftMonitor`: MMD on features for images, per-feature
 KS for tabular inputs, over tumbling windows) and per client **extraction**
 (:class:`~bastion.serve.extraction.ExtractionMonitor`, PRADA).
 
 Each signal's policy: ``answer`` (score only), ``flag`` (answer, with the reason), ``abstain`` (label
-null). A client flagged as extracting is flagged, throttled or blocked (``extraction.action``).
+null). A client flagged as extracting is flagged, throttled or blocked (``extraction.action``):
+:meth:`Guard.client_policy` decides it (:mod:`bastion.serve.policy`), the HTTP layer only applies it.
 
 Inference is batched: concurrent requests are queued and one worker thread runs them together (up to
 ``max_batch_inputs`` inputs per forward pass), which is also where the stream monitors are updated, so
@@ -25,7 +30,6 @@ they need no locks.
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -39,64 +43,19 @@ from torch import Tensor
 
 from ..errors import UsageError
 from .config import GuardConfig
+from .drift import DriftMonitor
+from .extraction import ExtractionMonitor
+from .policy import ClientPolicy, client_policy
+from .risk import RiskCoverage, risk_coverage
 
 __all__ = ["Guard", "RiskCoverage", "risk_coverage"]
-
-
-@dataclass
-class RiskCoverage:
-    """A risk-coverage curve and the threshold chosen from it."""
-
-    thresholds: list[float]
-    coverage: list[float]
-    risk: list[float]
-    target_risk: float
-    threshold: float
-    chosen_coverage: float
-    chosen_risk: float
-
-    def to_dict(self, points: int = 200) -> dict[str, Any]:
-        step = max(1, len(self.coverage) // points)
-        return {
-            "target_risk": self.target_risk,
-            "threshold": self.threshold,
-            "coverage_at_threshold": self.chosen_coverage,
-            "risk_at_threshold": self.chosen_risk,
-            "thresholds": self.thresholds[::step],
-            "coverage": self.coverage[::step],
-            "risk": self.risk[::step],
-        }
-
-
-def risk_coverage(confidence: Tensor, correct: Tensor, target_risk: float) -> RiskCoverage:
-    """Sort by confidence, descending; answering the k most confident inputs has coverage k/n and risk
-    (errors among them)/k. The threshold is the confidence of the largest k whose risk is at most
-    ``target_risk`` — every input at least that confident is answered. Ties are answered together."""
-    conf = confidence.double().flatten()
-    ok = correct.bool().flatten()
-    if conf.numel() == 0:
-        raise UsageError("risk-coverage calibration needs at least one reference input")
-    order = torch.argsort(conf, descending=True)
-    c, e = conf[order], (~ok[order]).double()
-    k = torch.arange(1, c.numel() + 1, dtype=torch.float64)
-    risk = torch.cumsum(e, 0) / k
-    # answer ties together: only cut where the next confidence is strictly lower
-    cut = torch.ones_like(c, dtype=torch.bool)
-    cut[:-1] = c[:-1] > c[1:]
-    feasible = (risk <= target_risk) & cut
-    if bool(feasible.any()):
-        i = int(torch.nonzero(feasible).max())
-        thr, cov, rsk = float(c[i]), float(k[i] / c.numel()), float(risk[i])
-    else:  # not even the most confident input meets the target: answer nothing
-        thr, cov, rsk = math.inf, 0.0, 0.0
-    return RiskCoverage(c.tolist(), (k / c.numel()).tolist(), risk.tolist(), float(target_risk), thr, cov, rsk)
 
 
 @dataclass
 class _Job:
     x: Tensor
     client: str
-    future: Future
+    future: Future[tuple[list[dict[str, Any]], dict[str, Any]]]
 
 
 class Guard:
@@ -122,8 +81,7 @@ class Guard:
         max_batch_inputs: int = 256,
     ) -> None:
         from ..models.base import validate_inputs
-        from .drift import DriftMonitor
-        from .extraction import ExtractionMonitor
+        from ..models.features import HasFeatures
 
         self.model = model
         self.config = config or GuardConfig()
@@ -131,70 +89,40 @@ class Guard:
         self.bounds = tuple(float(b) for b in model.bounds)
         self.n_classes = int(model.n_classes)
         self.max_batch_inputs = int(max_batch_inputs)
-        x_ref, y_ref = reference.x_train, reference.y_train
-        validate_inputs(model, x_ref[:2], y_ref[:2], name="the reference data")
+        validate_inputs(model, reference.x_train[:2], reference.y_train[:2], name="the reference data")
         # fit on the training split (what the model learnt from); calibrate thresholds on the first half of the
         # held-out split (confidence on training data would be over-optimistic); the second half stays unseen
         n_cal = int(reference.x_test.shape[0]) // 2
-        if n_cal < 20 or x_ref.shape[0] < 2 * self.n_classes:
+        if n_cal < 20 or reference.x_train.shape[0] < 2 * self.n_classes:
             raise UsageError(
                 f"the reference data is too small to fit the detector and calibrate thresholds: give at "
                 f"least {2 * self.n_classes} training and 40 held-out inputs"
             )
         x_cal, y_cal = reference.x_test[:n_cal], reference.y_test[:n_cal]
-        n = int(x_ref.shape[0])
-        from ..models.features import HasFeatures
-
         self.white_box = isinstance(model, HasFeatures)  # features to read: the OOD signal and feature drift
         t0 = time.perf_counter()
-        if isinstance(model, HasFeatures):
-            from ..defenses.detection import get_detector
-
-            self.detector = detector if detector is not None else get_detector(self.config.ood.detector)
-            self._feature_layer = model.penultimate_layer
-            if not self.detector.is_fitted:
-                self.detector.fit(model, x_ref, y_ref)
-            self.detector.calibrate(x_cal, fpr=self.config.ood.fpr)
-        else:
-            self.detector = None  # no features to read: the OOD signal is off (said in /v1/admin/config)
-        logits, _feats, _ood = self.forward(x_cal)
-        p = torch.softmax(logits.double(), dim=1)
-        conf, pred = p.max(dim=1)
+        self.detector = self._fit_detector(detector, reference, x_cal)
+        logits, _, _ = self.forward(x_cal)
+        conf, pred = torch.softmax(logits.double(), dim=1).max(dim=1)
         self.risk_coverage = risk_coverage(conf, pred == y_cal, self.config.confidence.target_risk)
-        test = self.config.drift.test
-        if test == "auto":
-            test = "mmd" if self.white_box and len(self.input_shape) > 1 else "ks"
-        g = torch.Generator().manual_seed(seed)
-        sub = x_ref[torch.randperm(n, generator=g)[:2000]]
-        ref_feats = self.forward(sub)[1] if test == "mmd" else sub.flatten(1)
-        self.drift = DriftMonitor(
-            ref_feats,
-            test=test,
-            window=self.config.drift.window,
-            alpha=self.config.drift.alpha,
-            permutations=self.config.drift.permutations,
-            seed=seed,
-        )
-        self.drift_test = test
-        ext_kwargs: dict[str, Any] = {"budget": self.config.extraction.budget or None}
-        if self.config.extraction.delta is not None:
-            ext_kwargs["delta"] = self.config.extraction.delta
-        self.extraction = ExtractionMonitor(**ext_kwargs)
+        self.drift, n_drift = self._drift_monitor(reference.x_train, seed)
+        self.drift_test = self.drift.test
+        ext = self.config.extraction
+        self.extraction = ExtractionMonitor(delta=ext.delta, budget=ext.budget or None)
         self._ext_lock = threading.Lock()  # the worker updates it while request handlers read it
         self.calibration = {
             "reference": getattr(reference, "name", "?"),
-            "fit_inputs": n,
+            "fit_inputs": int(reference.x_train.shape[0]),
             "calibration_inputs": n_cal,
+            "drift_reference_inputs": n_drift,
             "ood_threshold": getattr(self.detector, "threshold_", None),
             "confidence_threshold": self.risk_coverage.threshold,
             "coverage": self.risk_coverage.chosen_coverage,
             "risk": self.risk_coverage.chosen_risk,
-            "drift_test": test,
+            "drift_test": self.drift_test,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         self.ood_scores: list[float] = []  # recent scores, for the dashboard's histogram
-        self.drift_events: list[dict[str, Any]] = []
-        self.client_events: list[dict[str, Any]] = []
         self._q: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._drift_q: queue.Queue[Tensor | None] = queue.Queue(maxsize=10_000)
@@ -203,6 +131,34 @@ class Guard:
         self._drift_thread: threading.Thread | None = None
         self.on_drift: list[Any] = []
         self._published: list[dict[str, Any]] = []  # windows whose listeners have run
+
+    def _fit_detector(self, detector: Any, reference: Any, x_cal: Tensor) -> Any:
+        """The OOD detector, fitted on the reference's training split and calibrated on ``x_cal``; None (the signal
+        is off) for a model that declares no features."""
+        if not self.white_box:
+            return None
+        from ..defenses.detection import get_detector
+
+        det = detector if detector is not None else get_detector(self.config.ood.detector)
+        self._feature_layer = self.model.penultimate_layer
+        if not det.is_fitted:
+            det.fit(self.model, reference.x_train, reference.y_train)
+        det.calibrate(x_cal, fpr=self.config.ood.fpr)
+        return det
+
+    def _drift_monitor(self, x_ref: Tensor, seed: int) -> tuple[DriftMonitor, int]:
+        """The drift monitor on 2,000 reference training inputs (penultimate features for mmd, raw rows for ks)."""
+        test = self.config.drift.test
+        if test == "auto":
+            test = "mmd" if self.white_box and len(self.input_shape) > 1 else "ks"
+        g = torch.Generator().manual_seed(seed)
+        sub = x_ref[torch.randperm(int(x_ref.shape[0]), generator=g)[:2000]]
+        ref_feats = self.forward(sub)[1] if test == "mmd" else sub.flatten(1)
+        d = self.config.drift
+        monitor = DriftMonitor(
+            ref_feats, test=test, window=d.window, alpha=d.alpha, permutations=d.permutations, seed=seed
+        )
+        return monitor, int(sub.shape[0])
 
     # -- the model --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -260,6 +216,12 @@ class Guard:
         with self._ext_lock:
             return self.extraction.status(client)
 
+    def client_policy(self, client: str, status: dict[str, Any] | None = None) -> ClientPolicy:
+        """How ``client`` is treated now (:func:`~bastion.serve.policy.client_policy`), from its extraction
+        ``status`` (default: the monitor's current one)."""
+        st = self.client_status(client) if status is None else status
+        return client_policy(st, self.config.extraction, self.config.limits)
+
     def clients(self) -> list[dict[str, Any]]:
         """Every client's extraction status."""
         with self._ext_lock:
@@ -284,19 +246,17 @@ class Guard:
             with self._drift_lock:
                 windows = self.drift.observe(feats)
             for w in windows:
-                if w["drift"]:
-                    self.drift_events.append(w)
                 for callback in self.on_drift:
                     try:
                         callback(w)
-                    except Exception:
+                    except Exception:  # a failing listener must not stop the monitor
                         logging.getLogger("bastion.serve").exception("drift listener failed")
                 with self._drift_lock:
                     self._published.append(w)
                     del self._published[:-10_000]
 
-    def submit(self, x: Tensor, client: str) -> Future:
-        fut: Future = Future()
+    def submit(self, x: Tensor, client: str) -> Future[tuple[list[dict[str, Any]], dict[str, Any]]]:
+        fut: Future[tuple[list[dict[str, Any]], dict[str, Any]]] = Future()
         self._q.put(_Job(x, client, fut))
         return fut
 
@@ -346,8 +306,6 @@ class Guard:
             start += n
             with self._ext_lock:
                 status = self.extraction.observe(j.client, j.x, labels[sl])
-            if status.get("flagged") and not any(e["client"] == j.client for e in self.client_events):
-                self.client_events.append({"client": j.client, "ts": time.time(), **status})
             results = []
             for i in range(sl.start, sl.stop):
                 reasons: list[str] = []
@@ -376,10 +334,27 @@ class Guard:
             j.future.set_result((results, status))
 
     # -- views ------------------------------------------------------------------------------------
+    def signals(self) -> dict[str, str]:
+        """Each signal, ``"on..."`` or ``"off: why"``, in words: what this guard sees and what it does not."""
+        cfg = self.config
+        if self.detector is None:
+            ood = "off: the model declares no features (ONNX/black-box), so no detector can read them"
+        else:
+            ood = f"on: {type(self.detector).__name__}, {cfg.ood.action} above the clean {cfg.ood.fpr:g}-fpr threshold"
+        on = "penultimate features" if self.drift_test == "mmd" and self.white_box else "raw inputs"
+        budget = f", budget {cfg.extraction.budget} queries" if cfg.extraction.budget else ""
+        return {
+            "confidence": f"on: {cfg.confidence.action} below the confidence threshold",
+            "ood": ood,
+            "drift": f"{self.drift_test} on {on}",
+            "extraction": f"on: PRADA per key, {cfg.extraction.action} when flagged{budget}",
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
             "calibration": self.calibration,
+            "signals": self.signals(),
             "input_shape": list(self.input_shape),
             "bounds": list(self.bounds),
             "n_classes": self.n_classes,

@@ -15,6 +15,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,16 +75,20 @@ def create_key(store: Store, role: str, label: str = "") -> tuple[str, KeyInfo]:
 
 
 class KeyRing:
-    """Verifies keys against the store, caching rows for ``ttl`` seconds (a revocation applies within it)."""
+    """Verifies keys against the store, caching rows for ``ttl`` seconds (a revocation applies within it).
 
-    def __init__(self, store: Store, ttl: float = 2.0) -> None:
+    ``clock`` (seconds, monotonic) times the cache: tests pass a clock they advance instead of sleeping.
+    """
+
+    def __init__(self, store: Store, ttl: float = 2.0, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.ttl = float(ttl)
+        self.clock = clock
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
 
     def _row(self, key_id: str) -> dict[str, Any] | None:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             hit = self._cache.get(key_id)
         if hit is not None and now - hit[0] < self.ttl:

@@ -8,19 +8,24 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["BodyLimit", "Events", "Series", "TokenBucket"]
 
 
 class TokenBucket:
-    def __init__(self) -> None:
+    """Per-key token buckets: ``burst`` tokens, refilled at ``rate`` per second of ``clock`` (monotonic seconds;
+    tests pass one they advance)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._state: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def take(self, key: str, rate: float, burst: float) -> float:
         """0 when a token was taken, else the seconds until one is available."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             tokens, last = self._state.get(key, (burst, now))
             tokens = min(burst, tokens + (now - last) * rate)

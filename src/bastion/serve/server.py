@@ -1,13 +1,50 @@
-"""Assembling the service from command-line style arguments (used by ``bastion serve``, tests and benchmarks)."""
+"""Assembling the service from command-line style arguments (used by ``bastion serve``, tests and benchmarks), and
+the listening socket, bound before the guard is calibrated so that a busy or invalid port is refused at once."""
 
 from __future__ import annotations
 
+import errno
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["build_app"]
+__all__ = ["bind", "build_app", "default_reference"]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` the way uvicorn binds it (``SO_REUSEADDR``; IPv6 for a host with a
+    colon), for :meth:`uvicorn.Server.run`'s ``sockets=``: the port is checked, and held, before any slow work.
+
+    Raises:
+        UsageError: ``port`` is not in [1, 65535], or the address cannot be bound (in use, not this machine's).
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise UsageError(f"port must be a whole number in [1, 65535], got {port!r}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        hint = " (another server is listening there: pick another port)" if exc.errno == errno.EADDRINUSE else ""
+        raise UsageError(f"cannot listen on {host}:{port}: {why}{hint}") from None
+    return sock
+
+
+def default_reference(model: str | Any) -> str:
+    """The reference data of a zoo model (``zoo:NAME``): its dataset's name; a UsageError for any other model."""
+    from ..models.zoo import ZOO
+
+    name = model[4:] if isinstance(model, str) and model.startswith("zoo:") else None
+    if name is None or name not in ZOO:
+        raise UsageError("reference= is needed: the clean data the guard's thresholds are calibrated on")
+    return ZOO[name].dataset
 
 
 def build_app(
@@ -20,38 +57,42 @@ def build_app(
     arch: str | None = None,
     seed: int = 0,
     store: Any = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[Any, dict[str, Any]]:
-    """``(app, info)``: load the model and reference data, calibrate the guard, open the store."""
+    """``(app, info)``: load the model (a spec for :func:`~bastion.models.loading.load_model`, or a Classifier)
+    and the reference data (default: a zoo model's dataset), calibrate the guard, open the store. ``info`` holds
+    the reference's name, the calibration, the guard's signals (:meth:`~bastion.serve.guard.Guard.signals`), the
+    spool path and the database URL (password hidden); ``clock`` times the key cache and the rate limits."""
     from ..data import load_dataset
     from ..models.loading import load_model
-    from ..models.zoo import ZOO, bastion_home
     from .app import create_app
     from .config import GuardConfig, load_config
     from .guard import Guard
     from .store import Store
 
     clf = load_model(model, arch=arch) if isinstance(model, str) else model
-    if reference is None:
-        name = model[4:] if isinstance(model, str) and model.startswith("zoo:") else None
-        if name is None or name not in ZOO:
-            raise UsageError("--reference is needed: the clean data the guard's thresholds are calibrated on")
-        reference = ZOO[name].dataset
+    reference = default_reference(model) if reference is None else reference
     ref = load_dataset(reference) if isinstance(reference, (str, Path)) else reference
     cfg = config if isinstance(config, GuardConfig) else load_config(config)
     guard = Guard(clf, ref, cfg, seed=seed)
     store = store or Store(db)
-    if spool is None:
-        url = store.url
-        base = (
-            Path(url.split("///", 1)[1]).parent
-            if url.startswith("sqlite:///") and ":memory:" not in url
-            else bastion_home()
-        )
-        spool = str(base / "audit-spool.jsonl")
-    app = create_app(guard, store, spool=spool)
+    spool = spool or _default_spool(store.url)
+    app = create_app(guard, store, spool=spool, clock=clock)
     return app, {
         "reference": getattr(ref, "name", str(reference)),
         "calibration": guard.calibration,
+        "signals": guard.signals(),
+        "ood_signal": guard.detector is not None,
+        "detector": cfg.ood.detector if guard.detector is not None else None,
         "spool": spool,
         "db": store._safe_url(),
     }
+
+
+def _default_spool(url: str) -> str:
+    """Next to a SQLite file, else in $BASTION_HOME."""
+    from ..models.zoo import bastion_home
+
+    on_disk = url.startswith("sqlite:///") and ":memory:" not in url
+    base = Path(url.split("///", 1)[1]).parent if on_disk else bastion_home()
+    return str(base / "audit-spool.jsonl")

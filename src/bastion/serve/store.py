@@ -101,15 +101,34 @@ AUDIT_COLUMNS = (
 )
 
 
+def _sqlite_file(url: str, create: bool) -> None:
+    """Make the folder of a SQLite file (``create``), or refuse a file that does not exist (not ``create``)."""
+    from pathlib import Path
+
+    path = url.split("///", 1)[-1]
+    if not path or path == ":memory:" or "///" not in url:
+        return
+    if create:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif not Path(path).is_file():
+        raise UsageError(
+            f"no database at {path}: check the URL (sqlite:///relative.db, sqlite:////absolute.db); a new database "
+            "is made only when a key is created (bastion keys create)"
+        )
+
+
 class Store:
     """A SQLAlchemy engine on ``url`` with the schema migrated to the latest version.
 
+    ``create=False`` refuses a SQLite file that does not exist yet (for commands that only read or revoke: a
+    mistyped path must not become a new, empty database); by default the file and its folder are created.
+
     Raises:
-        UsageError: the URL is malformed, names a driver that is not installed, or the database cannot be
-            reached at start-up (the message says which).
+        UsageError: the URL is malformed, names a driver that is not installed, the database cannot be
+            reached at start-up, or (``create=False``) the SQLite file does not exist (the message says which).
     """
 
-    def __init__(self, url: str | None = None, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str | None = None, *, connect_timeout: float = 5.0, create: bool = True) -> None:
         try:
             import sqlalchemy as sa
         except ImportError:  # pragma: no cover - the service extra is missing
@@ -117,11 +136,7 @@ class Store:
         self.url = url or default_url()
         kwargs: dict[str, Any] = {"future": True}
         if self.url.startswith("sqlite"):
-            path = self.url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                from pathlib import Path
-
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_file(self.url, create)
             kwargs["connect_args"] = {"timeout": 30}
         elif self.url.startswith("postgresql"):
             kwargs["connect_args"] = {"connect_timeout": int(max(1, connect_timeout))}
@@ -192,17 +207,19 @@ class Store:
             return 0
         rows = [{c: r[c] for c in AUDIT_COLUMNS} for r in records]
         dialect = self.engine.dialect.name
+        stmt: Any
         if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(self.audit).on_conflict_do_nothing(index_elements=["request_id"])
         elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(self.audit).on_conflict_do_nothing(index_elements=["request_id"])
         else:  # pragma: no cover - other databases: plain insert (the unique index still refuses duplicates)
-            insert = None
+            stmt = self.audit.insert()
         with self.engine.begin() as conn:
-            if insert is None:  # pragma: no cover
-                result = conn.execute(self.audit.insert(), rows)
-            else:
-                result = conn.execute(insert(self.audit).on_conflict_do_nothing(index_elements=["request_id"]), rows)
+            result = conn.execute(stmt, rows)
         return int(result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows))
 
     def count_audit(self) -> int:
