@@ -48,6 +48,7 @@ def test_audit_surface_is_pinned():
             "Profile",
             "get_profile",
             "default_eps",
+            "fit_detector",
             "Gate",
             "parse_gate",
             "SCHEMA",

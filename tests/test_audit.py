@@ -244,7 +244,7 @@ def test_bad_arguments_are_usage_errors_before_anything_runs(tmp_path, digits_ml
         ({"eps": [0.1, -1]}, "eps"),
         ({"probes": ["whitebox", "fuzz"]}, "unknown probe"),
         ({"gates": ["robust_accuracy@eps=0.7>=0.1"]}, "not audited"),
-        ({"n": 0}, "--n"),
+        ({"n": 0}, "n must be >= 1"),
     ]:
         with pytest.raises(UsageError, match=needle):
             run_audit(digits_mlp, digits, tmp_path / "x", **kwargs)
@@ -310,3 +310,91 @@ def test_a_probe_that_raises_is_recorded_and_the_audit_goes_on(tmp_path, digits_
         assert "<error" in junit and "boom" in junit
     finally:
         PROBES.unregister("test-broken")
+
+
+# -- a resumed report's time --------------------------------------------------------------------------------
+def test_a_resumed_report_counts_the_seconds_of_the_probes_run_before(tmp_path, digits_mlp, digits):
+    out = tmp_path / "run"
+    first = run_audit(digits_mlp, digits, out, profile=SMALL)
+    again = run_audit(digits_mlp, digits, out, profile=SMALL)  # every probe finished: all resumed
+    assert again["resumed"] and [p["seconds"] for p in again["probes"]] == [p["seconds"] for p in first["probes"]]
+    probe_seconds = sum(p["seconds"] for p in first["probes"])
+    assert probe_seconds > 0 and again["seconds_this_run"] < probe_seconds
+    assert again["seconds"] == pytest.approx(probe_seconds + again["seconds_this_run"], abs=2e-3)
+    header = (out / "index.html").read_text().split("</header>")[0]
+    assert f"{again['seconds']:.3g} s · resumed: " in header and "in this run" in header
+
+
+# -- the patch probe: indices, the real area, an optimiser failure is a validity warning ----------------------
+PATCH_ONLY = Profile("patch-only", "the patch probe", 200, {"patch": {"steps": 300, "fit_images": 2000}})
+
+
+def test_the_patch_probe_states_its_real_area_and_the_gallery_indices(tmp_path, mnist_cnn, mnist):
+    report = run_audit(mnist_cnn, mnist, tmp_path / "p", profile=PATCH_ONLY)
+    probe = report["probes"][0]
+    assert probe["params"]["patch_side"] == 8 and probe["params"]["patch_area"] == pytest.approx(64 / 784)
+    assert "8x8 patch (8.2% of the image; at most 10% asked" in probe["summary"]
+    assert checks_of(report) == {"patch-beats-random": "pass"}
+    m = probe["metrics"]
+    assert m["patch_success[untargeted]"] > m["patch_success[random,untargeted]"] + 0.05
+    assert probe["examples"]
+    for ex in probe["examples"]:  # each example is the audited input its index names, which the model got right
+        i = ex["index"]
+        assert i >= 0 and torch.equal(torch.tensor(ex["clean"]), mnist.x_test[i])
+        assert ex["label"] == int(mnist.y_test[i]) == ex["pred_clean"] != ex["pred_adv"]
+        assert ex["eps"] == pytest.approx(64 / 784)
+    page = (tmp_path / "p" / "index.html").read_text()
+    assert "#-1" not in page and f"clean input #{probe['examples'][0]['index']}," in page
+    assert "covering 8.2% of the image" in page
+
+
+def test_a_patch_worse_than_a_random_one_is_a_validity_warning(tmp_path, mnist_cnn, mnist, monkeypatch):
+    """Positive control: a 'trained' patch that is flat mid-grey (an optimiser that went nowhere) fools 2.1% of
+    the images where a random patch fools 3.6%; the risk reads low, so the check must say it means nothing."""
+    import bastion.audit.probes.patch as patch_probe
+
+    monkeypatch.setattr(patch_probe, "fit", lambda model, x, y, target, **kw: torch.full((1, 8, 8), 0.5))
+    report = run_audit(mnist_cnn, mnist, tmp_path / "grey", profile=PATCH_ONLY, write=False)
+    m = report["probes"][0]["metrics"]
+    assert m["patch_success[untargeted]"] < m["patch_success[random,untargeted]"]
+    assert report["probes"][0]["risk"] == "low"
+    assert checks_of(report) == {"patch-beats-random": "warn"} and report["verdict"]["validity"] == "warn"
+
+
+def test_the_patch_check_reads_every_patch_with_numbers_on_both_sides():
+    from bastion.audit.probes.patch import patch_beats_random
+
+    ok = {"patch_success[untargeted]": 0.2, "patch_success[random,untargeted]": 0.2}
+    assert patch_beats_random(ok, [None]).status == "pass"  # as good as random: not an optimiser failure
+    worse = {**ok, "patch_success[target=3]": 0.01, "patch_success[random,target=3]": 0.02}
+    c = patch_beats_random(worse, [None, 3])
+    assert c.status == "warn" and "target=3: 1.0% < random 2.0%" in c.explanation and "untargeted" not in c.explanation
+    assert c.evidence["target=3"] == {"trained": 0.01, "random": 0.02}
+    nan = {"patch_success[untargeted]": math.nan, "patch_success[random,untargeted]": 0.1}
+    assert patch_beats_random(nan, [None]).status == "pass"  # nothing measured (no image of another class)
+
+
+# -- the detector split, in the library ----------------------------------------------------------------------
+def test_fit_detector_fits_and_calibrates_on_disjoint_training_inputs(digits_mlp, digits, monkeypatch):
+    from bastion.audit import fit_detector
+    from bastion.defenses.detection import MahalanobisDetector
+
+    seen: dict[str, torch.Tensor] = {}
+    det = MahalanobisDetector()
+    fit, calibrate = det.fit, det.calibrate
+    monkeypatch.setattr(det, "fit", lambda model, x, y: (seen.update(fit=x), fit(model, x, y))[1])
+    monkeypatch.setattr(det, "calibrate", lambda x, fpr: (seen.update(cal=x), calibrate(x, fpr=fpr))[1])
+    assert fit_detector(digits_mlp, digits, det, fpr=0.1) is det
+    k = digits.x_train.shape[0] // 4  # 1,437 training images: a quarter held out for the threshold
+    assert torch.equal(seen["cal"], digits.x_train[:k]) and torch.equal(seen["fit"], digits.x_train[k:])
+    flagged = (det.score(digits.x_train[:k]) > det.threshold_).float().mean()
+    assert 0.1 - 2 / k <= float(flagged) <= 0.1 + 2 / k and det.fpr_ == 0.1  # the (1 - fpr) quantile of its scores
+    small = load_dataset("digits")
+    small.x_train, small.y_train = small.x_train[:70], small.y_train[:70]
+    for kwargs, needle in [
+        ({"data": small}, "too small"),
+        ({"detector": "nope"}, "unknown detector 'nope'"),
+        ({"fpr": 1.0}, "fpr must lie in"),
+    ]:
+        with pytest.raises(UsageError, match=needle):
+            fit_detector(digits_mlp, kwargs.pop("data", digits), **kwargs)

@@ -34,7 +34,8 @@ def test_json_output_and_gates_decide_the_exit_code(tmp_path):
     lines = [line for line in p.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
     out = json.loads(lines[0])
-    assert {"verdict", "metrics", "gates", "probes", "checks", "out"} <= set(out)
+    assert {"verdict", "metrics", "gates", "probes", "checks", "out", "n_inputs"} <= set(out)
+    assert out["n_inputs"] == 100
     assert [g["passed"] for g in out["gates"]] == [True, True] and out["verdict"]["gates"] == "pass"
     assert OUTPUTS <= {f.name for f in (tmp_path / "ok").iterdir()}
 
@@ -55,12 +56,16 @@ def test_json_output_and_gates_decide_the_exit_code(tmp_path):
         (["--fail-under", "robustness>0.5"], "unknown metric"),
         (["--fail-under", "robust_accuracy@eps=0.15>=0.5"], "not audited"),
         (["--out", "FILE"], "not a directory"),
+        (["--out", "/no/such/dir/out"], "--out /no/such/dir/out: the folder /no/such/dir does not exist"),
+        (["--model", "TS_FILE"], "--input-shape"),
+        (["--detector", "squeeze", "--smooth", "0.25"], "do not combine"),
+        (["--detector", "nope"], "unknown detector"),
         (["--eps", "0.1,-2"], "--eps"),
         (["--norm", "l1"], "linf and l2"),
         (["--probes", "whitebox,fuzzing"], "unknown probe"),
     ],
 )
-def test_bad_input_exits_2_with_one_line_and_writes_no_report(tmp_path, args, needle):
+def test_bad_input_exits_2_with_one_line_and_writes_no_report(tmp_path, torchscript_cnn, args, needle):
     bad = tmp_path / "weights.safetensors"
     bad.write_bytes(b"not a safetensors file at all")
     afile = tmp_path / "a-file"
@@ -68,12 +73,35 @@ def test_bad_input_exits_2_with_one_line_and_writes_no_report(tmp_path, args, ne
     out = tmp_path / "out"
     argv = {"--model": "zoo:mnist-cnn", "--data": "mnist5k", "--out": str(out), "--n": "20"}
     for i in range(0, len(args), 2):
-        argv[args[i]] = args[i + 1].replace("BAD_FILE", str(bad)).replace("FILE", str(afile))
+        value = args[i + 1].replace("BAD_FILE", str(bad)).replace("TS_FILE", str(torchscript_cnn))
+        argv[args[i]] = value.replace("FILE", str(afile))
     p = run(*[t for kv in argv.items() for t in kv])
     assert p.returncode == 2, (p.stdout, p.stderr)
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "Traceback" not in p.stderr, p.stderr
     assert not any((out / name).exists() for name in OUTPUTS)
+
+
+@pytest.fixture(scope="module")
+def torchscript_cnn(tmp_path_factory):
+    """zoo:mnist-cnn saved as TorchScript: a file that records neither its input shape nor its classes."""
+    import torch
+
+    from bastion.models.zoo import load_zoo
+
+    path = tmp_path_factory.mktemp("ts") / "cnn.pt"
+    torch.jit.save(torch.jit.trace(load_zoo("mnist-cnn").module.eval(), torch.zeros(1, 1, 28, 28)), str(path))
+    return path
+
+
+def test_a_torchscript_model_is_audited_with_input_shape(tmp_path, torchscript_cnn):
+    p = run(
+        *("--model", str(torchscript_cnn), "--input-shape", "1,28,28", "--data", "mnist5k"),
+        *("--out", str(tmp_path / "ts"), "--probes", "model", "--n", "50", "--json"),
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["n_inputs"] == 50 and out["metrics"]["clean_accuracy"] > 0.9
 
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
@@ -88,7 +116,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
         "--out",
         str(out),
         "--n",
-        "300",
+        "100",
         "--probes",
         "model,whitebox,noise",
     ]
@@ -111,8 +139,13 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     assert proc.returncode == 130, err
     assert "run the same command to resume" in err and "Traceback" not in err
     assert not any((out / name).exists() for name in OUTPUTS)
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr
     assert "model" in p.stderr and "resumed" in p.stderr.splitlines()[0]
     assert OUTPUTS <= {f.name for f in out.iterdir()}
-    assert json.loads((out / "report.json").read_text())["resumed"] is True
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed"] is True
+    # the resumed report counts the probe that ran before the interruption: not just this run's seconds
+    model_seconds = next(p["seconds"] for p in report["probes"] if p["probe"] == "model")
+    assert report["seconds"] >= sum(p["seconds"] for p in report["probes"]) > 0
+    assert report["seconds"] - report["seconds_this_run"] == pytest.approx(model_seconds, abs=2e-3)

@@ -35,6 +35,11 @@ def test_npz_with_and_without_test_split(tmp_path):
     assert torch.equal(load_dataset(path).x_test, d.x_test)  # seeded
     assert not torch.equal(load_dataset(path, seed=1).x_test, d.x_test)
     assert len(load_dataset(path, test_fraction=0.5).y_test) == 60
+    # the split the file did not have is said, with its numbers (the CLI prints meta["split"])
+    assert d.meta["split"] == (
+        "no test split in the file: split 120 samples into 96 train / 24 test "
+        "(stratified, test_fraction=0.2, seed=20260101)"
+    )
 
     imgs = tmp_path / "imgs.npz"
     xi = np.random.default_rng(1).random((20, 1, 4, 4))
@@ -42,6 +47,7 @@ def test_npz_with_and_without_test_split(tmp_path):
     d = load_dataset(imgs)
     assert d.bounds == (0.0, 1.0) and d.input_shape == (1, 4, 4)
     assert torch.allclose(d.x_test, torch.tensor(xi[15:], dtype=torch.float32))
+    assert "split" not in d.meta  # the file's own split: nothing to say
 
 
 def test_npz_errors(tmp_path):
@@ -76,6 +82,7 @@ def test_csv_string_labels_and_scaling(tmp_path):
     d = load_dataset(path)  # no 'label' column: the last column is the label
     assert d.meta["classes"] == ["setosa", "versicolor", "virginica"] and d.n_classes == 3
     assert d.feature_names == ["a", "b", "c"]
+    assert d.meta["split"].startswith("no test split in the file: split 60 samples into 48 train / 12 test")
     assert d.bounds == pytest.approx((x.min(), x.max()), rel=1e-5)  # tabular: not rescaled
     assert float(torch.cat([d.x_train, d.x_test]).max()) == pytest.approx(x.max(), rel=1e-5)
     s = load_dataset(path, scale=True)
@@ -123,7 +130,7 @@ def test_image_folder_round_trip(tmp_path):
     d = load_dataset(root, test_fraction=0.2)
     assert d.meta["classes"] == ["ant", "cat", "dog"] and d.n_classes == 3
     assert d.input_shape == (3, 6, 7) and d.bounds == (0.0, 1.0)
-    assert (len(d.y_train), len(d.y_test)) == (12, 3)
+    assert (len(d.y_train), len(d.y_test)) == (12, 3) and "15 samples into 12 train / 3 test" in d.meta["split"]
     # each loaded image equals a written one (/255, CHW) of the same class
     for xi, yi in zip(torch.cat([d.x_train, d.x_test]), torch.cat([d.y_train, d.y_test])):
         cls = d.meta["classes"][int(yi)]
@@ -143,6 +150,7 @@ def test_image_folder_gray_split_and_shape_errors(tmp_path):
                 _png(root / split / cls / f"{i}.png", rng.integers(0, 256, size=(5, 5), dtype=np.uint8))
     d = load_dataset(root)
     assert d.input_shape == (1, 5, 5) and (len(d.y_train), len(d.y_test)) == (8, 4)
+    assert "split" not in d.meta  # train/ and test/ folders: the folder's own split
     bad = tmp_path / "mixed"
     for cls in ("a", "b"):
         (bad / cls).mkdir(parents=True)

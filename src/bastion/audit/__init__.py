@@ -4,11 +4,14 @@ gate on (junit.xml, ``--fail-under``).
 
     report = bastion.audit.run_audit(model, data, "audit-out", profile="quick", gates=["clean_accuracy>=0.9"])
 
-Probes are registered in :data:`PROBES` (``register_probe``); profiles in :data:`PROFILES`.
+Probes are registered in :data:`PROBES` (``register_probe``); profiles in :data:`PROFILES`. To audit a model
+behind an adversarial-input detector, :func:`fit_detector` fits and calibrates one on the training split (as
+``bastion audit --detector`` does) and ``DetectingClassifier(model, detector)`` is the model to audit.
 """
 
 from __future__ import annotations
 
+from .defended import fit_detector
 from .gates import Gate, parse_gate
 from .probe import PROBES, AuditContext, Probe, register_probe
 from .profiles import PROFILES, Profile, default_eps, get_profile
@@ -29,6 +32,7 @@ __all__ = [
     "Profile",
     "Series",
     "default_eps",
+    "fit_detector",
     "get_profile",
     "parse_gate",
     "register_probe",

@@ -34,12 +34,85 @@ def _is_fraction_axis(label: str, ys: list[float]) -> bool:
     return any(w in label.lower() for w in words) and all(0.0 <= y <= 1.0 for y in finite)
 
 
+def _draw_lines(ax: Any, plot: dict[str, Any], series: list[dict[str, Any]]) -> tuple[int, list[float]]:
+    """Line plot: one line per series; log x axis on request. Returns (lines drawn, the y values)."""
+    from matplotlib.ticker import NullFormatter
+
+    drawn, all_y = 0, []
+    for s in series:
+        xs, ys = _floats(s.get("x")), _floats(s.get("y"))
+        n = min(len(xs), len(ys))
+        if n == 0:
+            continue
+        ax.plot(xs[:n], ys[:n], marker="o", markersize=4, linewidth=1.6, label=str(s.get("name") or ""))
+        all_y += ys[:n]
+        drawn += 1
+    xs_all = sorted({x for s in series for x in _floats(s.get("x")) if math.isfinite(x)})
+    if plot.get("x_log") and xs_all and xs_all[0] > 0:
+        ax.set_xscale("log")
+        if len(xs_all) <= 10:  # label the measured points plainly instead of powers of ten
+            ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    return drawn, all_y
+
+
+def _draw_hists(ax: Any, series: list[dict[str, Any]]) -> int:
+    """Histograms of each series' raw values ``x`` on shared bins (at most 40). Returns the number drawn."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    data = [(str(s.get("name") or ""), [v for v in _floats(s.get("x")) if math.isfinite(v)]) for s in series]
+    data = [(name, vals) for name, vals in data if vals]
+    if not data:
+        return 0
+    pooled = np.concatenate([np.asarray(vals) for _, vals in data])
+    edges = np.histogram_bin_edges(pooled, bins="auto")
+    if len(edges) > 41:
+        edges = np.histogram_bin_edges(pooled, bins=40)
+    for name, vals in data:
+        ax.hist(
+            vals,
+            bins=edges.tolist(),
+            alpha=0.55 if len(data) > 1 else 0.85,
+            label=name,
+            edgecolor="white",
+            linewidth=0.5,
+        )
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return len(data)
+
+
+def _draw_bars(ax: Any, plot: dict[str, Any], series: list[dict[str, Any]]) -> tuple[int, list[float]]:
+    """Grouped bars at the category positions. Returns (series drawn, the y values)."""
+    categories = [str(c) for c in _list(plot.get("categories"))]
+    usable = [s for s in series if _list(s.get("y"))]
+    width = 0.8 / max(len(usable), 1)
+    all_y: list[float] = []
+    for i, s in enumerate(usable):
+        ys = _floats(s.get("y"))
+        xs = _floats(s.get("x")) or [float(j) for j in range(len(ys))]
+        if len(xs) != len(ys):
+            xs = [float(j) for j in range(len(ys))]
+        offset = (i - (len(usable) - 1) / 2) * width
+        ax.bar(
+            [x + offset for x in xs],
+            [0.0 if not math.isfinite(y) else y for y in ys],
+            width=width,
+            label=str(s.get("name") or ""),
+        )
+        all_y += ys
+    if categories:
+        ax.set_xticks(range(len(categories)))
+        ax.set_xticklabels(
+            categories, rotation=30 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center"
+        )
+    return len(usable), all_y
+
+
 def render_plot(plot: dict[str, Any]) -> bytes:
     """Draw one :class:`~bastion.audit.result.Plot` (as a dict) to PNG bytes."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     kind = plot.get("kind")
     series = [s for s in _list(plot.get("series")) if isinstance(s, dict)]
@@ -50,62 +123,11 @@ def render_plot(plot: dict[str, Any]) -> bytes:
     drawn = 0
     all_y: list[float] = []
     if kind == "line":
-        for s in series:
-            xs, ys = _floats(s.get("x")), _floats(s.get("y"))
-            n = min(len(xs), len(ys))
-            if n == 0:
-                continue
-            ax.plot(xs[:n], ys[:n], marker="o", markersize=4, linewidth=1.6, label=str(s.get("name") or ""))
-            all_y += ys[:n]
-            drawn += 1
-        xs_all = sorted({x for s in series for x in _floats(s.get("x")) if math.isfinite(x)})
-        if plot.get("x_log") and xs_all and xs_all[0] > 0:
-            ax.set_xscale("log")
-            if len(xs_all) <= 10:  # label the measured points plainly instead of powers of ten
-                ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
-                ax.xaxis.set_minor_formatter(NullFormatter())
+        drawn, all_y = _draw_lines(ax, plot, series)
     elif kind == "hist":
-        data = [(str(s.get("name") or ""), [v for v in _floats(s.get("x")) if math.isfinite(v)]) for s in series]
-        data = [(name, vals) for name, vals in data if vals]
-        if data:
-            pooled = np.concatenate([np.asarray(vals) for _, vals in data])
-            edges = np.histogram_bin_edges(pooled, bins="auto")
-            if len(edges) > 41:
-                edges = np.histogram_bin_edges(pooled, bins=40)
-            for name, vals in data:
-                ax.hist(
-                    vals,
-                    bins=edges,
-                    alpha=0.55 if len(data) > 1 else 0.85,
-                    label=name,
-                    edgecolor="white",
-                    linewidth=0.5,
-                )
-                drawn += 1
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        drawn = _draw_hists(ax, series)
     elif kind == "bar":
-        categories = [str(c) for c in _list(plot.get("categories"))]
-        usable = [s for s in series if _list(s.get("y"))]
-        width = 0.8 / max(len(usable), 1)
-        for i, s in enumerate(usable):
-            ys = _floats(s.get("y"))
-            xs = _floats(s.get("x")) or [float(j) for j in range(len(ys))]
-            if len(xs) != len(ys):
-                xs = [float(j) for j in range(len(ys))]
-            offset = (i - (len(usable) - 1) / 2) * width
-            ax.bar(
-                [x + offset for x in xs],
-                [0.0 if not math.isfinite(y) else y for y in ys],
-                width=width,
-                label=str(s.get("name") or ""),
-            )
-            all_y += ys
-            drawn += 1
-        if categories:
-            ax.set_xticks(range(len(categories)))
-            ax.set_xticklabels(
-                categories, rotation=30 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center"
-            )
+        drawn, all_y = _draw_bars(ax, plot, series)
     if drawn == 0:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="#59636e")
         ax.set_xticks([])

@@ -14,23 +14,22 @@ messages are user-controlled. The file is written atomically (:func:`.store.writ
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .figures import image_pngs, render_plot
+from .figures import render_plot
+from .html_gallery import example_html
 from .html_style import CSS
+from .html_text import data_uri as _data_uri
+from .html_text import esc as _esc
+from .html_text import num as _num
 from .store import write_atomic
 
 __all__ = ["write_html"]
 
-_MAX_CHANGED_FEATURES = 12
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 _BADGE_CLASS = {
     "high": "bad",
@@ -48,26 +47,6 @@ _BADGE_CLASS = {
 
 
 # --------------------------------------------------------------------------------------------- formatting
-
-
-def _esc(value: Any) -> str:
-    """Escape any value for HTML text or a quoted attribute; None becomes an em dash."""
-    if value is None:
-        return "—"
-    return html.escape(_CONTROL.sub("", str(value)), quote=True)
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    """A compact number: ints as is, floats with ``digits`` significant digits, anything else escaped."""
-    if isinstance(value, bool) or value is None:
-        return _esc(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return _esc(value)
-        return f"{value:.{digits}g}"
-    return _esc(value)
 
 
 def _compact(value: Any) -> str:
@@ -123,10 +102,6 @@ def _kv_table(rows: dict[str, Any], value_fmt: Callable[[Any], str], head: tuple
     )
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 # --------------------------------------------------------------------------------------------- plots
 
 
@@ -149,108 +124,24 @@ def _plots_html(plots: list[Any]) -> str:
     return "".join(parts)
 
 
-# --------------------------------------------------------------------------------------------- gallery
-
-
-def _example_caption(ex: dict[str, Any]) -> str:
-    eps = ex.get("eps")
-    eps_text = f", eps {_num(eps)}" if isinstance(eps, (int, float)) and not isinstance(eps, bool) else ""
-    changed = ex.get("pred_adv") != ex.get("pred_clean")
-    outcome = "fooled" if changed else "not fooled"
-    return (
-        f"<strong>#{_esc(ex.get('index'))}</strong>: label {_esc(ex.get('label'))} → prediction "
-        f"{_esc(ex.get('pred_adv'))} (clean prediction {_esc(ex.get('pred_clean'))}, {outcome}) · attack "
-        f"<code>{_esc(ex.get('attack'))}</code> · norm {_esc(ex.get('norm'))}{eps_text} · perturbation size "
-        f"{_num(ex.get('perturbation'))}"
-    )
-
-
-def _example_html(ex: dict[str, Any]) -> str:
-    import numpy as np
-
-    caption = f'<div class="caption">{_example_caption(ex)}</div>'
-    try:
-        clean = np.asarray(ex.get("clean"), dtype=float)
-        adv = np.asarray(ex.get("adversarial"), dtype=float)
-    except (TypeError, ValueError):
-        return f'<div class="example">{caption}<p class="note">input could not be read as numbers</p></div>'
-    if clean.shape != adv.shape or clean.size == 0:
-        return (
-            f'<div class="example">{caption}<p class="note">no input to show (shapes {_esc(clean.shape)} and '
-            f"{_esc(adv.shape)})</p></div>"
-        )
-    bounds_raw = ex.get("bounds") or (0.0, 1.0)
-    try:
-        bounds = (float(bounds_raw[0]), float(bounds_raw[1]))
-    except (TypeError, ValueError, IndexError):
-        bounds = (0.0, 1.0)
-    if clean.ndim == 2:  # (H, W): a single-channel image without its channel axis
-        clean, adv = clean[None], adv[None]
-    if clean.ndim == 3 and clean.shape[0] in (1, 3):
-        png_clean, png_adv, png_diff, m, scale = image_pngs(clean, adv, bounds)
-        w, h = clean.shape[2] * scale, clean.shape[1] * scale
-        idx = _esc(ex.get("index"))
-
-        def fig(png: bytes, alt: str, cap: str) -> str:
-            return (
-                f'<figure><img src="{_data_uri(png)}" width="{w}" height="{h}" alt="{_esc(alt)}">'
-                f"<figcaption>{cap}</figcaption></figure>"
-            )
-
-        diff_cap = "perturbation (adv − clean)" if m > 0 else "perturbation: none"
-        legend = (
-            f"Perturbation colours: red = increase, blue = decrease, grey = unchanged; scaled to max |Δ| = {_num(m)}."
-            if m > 0
-            else "The adversarial input is identical to the clean one."
-        )
-        triple = (
-            fig(
-                png_clean,
-                f"clean input #{ex.get('index')}, label {ex.get('label')}",
-                f"clean · label {_esc(ex.get('label'))} → {_esc(ex.get('pred_clean'))}",
-            )
-            + fig(
-                png_adv,
-                f"adversarial input #{ex.get('index')}, predicted {ex.get('pred_adv')}",
-                f"adversarial → {_esc(ex.get('pred_adv'))}",
-            )
-            + fig(png_diff, f"perturbation of input #{ex.get('index')}", _esc(diff_cap))
-        )
-        return (
-            f'<div class="example" data-example="{idx}">{caption}<div class="triple">{triple}</div>'
-            f'<p class="reason">{_esc(legend)}</p></div>'
-        )
-    if clean.ndim == 1:
-        delta = adv - clean
-        changed = [int(i) for i in np.argsort(-np.abs(delta), kind="stable") if abs(delta[i]) > 1e-9]
-        if not changed:
-            body = '<p class="note">no feature changed</p>'
-        else:
-            shown = changed[:_MAX_CHANGED_FEATURES]
-            rows = "".join(
-                f'<tr><td class="num">{i}</td><td class="num">{_num(float(clean[i]))}</td>'
-                f'<td class="num">{_num(float(adv[i]))}</td><td class="num">{float(delta[i]):+.4g}</td></tr>'
-                for i in shown
-            )
-            more = f"; the {len(shown)} largest changes shown" if len(changed) > len(shown) else ""
-            body = (
-                f'<p class="sub">{len(changed)} of {clean.size} features changed{more}.</p>'
-                '<table class="kv"><thead><tr><th>feature</th><th>clean</th><th>adversarial</th><th>delta</th>'
-                "</tr>"
-                f"</thead><tbody>{rows}</tbody></table>"
-            )
-        return f'<div class="example" data-example="{_esc(ex.get("index"))}">{caption}{body}</div>'
-    return f'<div class="example">{caption}<p class="note">input of shape {_esc(clean.shape)} not rendered</p></div>'
-
-
 # --------------------------------------------------------------------------------------------- page parts
+
+
+def _duration(report: dict[str, Any]) -> str:
+    """`` · 95.2 s`` — for a resumed audit the whole audit's seconds (the probes finished before, as recorded,
+    plus this run's) and this run's; a report without the split (older ones) shows what it has."""
+    seconds, this_run = report.get("seconds"), report.get("seconds_this_run")
+    text = f" · {_num(seconds, 3)} s" if isinstance(seconds, (int, float)) else ""
+    if report.get("resumed"):
+        ran = f": {_num(this_run, 3)} s in this run" if isinstance(this_run, (int, float)) else ""
+        text += f" · resumed{ran}"
+    return text
 
 
 def _header(report: dict[str, Any]) -> str:
     settings, model, data = _dict(report.get("settings")), _dict(report.get("model")), _dict(report.get("data"))
     eps = settings.get("eps")
     eps_text = ", ".join(_num(e) for e in eps) if isinstance(eps, list) else _num(eps)
-    seconds = report.get("seconds")
     rows = [
         (
             "model",
@@ -266,12 +157,7 @@ def _header(report: dict[str, Any]) -> str:
         ("threat model", f"norm {_esc(settings.get('norm'))} · eps {eps_text or '—'}"),
         ("inputs", f"n = {_esc(settings.get('n'))} · seed {_esc(settings.get('seed'))}"),
         ("bastion", f"{_esc(report.get('bastion_version'))} · schema <code>{_esc(report.get('schema'))}</code>"),
-        (
-            "created",
-            f"{_esc(report.get('created'))}"
-            + (f" · {_num(seconds, 3)} s" if isinstance(seconds, (int, float)) else "")
-            + (" · resumed" if report.get("resumed") else ""),
-        ),
+        ("created", f"{_esc(report.get('created'))}{_duration(report)}"),
     ]
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     return f'<header class="report"><h1>bastion audit</h1><dl class="meta">{meta}</dl></header>'
@@ -365,7 +251,7 @@ def _probe_section(p: dict[str, Any], slug: str) -> str:
         parts.append("<h3>Validity checks</h3>" + _checks_table(checks, None))
     examples = [e for e in _list(p.get("examples")) if isinstance(e, dict)]
     if examples:
-        parts.append('<h3>Examples</h3><div class="gallery">' + "".join(_example_html(e) for e in examples) + "</div>")
+        parts.append('<h3>Examples</h3><div class="gallery">' + "".join(example_html(e) for e in examples) + "</div>")
     parts.append("</section>")
     return "".join(parts)
 

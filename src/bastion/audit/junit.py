@@ -108,8 +108,9 @@ def render_junit(report: dict[str, Any]) -> bytes:
     if report.get("created"):
         suite.set("timestamp", _text(report.get("created")))
     props = ET.SubElement(suite, "properties")
-    settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
-    verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else {}
+    raw_settings, raw_verdict = report.get("settings"), report.get("verdict")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
+    verdict: dict[str, Any] = raw_verdict if isinstance(raw_verdict, dict) else {}
     for key, value in (
         ("model", settings.get("model")),
         ("data", settings.get("data")),

@@ -6,7 +6,8 @@ list of them plus the settings and fingerprints, and the HTML and JUnit writers 
 
 Report schema (``SCHEMA``), top level::
 
-    schema, bastion_version, created (ISO 8601, UTC), seconds, resumed (bool)
+    schema, bastion_version, created (ISO 8601, UTC), resumed (bool),
+    seconds (the whole audit: a resumed one adds the finished probes' recorded seconds), seconds_this_run
     settings:    {model, data, profile, norm, eps: [..], seed, n, probes: [names]}
     model:       {spec, fingerprint, kind, white_box, output, input_shape, n_classes, bounds}
     data:        {spec, fingerprint, n_test, input_shape, n_classes, kind: 'image' | 'tabular' | 'other'}

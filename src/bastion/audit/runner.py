@@ -16,71 +16,36 @@ A probe that raises is recorded with status 'error' and its message (the audit g
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
 import platform
-import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .._version import __version__
 from ..data import Dataset
 from ..errors import UsageError
 from ..models.base import Classifier, validate_inputs
-from ..models.torch import TorchClassifier
-from ..models.wrapped import unwrap
 from ..threat import canonical_norm
 from . import probes as _probes  # noqa: F401  (registers the built-in probes)
 from .gates import Gate, evaluate_gates, parse_gate
-from .probe import PROBES, AuditContext, eps_key
+from .probe import PROBES, AuditContext, Probe, eps_key
 from .profiles import Profile, default_eps, get_profile
 from .result import RISK_ORDER, SCHEMA, STATUS_ORDER, ProbeResult, jsonable
+from .state import OUTPUTS, STATE_DIR, clear_state, fingerprint_data, fingerprint_model, open_state, sha
 from .store import write_atomic
 
-__all__ = ["OUTPUTS", "STATE_DIR", "fingerprint_data", "fingerprint_model", "run_audit"]
-
-STATE_DIR = ".audit-state"
-OUTPUTS = ("junit.xml", "index.html", "report.json")
+__all__ = ["OUTPUTS", "STATE_DIR", "clear_state", "fingerprint_data", "fingerprint_model", "run_audit"]
 
 Progress = Callable[[str, float, str], None]
-
-
-def _sha(*parts: bytes | str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def fingerprint_model(model: Classifier, probe_x: torch.Tensor) -> str:
-    """sha256 of a torch model's parameters and buffers (under any wrappers: smoothing, detection, EOT, whose
-    configuration enters through their repr), or of any other model's scores on ``probe_x`` (those queries
-    count: the audit never winds a model's query counter back)."""
-    inner = unwrap(model)
-    if isinstance(inner, TorchClassifier):
-        parts: list[bytes | str] = [type(model).__name__, repr(model), type(inner.module).__name__]
-        for k, v in inner.module.state_dict().items():
-            parts += [k, v.detach().cpu().contiguous().numpy().tobytes()]
-        return _sha(*parts)
-    with torch.no_grad():
-        s = model.logits(probe_x).double().cpu()
-    return _sha(type(model).__name__, (s * 1e5).round().numpy().tobytes())
-
-
-def fingerprint_data(x: torch.Tensor, y: torch.Tensor, x_train: torch.Tensor) -> str:
-    return _sha(
-        x.contiguous().numpy().tobytes(),
-        y.contiguous().numpy().tobytes(),
-        str(tuple(x_train.shape)),
-        x_train.contiguous().numpy().tobytes(),
-    )
+OnProbe = Callable[[ProbeResult, bool], None]
 
 
 def _kind(shape: tuple[int, ...]) -> str:
@@ -99,44 +64,130 @@ def _eps_list(eps: Sequence[float] | None, norm: str, model: Classifier) -> list
     out = []
     for e in eps:
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
-            raise UsageError(f"--eps: every eps must be a finite number > 0, got {e!r}")
+            raise UsageError(f"eps: every eps must be a finite number > 0, got {e!r}")
         out.append(float(e))
     return sorted(set(out))
 
 
-def _prepare_out(out: Path, settings_id: str, settings: dict[str, Any]) -> tuple[Path, dict[str, ProbeResult]]:
-    """Check the output directory; return the state directory and the probes already finished there."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {out} exists and is not a directory")
-    state = out / STATE_DIR
-    done: dict[str, ProbeResult] = {}
-    if out.is_dir() and any(out.iterdir()):
-        meta = state / "settings.json"
-        if not meta.is_file():
-            raise UsageError(f"--out: {out} is not empty and holds no bastion audit: choose a new or empty directory")
+@dataclass
+class _Plan:
+    """What an audit will do, checked before any probe runs."""
+
+    profile: Profile
+    norm: str
+    eps: list[float]
+    gates: list[Gate]
+    names: list[str]
+    x: Tensor
+    y: Tensor
+
+
+def _threat(model: Classifier, prof: Profile, norm: str, eps: Sequence[float] | None) -> tuple[str, list[float]]:
+    unregistered = [name for name in prof.probes if name not in PROBES]
+    if unregistered:
+        raise UsageError(f"profile {prof.name!r} names unregistered probe(s) {', '.join(unregistered)}")
+    try:
+        norm = canonical_norm(norm)
+    except ValueError as exc:
+        raise UsageError(f"norm: {exc}") from None
+    if norm not in ("linf", "l2"):
+        raise UsageError(f"norm: the audit supports linf and l2, not {norm}")
+    if not isinstance(model, Classifier):
+        raise UsageError(f"model must be a bastion Classifier, got {type(model).__name__}")
+    return norm, _eps_list(eps, norm, model)
+
+
+def _audited_inputs(model: Classifier, data: Dataset, prof: Profile, n: int | None) -> tuple[Tensor, Tensor]:
+    if tuple(data.input_shape) != tuple(model.input_shape):
+        raise UsageError(
+            f"data {data.name} has inputs of shape {tuple(data.input_shape)} but the model expects "
+            f"{tuple(model.input_shape)}"
+        )
+    count = prof.n if n is None else int(n)
+    if count < 0 or (n is not None and count == 0):
+        raise UsageError(f"n must be >= 1, got {n}")
+    total = int(data.x_test.shape[0])
+    if total == 0:
+        raise UsageError(f"data {data.name} has no test inputs to audit")
+    count = total if count == 0 else min(count, total)
+    x, y = data.x_test[:count].contiguous(), data.y_test[:count].contiguous()
+    validate_inputs(model, x, y, name="the data's test inputs")
+    return x, y
+
+
+def _plan(
+    model: Classifier,
+    data: Dataset,
+    profile: str | Profile,
+    norm: str,
+    eps: Sequence[float] | None,
+    n: int | None,
+    probes: Sequence[str] | None,
+    gates: Sequence[str | Gate],
+) -> _Plan:
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    norm, eps_values = _threat(model, prof, norm, eps)
+    parsed = [g if isinstance(g, Gate) else parse_gate(g, eps_values) for g in gates]
+    names = list(prof.probes)
+    if probes:
+        unknown = [p for p in probes if p not in prof.probes]
+        if unknown:
+            raise UsageError(f"probes: unknown probe(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+        names = [p for p in names if p in probes]
+    x, y = _audited_inputs(model, data, prof, n)
+    return _Plan(prof, norm, eps_values, parsed, names, x, y)
+
+
+def _run_probe(name: str, probe: Probe, ctx: AuditContext) -> ProbeResult:
+    """One probe: skipped with its reason, or run under its own seed; a probe that raises is recorded as an
+    error (the others still run). ``KeyboardInterrupt`` stops the audit."""
+    t0 = time.perf_counter()
+    reason = probe.skip_reason(ctx)
+    if reason is not None:
+        res = probe.result(ctx, status="skipped", reason=reason, summary=f"skipped: {reason}")
+    else:
         try:
-            old = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise UsageError(f"--out: {out} holds a damaged audit state ({meta}): remove the directory") from None
-        if old.get("id") != settings_id:
-            prev = old.get("settings", {})
-            diff = sorted(k for k in set(prev) | set(settings) if prev.get(k) != settings.get(k))
-            raise UsageError(
-                f"--out: {out} holds an audit with other settings (differs in: "
-                f"{', '.join(diff) or 'fingerprints'}); "
-                "resume it with the same command, or choose another --out"
-            )
-        for f in sorted(state.glob("probe-*.json")):
-            try:
-                r = ProbeResult.from_dict(json.loads(f.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError, TypeError, KeyError):
-                continue  # a damaged probe file: that probe runs again
-            done[r.probe] = r
-    state.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:  # an earlier run's outputs go now and come back when this run finishes
-        (out / name).unlink(missing_ok=True)
-    write_atomic(state / "settings.json", json.dumps({"id": settings_id, "settings": settings}, indent=1))
-    return state, done
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(ctx.seed_for(name))
+                res = probe.run(ctx)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # recorded, not fatal: the other probes still run
+            msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, UsageError) else str(exc)
+            res = probe.result(ctx, status="error", reason=msg, summary=f"error: {msg}")
+    res.seconds = round(time.perf_counter() - t0, 3)
+    return res
+
+
+def _run_probes(
+    instances: dict[str, Probe],
+    ctx: AuditContext,
+    state: Path,
+    done: dict[str, ProbeResult],
+    on_probe: OnProbe | None,
+) -> list[ProbeResult]:
+    """The probes in order; each new result is saved before the next starts, finished ones are taken from
+    ``done`` (a resumed audit)."""
+    results: list[ProbeResult] = []
+    for name, probe in instances.items():
+        resumed = name in done
+        res = done[name] if resumed else _run_probe(name, probe, ctx)
+        if not resumed:
+            write_atomic(state / f"probe-{name}.json", json.dumps(res.to_dict()))
+        ctx.results[name] = res
+        results.append(res)
+        if on_probe is not None:
+            on_probe(res, resumed)
+    return results
+
+
+def _write_outputs(report: dict[str, Any], out_dir: Path) -> None:
+    from .html import write_html
+    from .junit import write_junit
+
+    write_junit(report, out_dir / "junit.xml")
+    write_html(report, out_dir / "index.html")
+    write_atomic(out_dir / "report.json", json.dumps(report, indent=1))
 
 
 def run_audit(
@@ -154,7 +205,7 @@ def run_audit(
     model_spec: str | None = None,
     data_spec: str | None = None,
     progress: Progress | None = None,
-    on_probe: Callable[[ProbeResult, bool], None] | None = None,
+    on_probe: OnProbe | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
     """Audit ``model`` on ``data``'s test split and write the report to ``out``; return the report dict.
@@ -170,120 +221,46 @@ def run_audit(
         progress: ``progress(probe, fraction, message)`` while probes run.
         on_probe: ``on_probe(result, resumed)`` after each probe (the CLI prints a line).
         write: write report.json, index.html and junit.xml (False: only the state and the returned dict).
-    """
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    unregistered = [name for name in prof.probes if name not in PROBES]
-    if unregistered:
-        raise UsageError(f"profile {prof.name!r} names unregistered probe(s) {', '.join(unregistered)}")
-    try:
-        norm = canonical_norm(norm)
-    except ValueError as exc:
-        raise UsageError(f"--norm: {exc}") from None
-    if norm not in ("linf", "l2"):
-        raise UsageError(f"--norm: the audit supports linf and l2, not {norm}")
-    if not isinstance(model, Classifier):
-        raise UsageError(f"model must be a bastion Classifier, got {type(model).__name__}")
-    eps_values = _eps_list(eps, norm, model)
-    parsed = [g if isinstance(g, Gate) else parse_gate(g, eps_values) for g in gates]
-    names = list(prof.probes)
-    if probes:
-        unknown = [p for p in probes if p not in prof.probes]
-        if unknown:
-            raise UsageError(f"--probes: unknown probe(s) {', '.join(unknown)}; choose from {', '.join(names)}")
-        names = [p for p in names if p in probes]
-    if tuple(data.input_shape) != tuple(model.input_shape):
-        raise UsageError(
-            f"--data: {data.name} has inputs of shape {tuple(data.input_shape)} but the model expects "
-            f"{tuple(model.input_shape)}"
-        )
-    count = prof.n if n is None else int(n)
-    if count < 0 or (n is not None and count == 0):
-        raise UsageError(f"--n must be >= 1, got {n}")
-    total = int(data.x_test.shape[0])
-    if total == 0:
-        raise UsageError(f"--data: {data.name} has no test inputs to audit")
-    count = total if count == 0 else min(count, total)
-    x, y = data.x_test[:count].contiguous(), data.y_test[:count].contiguous()
-    validate_inputs(model, x, y, name="--data test inputs")
-    instances = {name: PROBES[name](**prof.probes[name]) for name in names}
 
+    Raises:
+        UsageError: before any probe runs, for anything the caller can fix (profile, norm, eps, gates, probes,
+            data that does not fit the model, an output directory that cannot be written or holds another audit).
+    """
+    plan = _plan(model, data, profile, norm, eps, n, probes, gates)
+    instances = {name: PROBES[name](**plan.profile.probes[name]) for name in plan.names}
     settings = {
         "model": model_spec or repr(model),
         "data": data_spec or data.name,
-        "profile": prof.name,
-        "norm": norm,
-        "eps": eps_values,
+        "profile": plan.profile.name,
+        "norm": plan.norm,
+        "eps": plan.eps,
         "seed": int(seed),
-        "n": count,
-        "probes": names,
+        "n": int(plan.x.shape[0]),
+        "probes": plan.names,
     }
-    model_fp, data_fp = fingerprint_model(model, x[:16]), fingerprint_data(x, y, data.x_train)
-    settings_id = _sha(json.dumps(settings, sort_keys=True), model_fp, data_fp, __version__)
+    fps = fingerprint_model(model, plan.x[:16]), fingerprint_data(plan.x, plan.y, data.x_train)
+    settings_id = sha(json.dumps(settings, sort_keys=True), *fps, __version__)
     out_dir = Path(out)
-    state, done = _prepare_out(
-        out_dir, settings_id, {**settings, "model_fingerprint": model_fp, "data_fingerprint": data_fp}
+    state, done = open_state(
+        out_dir, settings_id, {**settings, "model_fingerprint": fps[0], "data_fingerprint": fps[1]}
     )
-
     ctx = AuditContext(
         model=model,
         data=data,
-        x=x,
-        y=y,
-        norm=norm,
-        eps=eps_values,
+        x=plan.x,
+        y=plan.y,
+        norm=plan.norm,
+        eps=plan.eps,
         seed=int(seed),
         kind=_kind(tuple(model.input_shape)),
         progress=progress,
     )
     start = time.perf_counter()
-    resumed_any = False
-    results: list[ProbeResult] = []
-    for name, probe in instances.items():
-        if name in done:
-            res, resumed = done[name], True
-            resumed_any = True
-        else:
-            resumed = False
-            t0 = time.perf_counter()
-            reason = probe.skip_reason(ctx)
-            if reason is not None:
-                res = probe.result(ctx, status="skipped", reason=reason, summary=f"skipped: {reason}")
-            else:
-                try:
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(ctx.seed_for(name))
-                        res = probe.run(ctx)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as exc:  # recorded, not fatal: the other probes still run
-                    msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, UsageError) else str(exc)
-                    res = probe.result(ctx, status="error", reason=msg, summary=f"error: {msg}")
-            res.seconds = round(time.perf_counter() - t0, 3)
-            write_atomic(state / f"probe-{name}.json", json.dumps(res.to_dict()))
-        ctx.results[name] = res
-        results.append(res)
-        if on_probe is not None:
-            on_probe(res, resumed)
-
-    report = _assemble(
-        ctx,
-        results,
-        settings,
-        parsed,
-        model,
-        data,
-        model_fp,
-        data_fp,
-        seconds=time.perf_counter() - start,
-        resumed=resumed_any,
-    )
+    results = _run_probes(instances, ctx, state, done, on_probe)
+    this_run = time.perf_counter() - start
+    report = _assemble(ctx, results, settings, plan.gates, model, data, fps, this_run=this_run, done=done)
     if write:
-        from .html import write_html
-        from .junit import write_junit
-
-        write_junit(report, out_dir / "junit.xml")
-        write_html(report, out_dir / "index.html")
-        write_atomic(out_dir / "report.json", json.dumps(report, indent=1))
+        _write_outputs(report, out_dir)
     return report
 
 
@@ -309,6 +286,16 @@ def _worst_case(ctx: AuditContext, results: dict[str, ProbeResult]) -> dict[str,
     return out
 
 
+def _verdict(results: list[ProbeResult], gate_results: list[dict[str, Any]]) -> dict[str, str]:
+    risks = [r.risk for r in results if r.status == "ok"]
+    statuses = [c.status for r in results for c in r.checks]
+    return {
+        "risk": max(risks, key=lambda k: RISK_ORDER[k]) if risks else "n/a",
+        "validity": max([s for s in statuses if s != "skipped"] or ["pass"], key=lambda k: STATUS_ORDER[k]),
+        "gates": "none" if not gate_results else "pass" if all(g["passed"] for g in gate_results) else "fail",
+    }
+
+
 def _assemble(
     ctx: AuditContext,
     results: list[ProbeResult],
@@ -316,38 +303,32 @@ def _assemble(
     gates: list[Gate],
     model: Classifier,
     data: Dataset,
-    model_fp: str,
-    data_fp: str,
+    fingerprints: tuple[str, str],
     *,
-    seconds: float,
-    resumed: bool,
+    this_run: float,
+    done: dict[str, ProbeResult],
 ) -> dict[str, Any]:
-    by_name = {r.probe: r for r in results}
+    """The report dict (layout: :mod:`.result`). ``seconds`` is the whole audit's time: this run's plus, when
+    it resumed, the recorded seconds of the probes finished before (``seconds_this_run`` is this run's alone)."""
     metrics: dict[str, Any] = {}
     for r in results:
         if r.status == "ok":
             metrics.update(r.metrics)
-    metrics.update(_worst_case(ctx, by_name))
-    checks = [c for r in results for c in r.checks]
+    metrics.update(_worst_case(ctx, {r.probe: r for r in results}))
     gate_results = evaluate_gates(gates, metrics)
-    risks = [r.risk for r in results if r.status == "ok"]
-    statuses = [c.status for c in checks]
-    verdict = {
-        "risk": max(risks, key=lambda k: RISK_ORDER[k]) if risks else "n/a",
-        "validity": max([s for s in statuses if s != "skipped"] or ["pass"], key=lambda k: STATUS_ORDER[k]),
-        "gates": "none" if not gate_results else "pass" if all(g["passed"] for g in gate_results) else "fail",
-    }
+    earlier = sum(r.seconds for r in results if r.probe in done)
     return jsonable(
         {
             "schema": SCHEMA,
             "bastion_version": __version__,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 3),
-            "resumed": resumed,
+            "seconds": round(this_run + earlier, 3),
+            "seconds_this_run": round(this_run, 3),
+            "resumed": any(r.probe in done for r in results),
             "settings": settings,
             "model": {
                 "spec": settings["model"],
-                "fingerprint": model_fp,
+                "fingerprint": fingerprints[0],
                 "kind": type(model).__name__,
                 "white_box": bool(model.white_box),
                 "output": model.output,
@@ -357,7 +338,7 @@ def _assemble(
             },
             "data": {
                 "spec": settings["data"],
-                "fingerprint": data_fp,
+                "fingerprint": fingerprints[1],
                 "n_test": int(data.x_test.shape[0]),
                 "input_shape": list(data.input_shape),
                 "n_classes": data.n_classes,
@@ -370,14 +351,9 @@ def _assemble(
                 "threads": torch.get_num_threads(),
             },
             "probes": [r.to_dict() for r in results],
-            "checks": [c.to_dict() for c in checks],
+            "checks": [c.to_dict() for r in results for c in r.checks],
             "metrics": metrics,
             "gates": gate_results,
-            "verdict": verdict,
+            "verdict": _verdict(results, gate_results),
         }
     )
-
-
-def clear_state(out: str | os.PathLike[str]) -> None:
-    """Remove an audit's saved state (the report files stay)."""
-    shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)

@@ -1,4 +1,10 @@
-"""``bastion attack``: one evasion attack on a model and a dataset."""
+"""``bastion attack``: one evasion attack on a model and a dataset.
+
+The command builds the attack from the options (every one checked before the model loads, the
+``--save-patch`` path included), loads the model and the data, snaps the records onto ``--constraints``
+for the tabular attack, runs the attack on the first ``--n`` test inputs and prints a table or one JSON
+object.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,83 @@ import inspect
 import json
 import math
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import UsageError
+from .common import (
+    Arch,
+    Data,
+    InputShape,
+    LabelColumn,
+    Model,
+    NClasses,
+    check_output_file,
+    load_data_option,
+    load_model_option,
+)
 from .common import fail as _fail
 from .common import json_default as _json_default
 from .common import log as _log
+
+JSON_KEYS = ("clean_accuracy", "robust_accuracy", "success_rate", "median_perturbation", "queries", "seconds")
+"""The keys of ``--json``, with ``n_inputs`` (the number of test inputs attacked) and, with ``--constraints``,
+``snapped_records`` (how many of them were moved onto the constraints before the attack)."""
+
+_DEFAULT_EPS = {"linf": 0.3, "l2": 2.0, "l1": 10.0}
+_CONSTRAINTS_HELP = (
+    "With --attack tabular: a JSON or TOML file of feature constraints (immutable, integer, categorical, ranges, "
+    "norm, eps; features by name or index)."
+)
+
+AttackName = Annotated[str, typer.Option("--attack", "-a", help="Attack name (see the list below).")]
+Eps = Annotated[
+    float | None,
+    typer.Option(
+        "--eps",
+        help="Perturbation budget in input space (default 0.3 for linf, 2.0 for l2, 10 for l1; none for cw/deepfool).",
+    ),
+]
+Norm = Annotated[
+    str | None,
+    typer.Option(
+        "--norm", help="linf, l2 or l1 (l1: pgd only); default: the attack's own (linf; l2 for cw and deepfool)."
+    ),
+]
+N = Annotated[int, typer.Option("--n", help="Number of test samples to attack (the first n).")]
+Steps = Annotated[int | None, typer.Option("--steps", help="Iterations, for iterative attacks.")]
+StepSize = Annotated[float | None, typer.Option("--step-size", help="Step size, for PGD-style attacks.")]
+Restarts = Annotated[int | None, typer.Option("--restarts", help="Random restarts, where supported.")]
+MaxQueries = Annotated[
+    int | None, typer.Option("--max-queries", help="Query budget per input, for query-based (black-box) attacks.")
+]
+Targeted = Annotated[
+    bool, typer.Option("--targeted", help="Attack random target labels (seeded) instead of any wrong label.")
+]
+EarlyStop = Annotated[
+    bool, typer.Option("--early-stop/--no-early-stop", help="Stop attacking a sample once it is misclassified.")
+]
+SavePatch = Annotated[
+    str | None,
+    typer.Option(
+        "--save-patch",
+        help="With --attack patch: write the trained patch as a PNG (one file per target: NAME-tK.png); "
+        "the folder must exist.",
+    ),
+]
+Constraints = Annotated[str | None, typer.Option("--constraints", help=_CONSTRAINTS_HELP)]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per batch.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the attack's random generator.")]
+AsJson = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ", n_inputs (+ snapped_records with "
+        "--constraints).",
+    ),
+]
 
 
 def _clean(v: Any) -> Any:
@@ -23,7 +98,6 @@ def _clean(v: Any) -> Any:
 def _read_spec(path: str, option: str) -> dict[str, Any]:
     """A JSON (``.json``) or TOML (``.toml``) file holding one mapping."""
     import tomllib
-    from pathlib import Path
 
     p = Path(path)
     if not p.is_file():
@@ -43,85 +117,31 @@ def _read_spec(path: str, option: str) -> dict[str, Any]:
     return spec
 
 
-def attack(
-    model: str = typer.Option(
-        ...,
-        "--model",
-        "-m",
-        help="zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL.",
-    ),
-    data: str = typer.Option(
-        ..., "--data", "-d", help="digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder."
-    ),
-    attack_name: str = typer.Option(
-        "pgd", "--attack", "-a", help="Attack name (see `bastion attack --help` list below)."
-    ),
-    eps: float | None = typer.Option(
-        None,
-        "--eps",
-        help="Perturbation budget in input space (default 0.3 for linf, 2.0 for l2, 10 for l1; none for cw/deepfool).",
-    ),
-    norm: str | None = typer.Option(
-        None, "--norm", help="linf, l2 or l1 (l1: pgd only); default: the attack's own (linf; l2 for cw and deepfool)."
-    ),
-    n: int = typer.Option(1000, "--n", help="Number of test samples to attack (the first n)."),
-    steps: int | None = typer.Option(None, "--steps", help="Iterations, for iterative attacks."),
-    step_size: float | None = typer.Option(None, "--step-size", help="Step size, for PGD-style attacks."),
-    restarts: int | None = typer.Option(None, "--restarts", help="Random restarts, where supported."),
-    max_queries: int | None = typer.Option(
-        None, "--max-queries", help="Query budget per input, for query-based (black-box) attacks."
-    ),
-    targeted: bool = typer.Option(
-        False, "--targeted", help="Attack random target labels (seeded) instead of any wrong label."
-    ),
-    early_stop: bool = typer.Option(
-        True, "--early-stop/--no-early-stop", help="Stop attacking a sample once it is misclassified."
-    ),
-    arch: str | None = typer.Option(None, "--arch", help="Architecture name for a weights-only model file."),
-    save_patch: str | None = typer.Option(
-        None,
-        "--save-patch",
-        help="With --attack patch: write the trained patch as a PNG (one file per target: NAME-tK.png).",
-    ),
-    constraints: str | None = typer.Option(
-        None,
-        "--constraints",
-        help="With --attack tabular: a JSON or TOML file of feature constraints (immutable, integer, categorical, ranges, norm, eps; features by name or index).",
-    ),
-    batch_size: int = typer.Option(250, "--batch-size", help="Samples per batch."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the attack's random generator."),
-    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
-) -> None:
-    """Attack a model on a dataset and print clean/robust accuracy, success rate, median norm, queries and seconds.
+def _constraints_budget(
+    constraints: str | None, name: str, norm: str | None, eps: float | None
+) -> tuple[dict[str, Any] | None, str | None, float | None]:
+    """The constraints file's mapping without its budget, and the budget: the options' where given, else the
+    file's (the budget is the attack's, given once)."""
+    if constraints is None:
+        return None, norm, eps
+    if name != "tabular":
+        _fail("--constraints only applies to --attack tabular")
+    spec = _read_spec(constraints, "--constraints")
+    if norm is None and "norm" in spec:
+        norm = str(spec["norm"])
+    if eps is None and spec.get("eps") is not None:
+        value = spec["eps"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(f"--constraints: eps must be a number, got {value!r}")
+        eps = float(value)
+    return {k: v for k, v in spec.items() if k not in ("norm", "eps")}, norm, eps
 
-    Attacks: fgsm, pgd, mifgsm, apgd-ce, apgd-dlr, apgd-t, cw, deepfool, ensemble (white-box); square,
-    simba, hopskipjump, boundary, noise, transfer, tabular (query-based, --max-queries); patch.
-    """
-    import torch
 
-    from ..attacks import ATTACKS, get_attack
-    from ..data import load_dataset
-    from ..models.loading import load_model
+def _attack_kwargs(cls: Any, name: str, norm: str | None, eps: float | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The attack's constructor arguments from the options; an option the attack does not take is refused."""
     from ..threat import canonical_norm
 
-    name = attack_name.strip().lower()
-    if name not in ATTACKS:
-        _fail(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(sorted(ATTACKS))}")
-    cls = ATTACKS[name]
     params = inspect.signature(cls.__init__).parameters
-    spec: dict[str, Any] | None = None
-    if constraints is not None:
-        if name != "tabular":
-            _fail("--constraints only applies to --attack tabular")
-        spec = _read_spec(constraints, "--constraints")
-        if norm is None and "norm" in spec:
-            norm = str(spec["norm"])
-        if eps is None and spec.get("eps") is not None:
-            eps = spec["eps"]
-            if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-                _fail(f"--constraints: eps must be a number, got {eps!r}")
-            eps = float(eps)
-        spec = {k: v for k, v in spec.items() if k not in ("norm", "eps")}  # the budget is the attack's, given once
     try:
         norm = canonical_norm(norm if norm is not None else params["norm"].default)
     except ValueError as exc:
@@ -130,104 +150,170 @@ def attack(
         _fail(f"--norm: the {name} attack supports {', '.join(cls.norms)}, not {norm}")
     if eps is not None and (not math.isfinite(eps) or eps < 0):
         _fail(f"--eps must be a finite number >= 0, got {eps}")
-    if n < 1:
-        _fail(f"--n must be >= 1, got {n}")
-    kwargs: dict[str, Any] = {"norm": norm, "batch_size": batch_size, "seed": seed}
+    kwargs: dict[str, Any] = {"norm": norm, "batch_size": options["batch_size"], "seed": options["seed"]}
     if eps is not None:
         kwargs["eps"] = eps
     elif not getattr(cls, "minimum_norm", False):
-        kwargs["eps"] = {"linf": 0.3, "l2": 2.0, "l1": 10.0}[norm]
-    for opt, key, value in (
-        ("--steps", "steps", steps),
-        ("--step-size", "step_size", step_size),
-        ("--restarts", "restarts", restarts),
-        ("--max-queries", "max_queries", max_queries),
-    ):
-        if value is not None:
+        kwargs["eps"] = _DEFAULT_EPS[norm]
+    for opt in ("--steps", "--step-size", "--restarts", "--max-queries"):
+        key = opt[2:].replace("-", "_")
+        if options[key] is not None:
             if key not in params:
                 _fail(f"{opt} does not apply to the {name} attack")
-            kwargs[key] = value
+            kwargs[key] = options[key]
     if "early_stop" in params:
-        kwargs["early_stop"] = early_stop
-    kwargs = {k: v for k, v in kwargs.items() if k in params}
-    if save_patch is not None and name != "patch":
+        kwargs["early_stop"] = options["early_stop"]
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _check_save_patch(save_patch: str | None, name: str) -> Path | None:
+    if save_patch is None:
+        return None
+    if name != "patch":
         _fail("--save-patch only applies to --attack patch")
-    if save_patch is not None and not save_patch.lower().endswith(".png"):
+    if not save_patch.lower().endswith(".png"):
         _fail(f"--save-patch must name a .png file, got {save_patch!r}")
-    atk = get_attack(name, **kwargs)
+    return check_output_file(save_patch, "--save-patch")
 
-    clf = load_model(model, arch=arch, log=None if as_json else _log)
-    ds = load_dataset(data)
-    x, y = ds.x_test[:n], ds.y_test[:n]
-    if tuple(x.shape[1:]) != tuple(clf.input_shape):
-        _fail(f"--data: {data} has inputs of shape {tuple(x.shape[1:])} but the model expects {tuple(clf.input_shape)}")
-    snapped = 0
-    if spec is not None:
-        from ..attacks.evasion.constraints import FeatureConstraints
 
-        try:
-            cons = FeatureConstraints.from_dict(spec, math.prod(clf.input_shape), ds.feature_names)
-            feasible = cons.snap(x, bounds=clf.bounds)
-        except UsageError as exc:
-            _fail(f"--constraints {constraints}: {exc}")
-        snapped = int((feasible != x).flatten(1).any(dim=1).sum())
-        if snapped and not as_json:
-            _log(
-                f"{snapped} of {x.shape[0]} records were off their integer grid, categories or ranges: "
-                "snapped onto the constraints before the attack"
-            )
-        x = feasible
-        atk = get_attack(name, **kwargs, constraints=cons)
-    targets = None
-    if targeted:
-        g = torch.Generator().manual_seed(seed)
-        shift = torch.randint(1, clf.n_classes, y.shape, generator=g)
-        targets = (y + shift) % clf.n_classes
+def _snap(spec: dict[str, Any], constraints: str, x: Any, clf: Any, ds: Any, quiet: bool) -> tuple[Any, Any, int]:
+    """The constraints, the records snapped onto them, and how many records were not feasible before."""
+    from ..attacks.evasion.constraints import FeatureConstraints
 
-    show_bar = not as_json and sys.stderr.isatty()
-    if show_bar:
-        from rich.progress import Progress
+    try:
+        cons = FeatureConstraints.from_dict(spec, math.prod(clf.input_shape), ds.feature_names)
+        feasible = cons.snap(x, bounds=clf.bounds)
+    except UsageError as exc:
+        _fail(f"--constraints {constraints}: {exc}")
+    # off their grid, categories or ranges beyond check()'s tolerance: a float32 record already on its grid may
+    # come back an ulp away from snap() and is not counted
+    snapped = int((~cons.check(x, x, bounds=clf.bounds)).sum())
+    if snapped and not quiet:
+        _log(
+            f"{snapped} of {x.shape[0]} records were off their integer grid, categories or ranges: "
+            "snapped onto the constraints before the attack"
+        )
+    return cons, feasible, snapped
 
-        with Progress(transient=True) as bar:
-            task = bar.add_task(f"{name} on {n} samples", total=x.shape[0])
-            result = atk(clf, x, y, targets, progress=lambda done, total: bar.update(task, completed=done))
-    else:
-        result = atk(clf, x, y, targets)
-    summary = {k: _clean(v) for k, v in result.summary().items()}
-    if spec is not None:
-        summary["snapped_records"] = snapped
-    if save_patch is not None:
-        from pathlib import Path
 
-        from ..attacks.evasion.patch import save_png
+def _execute(atk: Any, clf: Any, x: Any, y: Any, targets: Any, label: str, quiet: bool) -> Any:
+    """The attack, with a progress bar when stderr is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return atk(clf, x, y, targets)
+    from rich.progress import Progress
 
-        for t, patch in result.extra.get("patches", {}).items():
-            path = Path(save_patch) if t is None else Path(save_patch).with_name(f"{Path(save_patch).stem}-t{t}.png")
-            save_png(patch, path, bounds=clf.bounds)
-            if not as_json:
-                _log(f"patch written to {path}")
-    if as_json:
-        typer.echo(json.dumps(summary, default=_json_default))
-        return
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=x.shape[0])
+        return atk(clf, x, y, targets, progress=lambda done, total: bar.update(task, completed=done))
+
+
+def _save_patches(result: Any, path: Path, bounds: tuple[float, float], quiet: bool) -> None:
+    from ..attacks.evasion.patch import save_png
+
+    for t, patch in result.extra.get("patches", {}).items():
+        target_path = path if t is None else path.with_name(f"{path.stem}-t{t}.png")
+        save_png(patch, target_path, bounds=bounds)
+        if not quiet:
+            _log(f"patch written to {target_path}")
+
+
+def _print_table(atk: Any, result: Any, model: str, data: str, n_inputs: int, targeted: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"{atk!r}", title_justify="left")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    t.add_row("model", model)
-    t.add_row("data", f"{data} (first {x.shape[0]} test samples)")
-    t.add_row(
-        "threat",
-        f"{result.threat.norm}, eps={result.threat.eps}, bounds={result.threat.bounds}"
-        + (", targeted" if targeted else ""),
-    )
-    t.add_row("clean accuracy", f"{result.clean_accuracy:.4f}")
-    t.add_row("robust accuracy", f"{result.robust_accuracy:.4f}")
-    t.add_row("attack success rate", f"{result.success_rate:.4f}")
-    med = result.median_perturbation
-    t.add_row(f"median perturbation ({result.threat.norm})", "n/a" if math.isnan(med) else f"{med:.4f}")
-    t.add_row("model queries", f"{result.queries}")
-    t.add_row("gradient passes", f"{result.gradients}")
-    t.add_row("seconds", f"{result.seconds:.2f}")
+    threat = result.threat
+    rows = [
+        ("model", model),
+        ("data", f"{data} (first {n_inputs} test samples)"),
+        ("threat", f"{threat.norm}, eps={threat.eps}, bounds={threat.bounds}" + (", targeted" if targeted else "")),
+        ("clean accuracy", f"{result.clean_accuracy:.4f}"),
+        ("robust accuracy", f"{result.robust_accuracy:.4f}"),
+        ("attack success rate", f"{result.success_rate:.4f}"),
+        (
+            f"median perturbation ({threat.norm})",
+            "n/a" if math.isnan(result.median_perturbation) else f"{result.median_perturbation:.4f}",
+        ),
+        ("model queries", f"{result.queries}"),
+        ("gradient passes", f"{result.gradients}"),
+        ("seconds", f"{result.seconds:.2f}"),
+    ]
+    for row in rows:
+        t.add_row(*row)
     Console().print(t)
+
+
+def attack(
+    model: Model,
+    data: Data,
+    attack_name: AttackName = "pgd",
+    eps: Eps = None,
+    norm: Norm = None,
+    n: N = 1000,
+    steps: Steps = None,
+    step_size: StepSize = None,
+    restarts: Restarts = None,
+    max_queries: MaxQueries = None,
+    targeted: Targeted = False,
+    early_stop: EarlyStop = True,
+    arch: Arch = None,
+    input_shape: InputShape = None,
+    n_classes: NClasses = None,
+    label_column: LabelColumn = None,
+    save_patch: SavePatch = None,
+    constraints: Constraints = None,
+    batch_size: BatchSize = 250,
+    seed: Seed = 0,
+    as_json: AsJson = False,
+) -> None:
+    """Attack a model on a dataset and print clean/robust accuracy, success rate, median norm, queries and seconds.
+
+    Attacks: fgsm, pgd, mifgsm, apgd-ce, apgd-dlr, apgd-t, cw, deepfool, ensemble (white-box); square,
+    simba, hopskipjump, boundary, noise, transfer, tabular (query-based, --max-queries); patch.
+
+    With --json: one object with clean_accuracy, robust_accuracy, success_rate, median_perturbation,
+    queries, seconds and n_inputs; with --constraints also snapped_records (the records moved onto the
+    constraints before the attack).
+    """
+    import torch
+
+    from ..attacks import ATTACKS, get_attack
+
+    name = attack_name.strip().lower()
+    if name not in ATTACKS:
+        _fail(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(sorted(ATTACKS))}")
+    spec, norm, eps = _constraints_budget(constraints, name, norm, eps)
+    if n < 1:
+        _fail(f"--n must be >= 1, got {n}")
+    options = dict(steps=steps, step_size=step_size, restarts=restarts, max_queries=max_queries)
+    options.update(early_stop=early_stop, batch_size=batch_size, seed=seed)
+    kwargs = _attack_kwargs(ATTACKS[name], name, norm, eps, options)
+    patch_path = _check_save_patch(save_patch, name)
+    atk = get_attack(name, **kwargs)
+    log = None if as_json else _log
+    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=log)
+    ds = load_data_option(data, label_column=label_column, log=_log)  # a split made for the data is said, --json or not
+    x, y = ds.x_test[:n], ds.y_test[:n]
+    if tuple(x.shape[1:]) != tuple(clf.input_shape):
+        _fail(f"--data: {data} has inputs of shape {tuple(x.shape[1:])} but the model expects {tuple(clf.input_shape)}")
+    snapped = None
+    if spec is not None and constraints is not None:
+        cons, x, snapped = _snap(spec, constraints, x, clf, ds, quiet=as_json)
+        atk = get_attack(name, **kwargs, constraints=cons)
+    targets = None
+    if targeted:
+        shift = torch.randint(1, clf.n_classes, y.shape, generator=torch.Generator().manual_seed(seed))
+        targets = (y + shift) % clf.n_classes
+    result = _execute(atk, clf, x, y, targets, f"{name} on {x.shape[0]} samples", quiet=as_json)
+    if patch_path is not None:
+        _save_patches(result, patch_path, clf.bounds, quiet=as_json)
+    if not as_json:
+        _print_table(atk, result, model, data, int(x.shape[0]), targeted)
+        return
+    summary = {k: _clean(v) for k, v in result.summary().items()}
+    summary["n_inputs"] = int(x.shape[0])
+    if snapped is not None:
+        summary["snapped_records"] = snapped
+    typer.echo(json.dumps(summary, default=_json_default))

@@ -5,9 +5,11 @@ parameter names into the flags a CLI user types."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -15,6 +17,13 @@ from ..errors import UsageError
 
 __all__ = [
     "FLAGS",
+    "Arch",
+    "Data",
+    "InputShape",
+    "LabelColumn",
+    "Model",
+    "NClasses",
+    "check_output_file",
     "fail",
     "flagged",
     "json_default",
@@ -33,8 +42,12 @@ FLAGS = {
     "arch": "--arch",
     "label_column": "--label-column",
     "bounds": "--bounds",
+    "out": "--out",
+    "probes": "--probes",
 }
-_PARAM = re.compile(r"\b(" + "|".join(FLAGS) + r")=")
+# ``name=`` for every parameter; a bare ``input_shape`` ("check input_shape") too where the name holds an underscore
+# (no English word does)
+_PARAM = re.compile(r"\b(?:(" + "|".join(FLAGS) + r")=|(" + "|".join(k for k in FLAGS if "_" in k) + r")\b)")
 
 INPUT_SHAPE_HELP = (
     "Shape of one input, comma-separated (e.g. 1,28,28), for models that do not record it "
@@ -42,6 +55,19 @@ INPUT_SHAPE_HELP = (
 )
 N_CLASSES_HELP = "Number of classes, for models that do not record it (http(s):// endpoints)."
 LABEL_COLUMN_HELP = "With a .csv --data file: the column holding the labels (default: 'label', else the last column)."
+MODEL_HELP = "zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL."
+DATA_HELP = (
+    "digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder (no test split: 80/20, said on stderr)."
+)
+ARCH_HELP = "Architecture name for a weights-only model file."
+
+# the options every command that loads a model and data declares alike (typer reads them from the signature)
+Model = Annotated[str, typer.Option(..., "--model", "-m", help=MODEL_HELP)]
+Data = Annotated[str, typer.Option(..., "--data", "-d", help=DATA_HELP)]
+Arch = Annotated[str | None, typer.Option("--arch", help=ARCH_HELP)]
+InputShape = Annotated[str | None, typer.Option("--input-shape", help=INPUT_SHAPE_HELP)]
+NClasses = Annotated[int | None, typer.Option("--n-classes", help=N_CLASSES_HELP)]
+LabelColumn = Annotated[str | None, typer.Option("--label-column", help=LABEL_COLUMN_HELP)]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -57,7 +83,9 @@ def refuse(message: str) -> NoReturn:
 
 def flagged(message: str) -> str:
     """``message`` with the library's parameter names (``input_shape=``) replaced by their CLI flags."""
-    return _PARAM.sub(lambda m: FLAGS[m.group(1)] + " ", message).replace("  ", " ")
+    return _PARAM.sub(lambda m: FLAGS[m.group(1)] + " " if m.group(1) else FLAGS[m.group(2)], message).replace(
+        "  ", " "
+    )
 
 
 def log(message: str) -> None:
@@ -75,12 +103,31 @@ def parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, .
     if text is None:
         return None
     try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        shape = tuple(int(p) for p in re.split(r"[,x]", text.strip()))  # "1,28,28" or "1x28x28"; no empty part
     except ValueError:
         refuse(f"{option}: {text!r} is not a comma-separated list of whole numbers (e.g. 1,28,28)")
     if not shape or any(d < 1 for d in shape):
         refuse(f"{option}: every dimension must be a whole number >= 1, got {text!r}")
     return shape
+
+
+def check_output_file(path: str, option: str) -> Path:
+    """``path`` can be written: its folder exists, is a folder and is writable, and the path is not a folder (an
+    existing file is overwritten). Checked before the work, so a typo costs nothing; a :class:`UsageError`
+    naming ``option`` otherwise."""
+    p = Path(path).expanduser()
+    parent = p.parent
+    if p.is_dir():
+        refuse(f"{option}: {path} is a folder; give a file name")
+    if not parent.exists():
+        refuse(f"{option}: the folder {parent} does not exist: create it first or choose another path")
+    if not parent.is_dir():
+        refuse(f"{option}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        refuse(f"{option}: cannot write in {parent} (permission denied)")
+    if p.exists() and not os.access(p, os.W_OK):
+        refuse(f"{option}: {path} exists and cannot be overwritten (permission denied)")
+    return p
 
 
 def load_model_option(

@@ -21,8 +21,8 @@ def zoo(as_json: bool = typer.Option(False, "--json", help="Print exactly one JS
     from rich.table import Table
 
     t = Table(title="models (use as --model zoo:NAME)", title_justify="left")
-    for c in ("name", "dataset", "kind", "description"):
-        t.add_column(c)
+    for col in ("name", "dataset", "kind", "description"):
+        t.add_column(col)
     for k, m in models.items():
         t.add_row(k, m["dataset"], m["kind"], m["description"])
     d = Table(title="datasets (use as --data NAME)", title_justify="left")

@@ -3,7 +3,7 @@
 Options (keyword arguments of :func:`load_path`, ``--data-option key=value`` in the CLI):
 
 - all formats: ``test_fraction`` (0.2) and ``seed`` of the stratified split made when the file has
-  no test split of its own.
+  no test split of its own; that split is recorded in ``meta["split"]`` (the CLI prints it).
 - ``.npz``: arrays ``x``, ``y`` and optionally ``x_test``, ``y_test`` (never unpickled).
 - ``.csv``: ``label_column`` (default ``label``, else the last column); ``scale=True`` maps each
   feature into [0, 1] with the training split's min/max (stored in ``meta``); unscaled features
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,9 +78,12 @@ def _split(
     y: np.ndarray,
     path: Path,
     options: dict[str, object],
+    meta: dict[str, object],
     x_test: np.ndarray | None = None,
     y_test: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, ...]:
+    """The file's own train/test split, or a seeded stratified one — then recorded in ``meta["split"]`` (the
+    CLI shows it: a split the user did not ask for is said, not silent)."""
     xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y)
     if x_test is not None and y_test is not None:
         return xt, yt, torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)), torch.from_numpy(y_test)
@@ -89,7 +93,12 @@ def _split(
     n_test = round(frac * len(y))
     if n_test < 1 or n_test >= len(y):
         raise UsageError(f"{path}: {len(y)} samples are too few for a test_fraction of {frac}")
-    tr, te = stratified_split(yt, n_test, int(options.get("seed", SPLIT_SEED)))  # type: ignore[call-overload]
+    seed = int(options.get("seed", SPLIT_SEED))  # type: ignore[call-overload]
+    tr, te = stratified_split(yt, n_test, seed)
+    meta["split"] = (
+        f"no test split in the file: split {len(y)} samples into {len(tr)} train / {len(te)} test "
+        f"(stratified, test_fraction={frac:g}, seed={seed})"
+    )
     return xt[tr], yt[tr], xt[te], yt[te]
 
 
@@ -132,8 +141,8 @@ def _npz(path: Path, options: dict[str, object]) -> Dataset:
     y_all, names = _labels(np.concatenate(ys), path)
     y_parts = np.split(y_all, [len(ys[0])])
     test = (xs[1], y_parts[1]) if len(xs) == 2 else (None, None)
-    x_tr, y_tr, x_te, y_te = _split(xs[0], y_parts[0], path, options, *test)
     meta: dict[str, object] = {"source": str(path)}
+    x_tr, y_tr, x_te, y_te = _split(xs[0], y_parts[0], path, options, meta, *test)
     if names:
         meta["classes"] = names
     n_classes = len(names) if names else int(y_all.max()) + 1
@@ -171,8 +180,8 @@ def _csv(path: Path, options: dict[str, object]) -> Dataset:
     x = np.stack(cols, axis=1)
     _check_finite(x, path)
     y, names = _labels(np.array([v.strip() for v in table[:, li]]), path)
-    x_tr, y_tr, x_te, y_te = _split(x, y, path, options)
     meta: dict[str, object] = {"source": str(path), "label_column": label}
+    x_tr, y_tr, x_te, y_te = _split(x, y, path, options, meta)
     if names:
         meta["classes"] = names
     if options.get("scale"):
@@ -197,9 +206,9 @@ def _is_float(v: str) -> bool:
 
 
 def _size(size: object) -> tuple[int, int]:
-    parts = size.replace("x", ",").split(",") if isinstance(size, str) else size
+    parts: Any = size.replace("x", ",").split(",") if isinstance(size, str) else size
     try:
-        h, w = (int(s) for s in parts)  # type: ignore[union-attr]
+        h, w = (int(s) for s in parts)
     except (TypeError, ValueError):
         raise UsageError(f"size must be (H, W) or 'H,W', got {size!r}") from None
     if h < 1 or w < 1:
@@ -232,10 +241,10 @@ def _image_folder(
     images, labels, first = [], [], None
     for f, k in files:
         try:
-            with Image.open(f) as im:
+            with Image.open(f) as opened:
                 if gray is None:
-                    gray = im.mode in ("1", "L", "LA", "I", "I;16")
-                im = im.convert("L" if gray else "RGB")
+                    gray = opened.mode in ("1", "L", "LA", "I", "I;16")
+                im = opened.convert("L" if gray else "RGB")
                 if size is not None:
                     h, w = _size(size)
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
@@ -264,12 +273,14 @@ def _folder(path: Path, options: dict[str, object]) -> Dataset:
             raise UsageError(
                 f"{path}: test images are {x_te.shape[1:]} but train images are {x.shape[1:]}: pass size=(H, W)"
             )
-        parts = _split(x, y, path, options, x_te, y_te)
+        meta: dict[str, object] = {"source": str(path), "classes": classes}
+        parts = _split(x, y, path, options, meta, x_te, y_te)
     else:
         x, y, classes = _image_folder(path, None, options)
-        parts = _split(x, y, path, options)
-    meta = {"source": str(path), "classes": classes}
-    return Dataset(str(path), *parts, (0.0, 1.0), len(classes), meta=meta)
+        meta = {"source": str(path), "classes": classes}
+        parts = _split(x, y, path, options, meta)
+    x_tr, y_tr, x_te_t, y_te_t = parts
+    return Dataset(str(path), x_tr, y_tr, x_te_t, y_te_t, (0.0, 1.0), len(classes), meta=meta)
 
 
 def load_path(path: str | Path, **options: object) -> Dataset:

@@ -22,7 +22,7 @@ record whether they all hold. Records are (N, n_features) or any shape that flat
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,35 +188,7 @@ class FeatureConstraints:
         imm = spec.get("immutable", [])
         if isinstance(imm, (str, int)) or not isinstance(imm, Sequence):
             raise UsageError(f"immutable must be a list of features, got {imm!r}")
-        integer: dict[int, tuple[float, float]] = {}
-        raw_int = spec.get("integer", {})
-        if isinstance(raw_int, Sequence) and not isinstance(raw_int, str):
-            raw_int = {f: {"step": 1.0} for f in raw_int}
-        for f, g in _items(raw_int, "integer"):
-            i = feat(f)
-            if i in integer:
-                raise UsageError(f"integer: feature {f!r} is listed twice")
-            if isinstance(g, Mapping):
-                bad = set(g) - {"scale", "step", "offset"}
-                if bad or ("scale" in g) == ("step" in g):
-                    raise UsageError(
-                        f"integer feature {f!r}: give either {{'scale': [min, max]}} or {{'step': s, 'offset': o}}, got {dict(g)!r}"
-                    )
-                if "scale" in g:
-                    sc = g["scale"]
-                    if not isinstance(sc, Sequence) or isinstance(sc, str) or len(sc) != 2:
-                        raise UsageError(f"integer feature {f!r}: scale must be [min, max], got {sc!r}")
-                    lo, hi = (
-                        _finite(f"integer feature {f!r} scale min", sc[0]),
-                        _finite(f"integer feature {f!r} scale max", sc[1]),
-                    )
-                    if not hi > lo:
-                        raise UsageError(f"integer feature {f!r}: scale needs min < max, got {list(sc)}")
-                    integer[i] = (1.0 / (hi - lo), -lo / (hi - lo))
-                else:
-                    integer[i] = (g["step"], g.get("offset", 0.0))
-            else:
-                integer[i] = (g, 0.0)
+        integer = _integer_grids(spec.get("integer", {}), feat)
         cat = {feat(f): v for f, v in _items(spec.get("categorical", {}), "categorical")}
         rng = {feat(f): v for f, v in _items(spec.get("ranges", {}), "ranges")}
         return cls(
@@ -371,6 +343,40 @@ class FeatureConstraints:
         return FeatureConstraints(
             self.n_features, self.immutable, self.integer, self.categorical, self.ranges, norm, eps
         )
+
+
+def _integer_grids(raw_int: Any, feat: Callable[[Any], int]) -> dict[int, tuple[float, float]]:
+    """``{feature: (step, offset)}`` from a spec's ``integer`` entry: a list of features (step 1), or a mapping
+    to a step, to ``{"step": s, "offset": o}`` or to ``{"scale": [min, max]}`` (integral in original units)."""
+    integer: dict[int, tuple[float, float]] = {}
+    if isinstance(raw_int, Sequence) and not isinstance(raw_int, str):
+        raw_int = {f: {"step": 1.0} for f in raw_int}
+    for f, g in _items(raw_int, "integer"):
+        i = feat(f)
+        if i in integer:
+            raise UsageError(f"integer: feature {f!r} is listed twice")
+        if isinstance(g, Mapping):
+            bad = set(g) - {"scale", "step", "offset"}
+            if bad or ("scale" in g) == ("step" in g):
+                raise UsageError(
+                    f"integer feature {f!r}: give either {{'scale': [min, max]}} or {{'step': s, 'offset': o}}, got {dict(g)!r}"
+                )
+            if "scale" in g:
+                sc = g["scale"]
+                if not isinstance(sc, Sequence) or isinstance(sc, str) or len(sc) != 2:
+                    raise UsageError(f"integer feature {f!r}: scale must be [min, max], got {sc!r}")
+                lo, hi = (
+                    _finite(f"integer feature {f!r} scale min", sc[0]),
+                    _finite(f"integer feature {f!r} scale max", sc[1]),
+                )
+                if not hi > lo:
+                    raise UsageError(f"integer feature {f!r}: scale needs min < max, got {list(sc)}")
+                integer[i] = (1.0 / (hi - lo), -lo / (hi - lo))
+            else:
+                integer[i] = (g["step"], g.get("offset", 0.0))
+        else:
+            integer[i] = (g, 0.0)
+    return integer
 
 
 def _items(m: Any, what: str) -> list[tuple[Any, Any]]:

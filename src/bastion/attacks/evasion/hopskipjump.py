@@ -293,16 +293,8 @@ class HopSkipJump(Attack):
             delta = delta.clamp_min(1e-12 * span)
             grad = self._gradient(oracle, xc, idx, counts[idx], delta, generator)
             update = grad if self.norm == "l2" else grad.sign()
-            # geometric progression: halve the step until the point is adversarial
             xi = dist[idx] / math.sqrt(t)
-            stepped = torch.zeros(idx.numel(), dtype=torch.bool, device=x.device)
-            for _ in range(64):
-                todo = torch.nonzero(~stepped & (oracle.left()[idx] > 0)).flatten()
-                if todo.numel() == 0:
-                    break
-                adv = oracle((xc[todo] + _bc(xi[todo], xc) * update[todo]).clamp(lo, hi), idx[todo])
-                stepped[todo[adv]] = True
-                xi[todo[~adv]] /= 2
+            stepped = _geometric_step(oracle, xc, update, xi, idx, (lo, hi))
             live[idx[~stepped]] = False  # out of queries mid-search: keep the current point
             ok = torch.nonzero(stepped).flatten()
             if ok.numel() == 0:
@@ -318,3 +310,19 @@ class HopSkipJump(Attack):
         budget.add_per_sample("queries", oracle.used.clone())
         budget.add_per_sample("initial_norms", init_dist)
         return out
+
+
+def _geometric_step(
+    oracle: DecisionOracle, xc: Tensor, update: Tensor, xi: Tensor, idx: Tensor, bounds: tuple[float, float]
+) -> Tensor:
+    """The geometric step search: halve each point's step ``xi`` (in place) until ``xc + xi * update`` is
+    adversarial or its queries run out; which points found such a step."""
+    stepped = torch.zeros(idx.numel(), dtype=torch.bool, device=xc.device)
+    for _ in range(64):
+        todo = torch.nonzero(~stepped & (oracle.left()[idx] > 0)).flatten()
+        if todo.numel() == 0:
+            break
+        adv = oracle((xc[todo] + _bc(xi[todo], xc) * update[todo]).clamp(*bounds), idx[todo])
+        stepped[todo[adv]] = True
+        xi[todo[~adv]] /= 2
+    return stepped

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,7 @@ def fit(
     tv_weight: float = 0.0,
     generator: torch.Generator | None = None,
     budget: Budget | None = None,
-    **transforms: object,
+    **transforms: Any,
 ) -> Tensor:
     """Train a universal patch on ``x_train`` (N, C, H, W) for a white-box ``model``; returns (C, s, s).
 
@@ -193,7 +194,7 @@ def evaluate(
     patch: Tensor,
     target: int | None = None,
     generator: torch.Generator | None = None,
-    **transforms: object,
+    **transforms: Any,
 ) -> float:
     """Success rate of ``patch`` on held-out images under fresh random transforms: the fraction
     classified as ``target`` among the images not of that class (targeted), or misclassified."""
@@ -280,7 +281,7 @@ class AdversarialPatch(Attack):
         budget: Budget,
     ) -> Tensor:
         xf, yf = self.fit_data if self.fit_data is not None else (x, y)
-        kw = dict(
+        kw: dict[str, Any] = dict(
             area=self.area,
             steps=self.steps,
             batch_size=self.batch_size_fit,
@@ -293,7 +294,11 @@ class AdversarialPatch(Attack):
         patches: dict[int | None, Tensor] = {}
         groups = [None] if targets is None else [int(t) for t in targets.unique()]
         for t in groups:
-            rows = torch.arange(x.shape[0], device=x.device) if t is None else (targets == t).nonzero().flatten()
+            rows = (
+                torch.arange(x.shape[0], device=x.device)
+                if targets is None or t is None
+                else targets.eq(t).nonzero().flatten()
+            )
             if t is not None and bool((yf != t).sum() == 0):  # nothing to learn from: use the rows themselves
                 patches[t] = fit(model, x[rows], y[rows], t, **kw)
             else:

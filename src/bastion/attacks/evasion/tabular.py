@@ -113,7 +113,7 @@ class ConstrainedAttack(Attack):
         cons = self._constraints(model, threat)
         n, shape = x.shape[0], x.shape
         x0 = x.reshape(n, -1)
-        eps = float(threat.eps)
+        eps = threat.radius  # a fixed-budget attack: eps is set (ThreatModel.radius refuses None)
         bounds = threat.bounds
 
         def score(z: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:

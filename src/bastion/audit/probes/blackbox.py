@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...attacks import HopSkipJump, Square
+from ...attacks.base import AttackResult
 from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, eps_key, pick_examples, register_probe, risk_from_ratio
 from ..result import Check, Plot, ProbeResult, Series
@@ -47,6 +48,84 @@ class BlackBoxProbe(Probe):
             return f"Square and HopSkipJump support linf and l2, not {ctx.norm}"
         return None
 
+    def _square(
+        self,
+        ctx: AuditContext,
+        eps: float,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        clean_correct: torch.Tensor,
+        metrics: dict[str, float | None],
+        per_sample: dict[str, dict[str, list[Any]]],
+        attacks: dict[str, str],
+    ) -> tuple[AttackResult, Series]:
+        """Square at ``eps``: its result (metrics, per-input results and repr recorded) and its queries curve."""
+        p = self.params
+        sq = Square(
+            eps=eps,
+            norm=ctx.norm,
+            max_queries=int(p["square_queries"]),
+            batch_size=int(p["batch_size"]),
+            seed=ctx.seed_for(f"square:{eps_key(eps)}"),
+        )
+        r = sq(ctx.model, x, y)
+        attacks[f"square@{eps_key(eps)}"] = repr(sq)
+        key = eps_key(eps)
+        q = r.extra["queries"]
+        fooled = r.success & r.clean_correct
+        metrics[f"robust_accuracy[square]@{key}"] = r.robust_accuracy
+        metrics[f"mean_queries[square]@{key}"] = float(q[fooled].float().mean()) if bool(fooled.any()) else None
+        metrics[f"median_queries[square]@{key}"] = float(q[fooled].float().median()) if bool(fooled.any()) else None
+        per_sample[f"square@{key}"] = {"robust": (r.pred_adv == y).tolist(), "queries": q.tolist()}
+        budget = int(p["square_queries"])
+        grid = sorted({1, *[max(1, round(budget * j / 50)) for j in range(1, 51)]})
+        n_ok = max(int(clean_correct.sum()), 1)
+        return r, Series(
+            f"eps={eps:g}", [float(g) for g in grid], [float((fooled & (q <= g)).sum()) / n_ok for g in grid]
+        )
+
+    def _hopskipjump(
+        self,
+        ctx: AuditContext,
+        fraction: float,
+        metrics: dict[str, float | None],
+        per_sample: dict[str, dict[str, list[Any]]],
+        attacks: dict[str, str],
+        plots: list[Plot],
+    ) -> str:
+        """HopSkipJump (labels only) on the first ``n_hsj`` inputs, recorded; returns its part of the summary."""
+        p = self.params
+        k = min(int(p["n_hsj"]), ctx.x.shape[0])
+        if k <= 0:
+            return ""
+        ctx.report(self.name, fraction, "HopSkipJump")
+        hsj = HopSkipJump(norm=ctx.norm, max_queries=int(p["hsj_queries"]), seed=ctx.seed_for("hopskipjump"))
+        rh = hsj(ctx.model, ctx.x[:k], ctx.y[:k])
+        attacks["hopskipjump"] = repr(hsj)
+        ok = rh.success & rh.clean_correct
+        med = float(rh.norms[ok].median()) if bool(ok.any()) else None
+        metrics["median_perturbation[hopskipjump]"] = med
+        metrics["success_rate[hopskipjump]"] = rh.success_rate
+        metrics["mean_queries[hopskipjump]"] = float(rh.extra["queries"].float().mean())
+        per_sample["hopskipjump"] = {
+            "success": ok.tolist(),
+            "norm": rh.norms.tolist(),
+            "queries": rh.extra["queries"].tolist(),
+        }
+        plots.append(
+            Plot(
+                id="hsj-hist",
+                title=f"HopSkipJump (labels only): perturbation per input ({ctx.norm})",
+                kind="hist",
+                x_label=f"{ctx.norm} norm",
+                y_label="inputs",
+                series=[Series("HopSkipJump", rh.norms[ok].tolist())],
+            )
+        )
+        if med is None:
+            return ""
+        return f"; HopSkipJump (labels only) median {ctx.norm} {med:.3g} with {int(p['hsj_queries'])} queries"
+
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
         m = min(int(p["n_square"]), ctx.x.shape[0])
@@ -63,28 +142,10 @@ class BlackBoxProbe(Probe):
         clean_acc = float(clean_correct.float().mean())
         for i, eps in enumerate(ctx.eps):
             ctx.report(self.name, i / steps, f"Square eps={eps:g}")
-            sq = Square(
-                eps=eps,
-                norm=ctx.norm,
-                max_queries=int(p["square_queries"]),
-                batch_size=int(p["batch_size"]),
-                seed=ctx.seed_for(f"square:{eps_key(eps)}"),
-            )
-            r = sq(model, x, y)
+            r, qcurve = self._square(ctx, eps, x, y, clean_correct, metrics, per_sample, attacks)
             results[eps] = r
-            attacks[f"square@{eps_key(eps)}"] = repr(sq)
-            key = eps_key(eps)
-            q = r.extra["queries"]
-            fooled = r.success & r.clean_correct
-            metrics[f"robust_accuracy[square]@{key}"] = r.robust_accuracy
-            metrics[f"mean_queries[square]@{key}"] = float(q[fooled].float().mean()) if bool(fooled.any()) else None
-            metrics[f"median_queries[square]@{key}"] = float(q[fooled].float().median()) if bool(fooled.any()) else None
             curve.append(r.robust_accuracy)
-            per_sample[f"square@{key}"] = {"robust": (r.pred_adv == y).tolist(), "queries": q.tolist()}
-            budget = int(p["square_queries"])
-            grid = sorted({1, *[max(1, round(budget * j / 50)) for j in range(1, 51)]})
-            n_ok = max(int(clean_correct.sum()), 1)
-            qcurves.append(Series(f"eps={eps:g}", grid, [float((fooled & (q <= g)).sum()) / n_ok for g in grid]))
+            qcurves.append(qcurve)
         checks = [self._masking(ctx, results, m)]
         plots = [
             Plot(
@@ -105,37 +166,7 @@ class BlackBoxProbe(Probe):
                 x_log=True,
             ),
         ]
-        hsj_summary = ""
-        k = min(int(p["n_hsj"]), ctx.x.shape[0])
-        if k > 0:
-            ctx.report(self.name, len(ctx.eps) / steps, "HopSkipJump")
-            hsj = HopSkipJump(norm=ctx.norm, max_queries=int(p["hsj_queries"]), seed=ctx.seed_for("hopskipjump"))
-            rh = hsj(model, ctx.x[:k], ctx.y[:k])
-            attacks["hopskipjump"] = repr(hsj)
-            ok = rh.success & rh.clean_correct
-            med = float(rh.norms[ok].median()) if bool(ok.any()) else None
-            metrics["median_perturbation[hopskipjump]"] = med
-            metrics["success_rate[hopskipjump]"] = rh.success_rate
-            metrics["mean_queries[hopskipjump]"] = float(rh.extra["queries"].float().mean())
-            per_sample["hopskipjump"] = {
-                "success": ok.tolist(),
-                "norm": rh.norms.tolist(),
-                "queries": rh.extra["queries"].tolist(),
-            }
-            plots.append(
-                Plot(
-                    id="hsj-hist",
-                    title=f"HopSkipJump (labels only): perturbation per input ({ctx.norm})",
-                    kind="hist",
-                    x_label=f"{ctx.norm} norm",
-                    y_label="inputs",
-                    series=[Series("HopSkipJump", rh.norms[ok].tolist())],
-                )
-            )
-            if med is not None:
-                hsj_summary = (
-                    f"; HopSkipJump (labels only) median {ctx.norm} {med:.3g} with {int(p['hsj_queries'])} queries"
-                )
+        hsj_summary = self._hopskipjump(ctx, len(ctx.eps) / steps, metrics, per_sample, attacks, plots)
         ref = ctx.reference_eps
         rr = results[ref]
         with torch.no_grad():
@@ -184,7 +215,8 @@ class BlackBoxProbe(Probe):
                 "No white-box results to compare with (black-box model, or the white-box probe did not run).",
             )
         tol = float(self.params["tolerance"])
-        rows, worst = [], None
+        rows: list[dict[str, Any]] = []
+        worst: tuple[float, float] | None = None
         for eps, r in results.items():
             w = wb.per_sample.get(f"whitebox@{eps_key(eps)}")
             if w is None:
@@ -203,7 +235,7 @@ class BlackBoxProbe(Probe):
             )
             if worst is None or gap > worst[1]:
                 worst = (eps, gap)
-        if not rows:
+        if not rows or worst is None:
             return Check("gradient-masking", title, "skipped", "The white-box probe ran at other eps values.")
         ev = {"inputs": m, "by_eps": rows}
         eps, gap = worst

@@ -65,6 +65,47 @@ class _SoftView(WrappedClassifier):
     __call__ = logits
 
 
+def _plots(
+    sigma: float, labels: Tensor, radii: Tensor, yc: Tensor, grid_r: list[float], n: int, alpha: float
+) -> list[Plot]:
+    """Certified accuracy against the radius, and the certified radii of the correct / wrong inputs."""
+    correct, certified = labels == yc, labels != ABSTAIN
+    ok_radii = radii[correct]
+    top = max([float(radii.max()) if radii.numel() else 0.0, *grid_r]) or 1.0
+    curve_x = [top * i / 40 for i in range(41)]
+    return [
+        Plot(
+            id="certified-accuracy",
+            title=f"Certified accuracy against L2 radius (sigma={sigma:g})",
+            kind="line",
+            x_label="radius (l2)",
+            y_label="certified accuracy",
+            series=[
+                Series(
+                    f"certified (n={n}, alpha={alpha:g})",
+                    curve_x,
+                    [certified_accuracy(labels, radii, yc, r) for r in curve_x],
+                )
+            ],
+        ),
+        Plot(
+            id="certified-radius-hist",
+            title="Certified radius per input (abstentions left out)",
+            kind="hist",
+            x_label="certified radius (l2)",
+            y_label="inputs",
+            series=[
+                s
+                for s in (
+                    Series("certified, correct", ok_radii.tolist()),
+                    Series("certified, wrong class", radii[certified & ~correct].tolist()),
+                )
+                if s.x
+            ],
+        ),
+    ]
+
+
 @register_probe
 class CertificationProbe(Probe):
     name = "certification"
@@ -100,8 +141,8 @@ class CertificationProbe(Probe):
         m = min(int(p["n_certify"]), ctx.x.shape[0])
         x, y = ctx.x[:m], ctx.y[:m]
         ctx.report(self.name, 0.0, f"CERTIFY on {m} inputs, n={n}")
-        labels, radii, counts = model.certify(x, n0=n0, n=n, alpha=alpha, return_counts=True)
-        labels, radii, counts = labels.cpu(), radii.cpu(), counts.cpu()
+        with_counts = model.certify(x, n0=n0, n=n, alpha=alpha, return_counts=True)
+        labels, radii, counts = (t.cpu() for t in with_counts)
         yc = y.cpu()
         correct = labels == yc
         certified = labels != ABSTAIN
@@ -114,39 +155,7 @@ class CertificationProbe(Probe):
         metrics["abstention_rate"] = float((~certified).float().mean()) if m else None
         metrics["median_certified_radius"] = float(ok_radii.median()) if ok_radii.numel() else None
         metrics["mean_certified_radius"] = float(ok_radii.mean()) if ok_radii.numel() else None
-        top = max([float(radii.max()) if m else 0.0, *grid_r]) or 1.0
-        curve_x = [top * i / 40 for i in range(41)]
-        plots = [
-            Plot(
-                id="certified-accuracy",
-                title=f"Certified accuracy against L2 radius (sigma={model.sigma:g})",
-                kind="line",
-                x_label="radius (l2)",
-                y_label="certified accuracy",
-                series=[
-                    Series(
-                        f"certified (n={n}, alpha={alpha:g})",
-                        curve_x,
-                        [certified_accuracy(labels, radii, yc, r) for r in curve_x],
-                    )
-                ],
-            ),
-            Plot(
-                id="certified-radius-hist",
-                title="Certified radius per input (abstentions left out)",
-                kind="hist",
-                x_label="certified radius (l2)",
-                y_label="inputs",
-                series=[
-                    s
-                    for s in (
-                        Series("certified, correct", ok_radii.tolist()),
-                        Series("certified, wrong class", radii[certified & ~correct].tolist()),
-                    )
-                    if s.x
-                ],
-            ),
-        ]
+        plots = _plots(model.sigma, labels, radii, yc, grid_r, n, alpha)
         ctx.report(self.name, 0.6, "PGD-L2 inside the certified radii")
         check = self._certificate_holds(ctx, model, x, labels, radii, alpha)
         metrics["certificate_violations"] = check.evidence.get("violations")

@@ -30,7 +30,10 @@ from typing import Any, ClassVar
 import torch
 
 from ...attacks import PGD
+from ...attacks.base import AttackResult
 from ...defenses.detection import REJECT, DetectingClassifier, DetectorAwarePGD
+from ...errors import UsageError
+from ...models.base import Classifier
 from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, pick_examples, register_probe, wilson_interval
 from ..result import Check, Plot, ProbeResult, Series
@@ -45,6 +48,41 @@ def _risk(adaptive: float) -> str:
     if not math.isfinite(adaptive):
         return "n/a"
     return "high" if adaptive >= 0.5 else "medium" if adaptive >= 0.1 else "low"
+
+
+def _summary(m: dict[str, float], norm: str, eps: float, detector: str) -> str:
+    return (
+        f"At {norm} eps={eps:g} the detector ({detector}) rejects {m['false_positive_rate']:.1%} of clean inputs and "
+        f"flags {m['detection_rate[pgd]']:.1%} of PGD's adversarial examples; against model + detector "
+        f"non-adaptive PGD succeeds on {m['success_rate[nonadaptive]']:.1%}, the adaptive attack on "
+        f"{m['success_rate[adaptive]']:.1%}"
+    )
+
+
+def _bars(m: dict[str, float], norm: str, eps: float) -> Plot:
+    labels = [
+        "false positives (clean)",
+        "PGD detected",
+        "PGD success (bare model)",
+        "non-adaptive success (model + detector)",
+        "adaptive success (model + detector)",
+    ]
+    values = [
+        m["false_positive_rate"],
+        m["detection_rate[pgd]"],
+        m["success_rate[pgd]"],
+        m["success_rate[nonadaptive]"],
+        m["success_rate[adaptive]"],
+    ]
+    return Plot(
+        id="detection-bars",
+        title=f"Detection at {norm} eps={eps:g}",
+        kind="bar",
+        x_label="",
+        y_label="fraction",
+        categories=labels,
+        series=[Series("rate", list(range(len(labels))), values)],
+    )
 
 
 @register_probe
@@ -73,50 +111,54 @@ class DetectionProbe(Probe):
             return f"the detection attacks support linf and l2, not {ctx.norm}"
         return None
 
+    def _bare_pgd(
+        self, ctx: AuditContext, inner: Classifier, det: Any, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[PGD, AttackResult, torch.Tensor]:
+        """Plain PGD on the model behind the detector (the non-adaptive attacker), and what the detector flags."""
+        p = self.params
+        pgd = PGD(
+            eps=ctx.reference_eps,
+            norm=ctx.norm,
+            steps=int(p["pgd_steps"]),
+            early_stop=False,
+            batch_size=int(p["batch_size"]),
+            seed=ctx.seed_for("detection:pgd"),
+        )
+        r = pgd(inner, x, y)
+        with torch.no_grad():
+            detected = det.detect(r.x_adv)
+        return pgd, r, detected
+
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
         model = ctx.model
-        assert isinstance(model, DetectingClassifier)
+        if not isinstance(model, DetectingClassifier):
+            raise UsageError(self.skip_reason(ctx) or "no detector in front of the model")
         inner, det = model.model, model.detector
         k = min(int(p["n"]), ctx.x.shape[0])
         x, y = ctx.x[:k], ctx.y[:k]
         eps, norm = ctx.reference_eps, ctx.norm
-        bs = int(p["batch_size"])
-
         ctx.report(self.name, 0.0, "clean inputs")
         with torch.no_grad():
             pred_clean = model.predict(x)
         rejected_clean = pred_clean == REJECT
         combo_correct = pred_clean == y  # accepted and right
         fpr = float(rejected_clean.float().mean())
-
         ctx.report(self.name, 0.05, f"PGD on the bare model (eps={eps:g})")
-        pgd = PGD(
-            eps=eps,
-            norm=norm,
-            steps=int(p["pgd_steps"]),
-            early_stop=False,
-            batch_size=bs,
-            seed=ctx.seed_for("detection:pgd"),
-        )
-        r = pgd(inner, x, y)
+        pgd, r, detected_pgd = self._bare_pgd(ctx, inner, det, x, y)
         fooled_bare = r.success & r.clean_correct
-        with torch.no_grad():
-            detected_pgd = det.detect(r.x_adv)
         nonadaptive = fooled_bare & ~detected_pgd  # fooled the model, let through by the detector
-
         ctx.report(self.name, 0.3, "adaptive attack on model + detector")
         adaptive = DetectorAwarePGD(
             eps=eps,
             norm=norm,
             steps=int(p["adaptive_steps"]),
             restarts=int(p["adaptive_restarts"]),
-            batch_size=bs,
+            batch_size=int(p["batch_size"]),
             seed=ctx.seed_for("detection:adaptive"),
         )
-        ra = adaptive(model, x, y)
+        ra = adaptive(model, x, y)  # on model + detector together
         adaptive_ok = ra.success & combo_correct
-
         metrics: dict[str, float | None] = {
             "false_positive_rate": fpr,
             "clean_accuracy[detecting]": float(combo_correct.float().mean()),
@@ -126,50 +168,14 @@ class DetectionProbe(Probe):
             "success_rate[adaptive]": _rate(adaptive_ok, combo_correct),
         }
         m = {key: (v if v is not None else math.nan) for key, v in metrics.items()}
-        labels = [
-            "false positives (clean)",
-            "PGD detected",
-            "PGD success (bare model)",
-            "non-adaptive success (model + detector)",
-            "adaptive success (model + detector)",
+        plots = [_bars(m, norm, eps)]
+        counts = [
+            int(t.sum()) for t in (combo_correct, nonadaptive, adaptive_ok, nonadaptive & ~ra.success & combo_correct)
         ]
-        values = [
-            m["false_positive_rate"],
-            m["detection_rate[pgd]"],
-            m["success_rate[pgd]"],
-            m["success_rate[nonadaptive]"],
-            m["success_rate[adaptive]"],
-        ]
-        plots = [
-            Plot(
-                id="detection-bars",
-                title=f"Detection at {norm} eps={eps:g}",
-                kind="bar",
-                x_label="",
-                y_label="fraction",
-                categories=labels,
-                series=[Series("rate", list(range(len(labels))), values)],
-            )
-        ]
-        checks = [
-            self._check(
-                m["success_rate[nonadaptive]"],
-                m["success_rate[adaptive]"],
-                int(combo_correct.sum()),
-                int(nonadaptive.sum()),
-                int(adaptive_ok.sum()),
-                int((nonadaptive & ~ra.success & combo_correct).sum()),
-            )
-        ]
+        checks = [self._check(m["success_rate[nonadaptive]"], m["success_rate[adaptive]"], *counts)]
         lo, hi = wilson_interval(int(rejected_clean.sum()), k)
         examples = pick_examples(
-            x,
-            ra.x_adv,
-            y,
-            pred_clean,
-            ra.pred_adv,
-            ra.success,
-            ra.norms,
+            *(x, ra.x_adv, y, pred_clean, ra.pred_adv, ra.success, ra.norms),
             attack="detector-aware-pgd",
             norm=norm,
             eps=eps,
@@ -178,24 +184,15 @@ class DetectionProbe(Probe):
         )
         per_sample = {
             "clean": {"rejected": rejected_clean.tolist(), "correct": combo_correct.tolist()},
-            "pgd": {
-                "fooled": fooled_bare.tolist(),
-                "detected": detected_pgd.tolist(),
-                "success": (nonadaptive & combo_correct).tolist(),
-            },
+            "pgd": {"fooled": fooled_bare.tolist(), "detected": detected_pgd.tolist()},
             "adaptive": {"success": adaptive_ok.tolist(), "rejected": (ra.pred_adv == REJECT).tolist()},
         }
+        per_sample["pgd"]["success"] = (nonadaptive & combo_correct).tolist()
         ctx.report(self.name, 1.0, "done")
-        summary = (
-            f"At {norm} eps={eps:g} the detector ({det.name}) rejects {fpr:.1%} of clean inputs and flags "
-            f"{m['detection_rate[pgd]']:.1%} of PGD's adversarial examples; against model + detector "
-            f"non-adaptive PGD succeeds on {m['success_rate[nonadaptive]']:.1%}, the adaptive attack on "
-            f"{m['success_rate[adaptive]']:.1%}"
-        )
         return self.result(
             ctx,
             risk=_risk(m["success_rate[adaptive]"]),
-            summary=summary,
+            summary=_summary(m, norm, eps, det.name),
             params={
                 **p,
                 "eps": eps,

@@ -18,6 +18,7 @@ import torch
 
 from ...attacks import CarliniWagnerL2, DeepFool
 from ...attacks.base import AttackResult
+from ...models.base import Classifier
 from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, pick_examples, register_probe
 from ..result import Plot, ProbeResult, Series
@@ -51,13 +52,11 @@ class MinimumNormProbe(Probe):
             return f"DeepFool supports linf and l2, not {ctx.norm}"
         return None
 
-    def run(self, ctx: AuditContext) -> ProbeResult:
+    def _runs(
+        self, ctx: AuditContext, model: Classifier, m: int
+    ) -> tuple[dict[str, AttackResult], dict[str, str], int]:
+        """DeepFool on the first ``m`` inputs, C&W-L2 on the first ``n_cw``: the results and the attacks' reprs."""
         p = self.params
-        from .whitebox import attack_model
-
-        model, eot = attack_model(ctx, 10)
-        m = min(int(p["n_deepfool"]), ctx.x.shape[0])
-        x, y = ctx.x[:m], ctx.y[:m]
         ctx.report(self.name, 0.0, "DeepFool")
         df = DeepFool(
             norm=ctx.norm,
@@ -65,8 +64,7 @@ class MinimumNormProbe(Probe):
             batch_size=int(p["batch_size"]),
             seed=ctx.seed_for("deepfool"),
         )
-        rd = df(model, x, y)
-        runs: dict[str, AttackResult] = {f"deepfool-{ctx.norm}": rd}
+        runs: dict[str, AttackResult] = {f"deepfool-{ctx.norm}": df(model, ctx.x[:m], ctx.y[:m])}
         attacks = {f"deepfool-{ctx.norm}": repr(df)}
         k = min(int(p["n_cw"]), ctx.x.shape[0])
         if k > 0:
@@ -79,9 +77,16 @@ class MinimumNormProbe(Probe):
             )
             runs["cw-l2"] = cw(model, ctx.x[:k], ctx.y[:k])
             attacks["cw-l2"] = repr(cw)
+        return runs, attacks, k
+
+    @staticmethod
+    def _measure(
+        ctx: AuditContext, runs: dict[str, AttackResult], rd: AttackResult
+    ) -> tuple[dict[str, float | None], list[Plot], dict[str, dict[str, list[Any]]]]:
+        """Median smallest norms and success rates, the norm histograms and DeepFool's accuracy curve."""
         metrics: dict[str, float | None] = {}
         plots, per_sample = [], {}
-        hist = {"l2": [], "linf": []}
+        hist: dict[str, list[Series]] = {"l2": [], "linf": []}
         for name, r in runs.items():
             ok = r.success & r.clean_correct
             vals = r.norms[ok]
@@ -115,6 +120,18 @@ class MinimumNormProbe(Probe):
                 series=[Series("DeepFool", grid, _curve(rd.norms, rd.success, rd.clean_correct, grid))],
             )
         )
+        return metrics, plots, per_sample
+
+    def run(self, ctx: AuditContext) -> ProbeResult:
+        p = self.params
+        from .whitebox import attack_model
+
+        model, eot = attack_model(ctx, 10)
+        m = min(int(p["n_deepfool"]), ctx.x.shape[0])
+        x, y = ctx.x[:m], ctx.y[:m]
+        runs, attacks, k = self._runs(ctx, model, m)
+        rd = runs[f"deepfool-{ctx.norm}"]
+        metrics, plots, per_sample = self._measure(ctx, runs, rd)
         med = metrics["median_min_perturbation[deepfool]"]
         ref = ctx.reference_eps
         risk = "n/a" if med is None else "high" if med <= ref else "medium" if med <= 2 * ref else "low"

@@ -5,13 +5,18 @@ One patch covering at most ``area`` of the image, trained with expectation over 
 images, then pasted on the audited (held-out) images under fresh random transformations.
 Untargeted: the share of correctly classified images the patch makes wrong; targeted (``targets``):
 the share of images not of the target class it makes that class. A random patch of the same size is
-the baseline. Needs image inputs (C, H, W) and a white-box model.
+the baseline; a trained patch that does worse than it is an optimiser failure (validity check
+``patch-beats-random`` warns). The patch's side is ``floor(sqrt(area * H * W))``, so it covers at most
+``area`` (on 28x28 images ``area=0.1`` gives 8x8 = 8.2%); the summary and ``params["patch_area"]`` state the
+real share. Needs image inputs (C, H, W) and a white-box model.
 
 Risk: untargeted success >= 50% high, >= 20% medium, else low.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -19,7 +24,7 @@ import torch
 from ...attacks.evasion.patch import apply, evaluate, fit, patch_side
 from ...errors import UsageError
 from ..probe import AuditContext, Probe, register_probe
-from ..result import Example, Plot, ProbeResult, Series
+from ..result import Check, Example, Plot, ProbeResult, Series
 
 
 @register_probe
@@ -52,91 +57,151 @@ class PatchProbe(Probe):
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
-        model, x, y = ctx.model, ctx.x, ctx.y
+        model = ctx.model
         k = min(int(p["fit_images"]), ctx.data.x_train.shape[0])
-        xf, yf = ctx.data.x_train[:k], ctx.data.y_train[:k]
         goals = [None, *[int(t) for t in p["targets"]]]
         metrics: dict[str, float | None] = {}
-        bars, names = [], []
         examples: list[Example] = []
         patches = {}
+        un = random_un = math.nan
         for i, t in enumerate(goals):
             label = "untargeted" if t is None else f"target={t}"
             ctx.report(self.name, i / len(goals), f"fitting the {label} patch")
-            g = ctx.generator(f"patch:{label}")
-            patch = fit(
-                model,
-                xf,
-                yf,
-                t,
-                area=float(p["area"]),
-                steps=int(p["steps"]),
-                batch_size=int(p["batch_size"]),
-                lr=float(p["lr"]),
-                generator=g,
-            )
+            patch = self._fit(ctx, k, t, label)
             patches[label] = patch
+            rows = torch.nonzero(model.predict(ctx.x) == ctx.y).flatten() if t is None else torch.arange(len(ctx.y))
+            trained, random = self._success(ctx, patch, rows, t, label)
+            metrics[f"patch_success[{label}]"] = trained
+            metrics[f"patch_success[random,{label}]"] = random
             if t is None:
-                keep = model.predict(x) == y
-                xe, ye = x[keep], y[keep]
-            else:
-                xe, ye = x, y
-            s = evaluate(model, xe, ye, patch, t, generator=ctx.generator(f"patch-eval:{label}"))
-            rnd = torch.rand(patch.shape, generator=ctx.generator(f"patch-random:{label}"))
-            lo, hi = model.bounds
-            base = evaluate(model, xe, ye, lo + (hi - lo) * rnd, t, generator=ctx.generator(f"patch-eval:{label}"))
-            metrics[f"patch_success[{label}]"] = s
-            metrics[f"patch_success[random,{label}]"] = base
-            bars += [s, base]
-            names += [f"{label}", f"random patch ({label})"]
-            if t is None and xe.shape[0]:
-                with torch.no_grad():
-                    xa = apply(
-                        xe[: 4 * int(p["examples"])], patch, ctx.generator("patch-examples"), bounds=model.bounds
-                    )
-                    pa, pc = model.predict(xa), model.predict(xe[: xa.shape[0]])
-                for j in torch.nonzero(pa != ye[: xa.shape[0]]).flatten()[: int(p["examples"])].tolist():
-                    examples.append(
-                        Example(
-                            index=-1,
-                            label=int(ye[j]),
-                            pred_clean=int(pc[j]),
-                            pred_adv=int(pa[j]),
-                            attack="patch",
-                            norm="patch",
-                            eps=float(p["area"]),
-                            perturbation=float((xa[j] != xe[j]).float().mean()),
-                            clean=xe[j].tolist(),
-                            adversarial=xa[j].tolist(),
-                            bounds=model.bounds,
-                        )
-                    )
-        un = metrics["patch_success[untargeted]"]
-        risk = "high" if un >= 0.5 else "medium" if un >= 0.2 else "low"
+                un, random_un = trained, random
+                examples = self._examples(ctx, patch, rows)
         side = patches["untargeted"].shape[-1]
         h, w = model.input_shape[1:]
+        area = side * side / (h * w)
         ctx.report(self.name, 1.0, "done")
         return self.result(
             ctx,
-            risk=risk,
+            risk="high" if un >= 0.5 else "medium" if un >= 0.2 else "low",
             summary=(
-                f"a {side}x{side} patch ({side * side / (h * w):.1%} of the image) at a random place makes "
-                f"{un:.1%} of correctly classified held-out images wrong (random patch: "
-                f"{metrics['patch_success[random,untargeted]']:.1%})"
+                f"a {side}x{side} patch ({area:.1%} of the image; at most {float(p['area']):.0%} asked, the side is "
+                f"rounded down) at a random place makes {un:.1%} of correctly classified held-out images wrong "
+                f"(random patch: {random_un:.1%})"
             ),
-            params={**p, "patch_side": side, "fit_images": k},
+            params={**p, "patch_side": side, "patch_area": area, "fit_images": k},
             metrics=metrics,
             examples=examples,
-            plots=[
-                Plot(
-                    id="patch-success",
-                    title="Patch success on held-out images (random placement)",
-                    kind="bar",
-                    x_label="patch",
-                    y_label="success rate",
-                    series=[Series("success", list(range(len(bars))), bars)],
-                    categories=names,
-                )
-            ],
+            checks=[patch_beats_random(metrics, goals)],
+            plots=[self._plot(metrics, goals)],
             artifacts={"patches": {label: v.tolist() for label, v in patches.items()}},
         )
+
+    def _fit(self, ctx: AuditContext, k: int, target: int | None, label: str) -> torch.Tensor:
+        p = self.params
+        return fit(
+            ctx.model,
+            ctx.data.x_train[:k],
+            ctx.data.y_train[:k],
+            target,
+            area=float(p["area"]),
+            steps=int(p["steps"]),
+            batch_size=int(p["batch_size"]),
+            lr=float(p["lr"]),
+            generator=ctx.generator(f"patch:{label}"),
+        )
+
+    def _success(
+        self, ctx: AuditContext, patch: torch.Tensor, rows: torch.Tensor, target: int | None, label: str
+    ) -> tuple[float, float]:
+        """Held-out success of the trained patch and of a random patch of the same size, under the same
+        placements (the same generator seed)."""
+        model = ctx.model
+        xe, ye = ctx.x[rows], ctx.y[rows]
+        trained = evaluate(model, xe, ye, patch, target, generator=ctx.generator(f"patch-eval:{label}"))
+        lo, hi = model.bounds
+        rnd = lo + (hi - lo) * torch.rand(patch.shape, generator=ctx.generator(f"patch-random:{label}"))
+        random = evaluate(model, xe, ye, rnd, target, generator=ctx.generator(f"patch-eval:{label}"))
+        return trained, random
+
+    def _examples(self, ctx: AuditContext, patch: torch.Tensor, rows: torch.Tensor) -> list[Example]:
+        """Up to ``examples`` correctly classified audited inputs the untargeted patch fools, with their index
+        among the audited inputs."""
+        model, k = ctx.model, int(self.params["examples"])
+        idx = rows[: 4 * k]
+        if idx.numel() == 0:
+            return []
+        xe, ye = ctx.x[idx], ctx.y[idx]
+        with torch.no_grad():
+            xa = apply(xe, patch, ctx.generator("patch-examples"), bounds=model.bounds)
+            pa, pc = model.predict(xa), model.predict(xe)
+        side = patch.shape[-1]
+        area = side * side / (xe.shape[-2] * xe.shape[-1])
+        return [
+            Example(
+                index=int(idx[j]),
+                label=int(ye[j]),
+                pred_clean=int(pc[j]),
+                pred_adv=int(pa[j]),
+                attack="patch",
+                norm="patch",
+                eps=area,
+                perturbation=float((xa[j] != xe[j]).float().mean()),
+                clean=xe[j].tolist(),
+                adversarial=xa[j].tolist(),
+                bounds=model.bounds,
+            )
+            for j in torch.nonzero(pa != ye).flatten()[:k].tolist()
+        ]
+
+    @staticmethod
+    def _plot(metrics: dict[str, float | None], goals: list[int | None]) -> Plot:
+        bars: list[float] = []
+        names: list[str] = []
+        for t in goals:
+            label = "untargeted" if t is None else f"target={t}"
+            bars += [
+                float(metrics[f"patch_success[{label}]"] or 0.0),
+                float(metrics[f"patch_success[random,{label}]"] or 0.0),
+            ]
+            names += [label, f"random patch ({label})"]
+        return Plot(
+            id="patch-success",
+            title="Patch success on held-out images (random placement)",
+            kind="bar",
+            x_label="patch",
+            y_label="success rate",
+            series=[Series("success", list(range(len(bars))), bars)],
+            categories=names,
+        )
+
+
+def patch_beats_random(metrics: Mapping[str, float | None], goals: Sequence[int | None]) -> Check:
+    """Validity check ``patch-beats-random``: a trained patch that fools fewer held-out images than a random
+    patch of the same size, under the same placements, is an optimiser failure (too few steps, a learning
+    rate off the input scale, vanishing gradients) — its low success says nothing about the model. Warns
+    naming every such patch; passes when each trained patch does at least as well as its random one."""
+    title = "Trained patches beat a random patch"
+    worse, evidence = [], {}
+    for t in goals:
+        label = "untargeted" if t is None else f"target={t}"
+        trained, random = metrics.get(f"patch_success[{label}]"), metrics.get(f"patch_success[random,{label}]")
+        evidence[label] = {"trained": trained, "random": random}
+        if trained is not None and random is not None and math.isfinite(trained) and math.isfinite(random):
+            if trained < random:
+                worse.append(f"{label}: {trained:.1%} < random {random:.1%}")
+    if worse:
+        return Check(
+            "patch-beats-random",
+            title,
+            "warn",
+            f"The trained patch fools fewer held-out images than a random patch ({'; '.join(worse)}): the patch "
+            "optimisation failed, so the patch risk is not measured — raise steps or lr, or check the gradients.",
+            evidence,
+        )
+    return Check(
+        "patch-beats-random",
+        title,
+        "pass",
+        "Every trained patch fools at least as many held-out images as a random patch of the same size.",
+        evidence,
+    )

@@ -39,7 +39,7 @@ from ...models.base import Classifier
 from ...models.wrapped import averages_randomness
 from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, eps_key, pick_examples, register_probe, risk_from_ratio
-from ..result import Check, Plot, ProbeResult, Series
+from ..result import Check, CheckStatus, Example, Plot, ProbeResult, Series
 
 
 def attack_model(ctx: AuditContext, eot_samples: int) -> tuple[Classifier, bool]:
@@ -85,6 +85,64 @@ class WhiteBoxProbe(Probe):
             "seed": ctx.seed_for(f"{self.name}:{name}:{eps_key(eps)}"),
         }
 
+    def _at_eps(
+        self, ctx: AuditContext, model: Classifier, eps: float, attacks_used: dict[str, str]
+    ) -> tuple[AttackResult, AttackResult, Tensor, Tensor]:
+        """FGSM and PGD on every audited input, then the APGD ensemble on those both left robust: the two
+        results, the per-input worst case (robust) and which attack broke each input (0 none, 1 fgsm, 2 pgd,
+        3 ensemble)."""
+        p = self.params
+        x, y = ctx.x, ctx.y
+        fgsm = FGSM(**self._common(ctx, "fgsm", eps))
+        pgd = PGD(steps=int(p["pgd_steps"]), restarts=int(p["pgd_restarts"]), **self._common(ctx, "pgd", eps))
+        rf, rp = fgsm(model, x, y), pgd(model, x, y)
+        robust = (rf.pred_adv == y) & (rp.pred_adv == y)
+        broken_by = torch.zeros(x.shape[0], dtype=torch.int8)  # 0 none, 1 fgsm, 2 pgd, 3 ensemble
+        broken_by[rf.pred_adv != y] = 1
+        broken_by[(rf.pred_adv == y) & (rp.pred_adv != y)] = 2
+        attacks_used.update(fgsm=repr(fgsm), pgd=repr(pgd))
+        if p["ensemble"] and bool(robust.any()):
+            members = [
+                APGD(steps=int(p["apgd_steps"]), loss="ce", **self._common(ctx, "apgd-ce", eps)),
+                APGDT(
+                    steps=int(p["apgd_steps"]),
+                    n_target_classes=min(int(p["apgd_t_targets"]), ctx.model.n_classes - 1),
+                    **self._common(ctx, "apgd-t", eps),
+                ),
+            ]
+            if ctx.model.n_classes < 4:  # targeted DLR needs 4 classes: CE then margin-free DLR
+                members = members[:1]
+            ens = Ensemble(members=members, **self._common(ctx, "ensemble", eps))
+            attacks_used["ensemble"] = repr(ens)
+            idx = torch.nonzero(robust).flatten()
+            re = ens(model, x[idx], y[idx])
+            fell = re.pred_adv != y[idx]
+            broken_by[idx[fell]] = 3
+            robust[idx[fell]] = False
+        return rf, rp, robust, broken_by
+
+    def _gallery(self, ctx: AuditContext, pgd_results: dict[float, AttackResult], pred_clean: Tensor) -> list[Example]:
+        """PGD's examples at the smallest eps at which it fooled something: the least visible perturbations."""
+        shown = next(
+            (e for e in ctx.eps if bool((pgd_results[e].success & pgd_results[e].clean_correct).any())),
+            ctx.reference_eps,
+        )
+        rp = pgd_results[shown]
+        return pick_examples(
+            ctx.x,
+            rp.x_adv,
+            ctx.y,
+            pred_clean,
+            rp.pred_adv,
+            rp.success,
+            rp.norms,
+            attack="pgd",
+            norm=ctx.norm,
+            eps=shown,
+            bounds=ctx.model.bounds,
+            k=int(self.params["examples"]),
+        )
+
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
         model, eot = attack_model(ctx, p["eot_samples"])
@@ -102,33 +160,8 @@ class WhiteBoxProbe(Probe):
         total = len(ctx.eps) + 3
         for i, eps in enumerate(ctx.eps):
             ctx.report(self.name, i / total, f"eps={eps:g}")
-            fgsm = FGSM(**self._common(ctx, "fgsm", eps))
-            pgd = PGD(steps=int(p["pgd_steps"]), restarts=int(p["pgd_restarts"]), **self._common(ctx, "pgd", eps))
-            rf, rp = fgsm(model, x, y), pgd(model, x, y)
+            rf, rp, robust, broken_by = self._at_eps(ctx, model, eps, attacks_used)
             pgd_results[eps] = rp
-            robust = (rf.pred_adv == y) & (rp.pred_adv == y)
-            broken_by = torch.zeros(n, dtype=torch.int8)  # 0 none, 1 fgsm, 2 pgd, 3 ensemble
-            broken_by[rf.pred_adv != y] = 1
-            broken_by[(rf.pred_adv == y) & (rp.pred_adv != y)] = 2
-            attacks_used.update(fgsm=repr(fgsm), pgd=repr(pgd))
-            if p["ensemble"] and bool(robust.any()):
-                members = [
-                    APGD(steps=int(p["apgd_steps"]), loss="ce", **self._common(ctx, "apgd-ce", eps)),
-                    APGDT(
-                        steps=int(p["apgd_steps"]),
-                        n_target_classes=min(int(p["apgd_t_targets"]), ctx.model.n_classes - 1),
-                        **self._common(ctx, "apgd-t", eps),
-                    ),
-                ]
-                if ctx.model.n_classes < 4:  # targeted DLR needs 4 classes: CE then margin-free DLR
-                    members = members[:1]
-                ens = Ensemble(members=members, **self._common(ctx, "ensemble", eps))
-                attacks_used["ensemble"] = repr(ens)
-                idx = torch.nonzero(robust).flatten()
-                re = ens(model, x[idx], y[idx])
-                fell = re.pred_adv != y[idx]
-                broken_by[idx[fell]] = 3
-                robust[idx[fell]] = False
             key = eps_key(eps)
             fa, pa, wa = (
                 float((rf.pred_adv == y).float().mean()),
@@ -153,23 +186,7 @@ class WhiteBoxProbe(Probe):
         ctx.report(self.name, (len(ctx.eps) + 1) / total, "convergence")
         checks += self._convergence(ctx, model, worst_masks, clean_acc)
         ref = ctx.reference_eps
-        # the gallery shows the smallest eps at which PGD fooled something: the least visible perturbations
-        shown = next((e for e in ctx.eps if bool((pgd_results[e].success & pgd_results[e].clean_correct).any())), ref)
-        rp = pgd_results[shown]
-        examples = pick_examples(
-            x,
-            rp.x_adv,
-            y,
-            pred_clean,
-            rp.pred_adv,
-            rp.success,
-            rp.norms,
-            attack="pgd",
-            norm=ctx.norm,
-            eps=shown,
-            bounds=ctx.model.bounds,
-            k=int(p["examples"]),
-        )
+        examples = self._gallery(ctx, pgd_results, pred_clean)
         worst_ref = curves["worst case"][-1]
         risk = risk_from_ratio(worst_ref, clean_acc)
         plots = [
@@ -213,7 +230,7 @@ class WhiteBoxProbe(Probe):
                 "PGD leaves no higher robust accuracy than FGSM at any eps.",
                 ev,
             )
-        status = "fail" if worst < -5 * tol else "warn"
+        status: CheckStatus = "fail" if worst < -5 * tol else "warn"
         i = gaps.index(worst)
         return Check(
             "iterative-beats-single-step",
