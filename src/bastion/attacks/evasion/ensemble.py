@@ -6,7 +6,10 @@ Inputs (N, *input_shape), labels (N,). Each member attacks only the samples that
 (classified correctly, or not yet on the target when ``targets`` are passed) after the members
 before it, and a sample's first adversarial point is kept: the result is the per-sample worst case
 over the members, so the ensemble's robust accuracy is at most that of any member run alone on the
-same inputs (up to the members' random starts, which depend on the samples they see).
+same inputs (up to the members' random starts, which depend on the samples they see). Every member
+starts from the generator state the batch started with, as AutoAttack seeds each of its attacks with
+the same seed: an ``Ensemble(seed=s)`` of APGD-CE and APGD-T draws the random starts that AutoAttack's
+code with seed ``s`` draws on CPU (``benchmarks/apgd_reference.py`` checks the inputs broken are the same).
 
 ``extra`` records the evaluation trail, accumulated over every batch of the call:
 
@@ -100,9 +103,11 @@ class Ensemble(Attack):
         extra["n_samples"] = extra.get("n_samples", 0) + x.shape[0]
         extra["clean_count"] = extra.get("clean_count", 0) + int(robust.sum())
         x_adv = x.clone()
+        start = generator.get_state()
         for j, member in enumerate(self._members):
             todo = torch.nonzero(robust).flatten()
             if todo.numel():
+                generator.set_state(start)  # every member from the same state, as AutoAttack seeds each attack
                 tt = targets[todo] if targets is not None else None
                 sub = Budget()
                 cand = threat.project(x[todo], member._attack(model, x[todo], y[todo], tt, threat, generator, sub))
