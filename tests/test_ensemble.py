@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 
 from bastion.attacks.base import get_attack
 from bastion.attacks.evasion.apgd import APGD, APGDT
@@ -69,3 +70,19 @@ def test_members_must_share_the_threat_model():
         Ensemble(members=[APGD(eps=0.1), "pgd"], eps=0.1)
     with pytest.raises(UsageError, match="norm"):
         Ensemble(eps=1.0, norm="l1")
+
+
+def test_every_member_starts_from_the_batch_generator_state_as_autoattack_seeds_each_attack(digits_mlp, digits):
+    """Ensemble(seed=s) of APGD-CE then APGD-T is APGD-CE(seed=s), then APGD-T(seed=s) on what it left: the same
+    draws, so the same points — what makes it break exactly the reference's inputs (benchmarks/apgd_reference.py).
+    An ensemble whose APGD-T continued the generator from APGD-CE would start APGD-T elsewhere."""
+    x, y = digits.x_test[:120], digits.y_test[:120]
+    eps, seed = 0.05, 3
+    ens = Ensemble(members=[APGD(eps=eps, steps=20), APGDT(eps=eps, steps=20, n_target_classes=3)], eps=eps, seed=seed)
+    got = ens(digits_mlp, x, y).x_adv
+    first = APGD(eps=eps, steps=20, seed=seed)(digits_mlp, x, y).x_adv
+    left = (digits_mlp.predict(first) == y).nonzero().flatten()
+    assert 0 < left.numel() < x.shape[0]  # both members have work: the second one's starts matter
+    expected = first.clone()
+    expected[left] = APGDT(eps=eps, steps=20, n_target_classes=3, seed=seed)(digits_mlp, x[left], y[left]).x_adv
+    assert torch.equal(got, expected)
