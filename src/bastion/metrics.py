@@ -8,6 +8,7 @@ nothing), never a ``ZeroDivisionError``.
 - :func:`accuracy`, :func:`robust_accuracy` — share of predictions equal to the labels (an abstention,
   label -1, is never correct);
 - :func:`attack_success_rate` — share of the inputs the model got right that the attack flipped;
+- :func:`backdoor_success_rate` — share of triggered inputs classified as the backdoor's target;
 - :func:`agreement` (alias :func:`fidelity`) — share of inputs on which two models agree (extraction);
 - :func:`wilson_interval` — the Wilson score interval of a binomial proportion (scipy's normal quantile);
 - :func:`roc_auc`, :func:`tpr_at_fpr`, :func:`roc_curve` — membership-inference and detection quality from
@@ -34,6 +35,7 @@ __all__ = [
     "accuracy",
     "agreement",
     "attack_success_rate",
+    "backdoor_success_rate",
     "fidelity",
     "robust_accuracy",
     "roc_auc",
@@ -89,6 +91,17 @@ def attack_success_rate(success: ArrayLike, clean_correct: ArrayLike | None = No
     s, c = _pair(s, _array(clean_correct, "clean_correct").astype(bool), "success", "clean_correct")
     n = int(c.sum())
     return float((s & c).sum()) / n if n else math.nan
+
+
+def backdoor_success_rate(pred_triggered: ArrayLike, target: ArrayLike) -> float:
+    """Share of triggered inputs the model classifies as the backdoor's target (Gu et al. 2017's attack success
+    rate): ``pred_triggered`` (N,) the predictions on triggered inputs, ``target`` (N,) the label each should get.
+
+    Pass only inputs whose true class is not the target (all-to-one), so that the rate counts flips the
+    backdoor caused; :meth:`bastion.attacks.poisoning.PoisonedData.triggered_test` selects them. ``nan`` when
+    N = 0.
+    """
+    return accuracy(pred_triggered, target)
 
 
 def agreement(pred_a: ArrayLike, pred_b: ArrayLike) -> float:

@@ -4,7 +4,8 @@ Options (keyword arguments of :func:`load_path`, ``--data-option key=value`` in 
 
 - all formats: ``test_fraction`` (0.2) and ``seed`` of the stratified split made when the file has
   no test split of its own; that split is recorded in ``meta["split"]`` (the CLI prints it).
-- ``.npz``: arrays ``x``, ``y`` and optionally ``x_test``, ``y_test`` (never unpickled).
+- ``.npz``: arrays ``x``, ``y`` and optionally ``x_test``, ``y_test`` and ``bounds`` (low, high) (never
+  unpickled); without ``bounds`` they are [0, 1] when every value lies in it, else the data's (min, max).
 - ``.csv``: ``label_column`` (default ``label``, else the last column); ``scale=True`` maps each
   feature into [0, 1] with the training split's min/max (stored in ``meta``); unscaled features
   keep their values and the bounds are the data's (min, max).
@@ -146,7 +147,18 @@ def _npz(path: Path, options: dict[str, object]) -> Dataset:
     if names:
         meta["classes"] = names
     n_classes = len(names) if names else int(y_all.max()) + 1
-    return Dataset(str(path), x_tr, y_tr, x_te, y_te, _bounds(*xs), n_classes, meta=meta)
+    bounds = _given_bounds(arrays["bounds"], xs, path) if "bounds" in arrays else _bounds(*xs)
+    return Dataset(str(path), x_tr, y_tr, x_te, y_te, bounds, n_classes, meta=meta)
+
+
+def _given_bounds(b: np.ndarray, xs: list[np.ndarray], path: Path) -> tuple[float, float]:
+    """The file's own ``bounds`` array: two finite numbers low < high that every input respects."""
+    if b.shape != (2,) or b.dtype.kind not in "fiu" or not np.isfinite(b).all() or not b[0] < b[1]:
+        raise UsageError(f"{path}: 'bounds' must be two finite numbers [low, high] with low < high, got {b.tolist()}")
+    lo, hi = float(b[0]), float(b[1])
+    if any(a.size and (a.min() < lo or a.max() > hi) for a in xs):
+        raise UsageError(f"{path}: some inputs lie outside the file's bounds [{lo:g}, {hi:g}]")
+    return (lo, hi)
 
 
 def _csv(path: Path, options: dict[str, object]) -> Dataset:

@@ -1,0 +1,33 @@
+"""Poisoning attacks: corrupt the training data, never the model.
+
+``attack.poison(data) -> PoisonedData`` (:mod:`.base`): the poisoned training set plus an exact record of
+what changed. Backdoors (:mod:`.backdoor`): :class:`BadNets` (patch trigger), :class:`Blended` (blended
+pattern); their :class:`Trigger` (:mod:`.triggers`). :func:`evaluate_poisoning` measures a model trained on
+the result: clean accuracy and the backdoor's attack success rate.
+"""
+
+from __future__ import annotations
+
+from .backdoor import BackdoorAttack, BadNets, Blended
+from .base import (
+    POISONING_ATTACKS,
+    PoisonedData,
+    PoisoningAttack,
+    evaluate_poisoning,
+    get_poisoning_attack,
+    register_poisoning,
+)
+from .triggers import Trigger
+
+__all__ = [
+    "POISONING_ATTACKS",
+    "BackdoorAttack",
+    "BadNets",
+    "Blended",
+    "PoisonedData",
+    "PoisoningAttack",
+    "Trigger",
+    "evaluate_poisoning",
+    "get_poisoning_attack",
+    "register_poisoning",
+]
