@@ -50,3 +50,12 @@ def quick_audit(tmp_path_factory, mnist_cnn, mnist):
     out = tmp_path_factory.mktemp("quick-audit") / "report"
     report = run_audit(mnist_cnn, mnist, out, profile="quick", n=200, model_spec="zoo:mnist-cnn", data_spec="mnist5k")
     return report, out
+
+
+@pytest.fixture(scope="session")
+def badnets_mnist(mnist):
+    """(PoisonedData, TorchClassifier): BadNets at 5% on mnist5k (3x3 checkerboard, target 0) and mnist-cnn trained
+    on it with the zoo's recipe (cached under $BASTION_HOME/test-models)."""
+    from poison_helpers import badnets_mnist as make
+
+    return make(mnist)
