@@ -78,6 +78,19 @@ class Registry(Mapping[str, T], Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def named(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
+        """A class decorator that registers the class under ``name`` and sets its ``name`` class attribute to the
+        canonical name (how attacks, detectors and the other plug-in families learn the name they answer to)."""
+        key = self.canonical(name)
+        add = self.register(name, replace=replace)
+
+        def deco(cls: T) -> T:
+            add(cls)
+            setattr(cls, "name", key)  # noqa: B010 - T is any class; its ``name`` ClassVar is set here
+            return cls
+
+        return deco
+
     def unregister(self, name: str) -> T:
         """Remove and return the object registered under ``name`` (for tests and plug-in reloads)."""
         key = self.canonical(name)

@@ -118,12 +118,7 @@ def register(name: str, *, replace: bool = False) -> Callable[[type[Attack]], ty
     """Class decorator adding an attack to :data:`ATTACKS` under ``name`` (a taken name is refused unless
     ``replace=True``)."""
 
-    def deco(cls: type[Attack]) -> type[Attack]:
-        ATTACKS.register(name, cls, replace=replace)
-        cls.name = Registry.canonical(name)
-        return cls
-
-    return deco
+    return ATTACKS.named(name, replace=replace)
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:

@@ -17,6 +17,7 @@ Shapes: any (N, *input_shape) data the trigger fits — images (C, H, W) or feat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from .triggers import Trigger
 __all__ = ["BackdoorAttack", "BadNets", "Blended"]
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class BackdoorAttack(PoisoningAttack):
     """Stamp a trigger on ``rate`` of the training records and relabel them (dirty label).
 
@@ -41,28 +43,18 @@ class BackdoorAttack(PoisoningAttack):
         seed, generator: which records are poisoned (and random trigger placements).
     """
 
-    target: int
+    target: int = 0
+    all_to_all: bool = False
+    trigger: Trigger | None = None
+    trigger_image: str | Path | None = None
 
-    def __init__(
-        self,
-        *,
-        rate: float = 0.05,
-        target: int = 0,
-        all_to_all: bool = False,
-        trigger: Trigger | None = None,
-        trigger_image: str | Path | None = None,
-        seed: int | None = 0,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(rate=rate, seed=seed, generator=generator)
-        if trigger is not None and not isinstance(trigger, Trigger):
-            raise UsageError(f"trigger must be a bastion Trigger, got {type(trigger).__name__}")
-        if trigger is not None and trigger_image is not None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trigger is not None and not isinstance(self.trigger, Trigger):
+            raise UsageError(f"trigger must be a bastion Trigger, got {type(self.trigger).__name__}")
+        if self.trigger is not None and self.trigger_image is not None:
             raise UsageError("give a trigger or a trigger_image, not both")
-        self.target = target
-        self.all_to_all = bool(all_to_all)
-        self.trigger = trigger
-        self.trigger_image = trigger_image
+        self.all_to_all = bool(self.all_to_all)
 
     def build_trigger(self, data: Dataset) -> Trigger:
         """The trigger for ``data`` (the one given, else the subclass's default for this input shape)."""
@@ -114,6 +106,7 @@ class BackdoorAttack(PoisoningAttack):
 
 
 @register_poisoning("badnets")
+@dataclass(kw_only=True, eq=False, repr=False)
 class BadNets(BackdoorAttack):
     """BadNets (Gu et al. 2017): a small patch trigger, all-to-one or all-to-all.
 
@@ -124,32 +117,9 @@ class BadNets(BackdoorAttack):
         pattern: ``checkerboard`` (default) or ``solid`` (the bounds' high value).
     """
 
-    def __init__(
-        self,
-        *,
-        rate: float = 0.05,
-        target: int = 0,
-        all_to_all: bool = False,
-        size: int = 3,
-        location: str | tuple[int, ...] = "bottom-right",
-        pattern: str = "checkerboard",
-        trigger: Trigger | None = None,
-        trigger_image: str | Path | None = None,
-        seed: int | None = 0,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            rate=rate,
-            target=target,
-            all_to_all=all_to_all,
-            trigger=trigger,
-            trigger_image=trigger_image,
-            seed=seed,
-            generator=generator,
-        )
-        self.size = size
-        self.location = location
-        self.pattern = pattern
+    size: int = 3
+    location: str | tuple[int, ...] = "bottom-right"
+    pattern: str = "checkerboard"
 
     def _default_trigger(self, data: Dataset) -> Trigger:
         return Trigger.patch(
@@ -158,6 +128,7 @@ class BadNets(BackdoorAttack):
 
 
 @register_poisoning("blend")
+@dataclass(kw_only=True, eq=False, repr=False)
 class Blended(BackdoorAttack):
     """Blended injection (Chen et al. 2017): a key pattern blended over the whole input at opacity ``alpha``.
 
@@ -167,34 +138,16 @@ class Blended(BackdoorAttack):
         pattern_seed: seeds the random key (the attacker's secret; independent of which records are poisoned).
     """
 
-    def __init__(
-        self,
-        *,
-        rate: float = 0.05,
-        target: int = 0,
-        all_to_all: bool = False,
-        alpha: float = 0.2,
-        pattern: str = "noise",
-        pattern_seed: int = 0,
-        trigger: Trigger | None = None,
-        trigger_image: str | Path | None = None,
-        seed: int | None = 0,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            rate=rate,
-            target=target,
-            all_to_all=all_to_all,
-            trigger=trigger,
-            trigger_image=trigger_image,
-            seed=seed,
-            generator=generator,
-        )
+    alpha: float = 0.2
+    pattern: str = "noise"
+    pattern_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        alpha = self.alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
             raise UsageError(f"alpha (the blend's opacity) must lie in (0, 1], got {alpha!r}")
         self.alpha = float(alpha)
-        self.pattern = pattern
-        self.pattern_seed = int(pattern_seed)
 
     def _default_trigger(self, data: Dataset) -> Trigger:
         return Trigger.blend(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -177,12 +177,16 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class PoisoningAttack:
     """Base class of poisoning attacks.
 
-    Subclasses set ``name`` (by :func:`register_poisoning`) and ``clean_label`` (labels are never changed) and
-    implement :meth:`_poison`; :meth:`poison` validates the data, makes the generator and checks what comes
-    back (records inside the bounds, the record consistent with the data).
+    Attacks are keyword-only dataclasses: a subclass declares only its own parameters as fields (with the
+    paper's defaults) and validates them in ``__post_init__`` (calling ``super().__post_init__()``), so the
+    signature, :meth:`params` and ``repr`` show the full configuration. Subclasses set ``name`` (by
+    :func:`register_poisoning`) and ``clean_label`` (labels are never changed) and implement :meth:`_poison`;
+    :meth:`poison` validates the data, makes the generator and checks what comes back (records inside the
+    bounds, the record consistent with the data).
 
     Args:
         rate: share of the training split to poison, in (0, 1) (attacks that add poisons read it as the
@@ -193,14 +197,17 @@ class PoisoningAttack:
 
     name: ClassVar[str] = "poisoning"
     clean_label: ClassVar[bool] = False
-    target: int | None = None  # the label aimed at (backdoors, targeted attacks); checked against the classes
 
-    def __init__(self, *, rate: float = 0.05, seed: int | None = 0, generator: torch.Generator | None = None) -> None:
+    rate: float = 0.05
+    target: int | None = None  # the label aimed at (backdoors, targeted attacks); checked against the classes
+    seed: int | None = 0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        rate = self.rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or not 0 < rate < 1:
             raise UsageError(f"the poison rate must lie strictly between 0 and 1 (e.g. 0.05 for 5%), got {rate!r}")
         self.rate = float(rate)
-        self.seed = seed
-        self.generator = generator
 
     # -- subclasses implement --------------------------------------------------------------------
     def _poison(self, data: Dataset, generator: torch.Generator) -> PoisonedData:  # pragma: no cover - abstract
@@ -263,9 +270,7 @@ class PoisoningAttack:
 
     def params(self) -> dict[str, Any]:
         """The constructor arguments, as given (for reports and the record)."""
-        return {
-            k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_") and k != "generator"
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "generator"}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
@@ -278,12 +283,7 @@ POISONING_ATTACKS: Registry[type[PoisoningAttack]] = Registry("poisoning attack"
 def register_poisoning(name: str, *, replace: bool = False) -> Callable[[type[PoisoningAttack]], type[PoisoningAttack]]:
     """Class decorator adding a poisoning attack to :data:`POISONING_ATTACKS` under ``name``."""
 
-    def deco(cls: type[PoisoningAttack]) -> type[PoisoningAttack]:
-        POISONING_ATTACKS.register(name, cls, replace=replace)
-        cls.name = Registry.canonical(name)
-        return cls
-
-    return deco
+    return POISONING_ATTACKS.named(name, replace=replace)
 
 
 def get_poisoning_attack(name: str, **kwargs: Any) -> PoisoningAttack:

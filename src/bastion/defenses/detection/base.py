@@ -204,12 +204,7 @@ def register_detector(name: str, *, replace: bool = False) -> Callable[[type[Det
     """Class decorator adding a detector to :data:`DETECTORS` under ``name`` (a taken name is refused unless
     ``replace=True``)."""
 
-    def deco(cls: type[Detector]) -> type[Detector]:
-        DETECTORS.register(name, cls, replace=replace)
-        cls.name = Registry.canonical(name)
-        return cls
-
-    return deco
+    return DETECTORS.named(name, replace=replace)
 
 
 def get_detector(name: str, **kwargs: Any) -> Detector:
