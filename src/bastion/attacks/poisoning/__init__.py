@@ -3,7 +3,8 @@
 ``attack.poison(data) -> PoisonedData`` (:mod:`.base`): the poisoned training set plus an exact record of
 what changed. Backdoors (:mod:`.backdoor`): :class:`BadNets` (patch trigger), :class:`Blended` (blended
 pattern); their :class:`Trigger` (:mod:`.triggers`). :func:`evaluate_poisoning` measures a model trained on
-the result: clean accuracy and the backdoor's attack success rate.
+the result: clean accuracy and the backdoor's attack success rate; :func:`run_poisoning` (:mod:`.experiment`)
+poisons, trains a recipe on the result with the one trainer and measures it next to the clean recipe.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .base import (
     get_poisoning_attack,
     register_poisoning,
 )
+from .experiment import PoisoningRun, clean_reference, run_poisoning, train_recipe
 from .triggers import Trigger
 
 __all__ = [
@@ -26,8 +28,12 @@ __all__ = [
     "Blended",
     "PoisonedData",
     "PoisoningAttack",
+    "PoisoningRun",
     "Trigger",
+    "clean_reference",
     "evaluate_poisoning",
     "get_poisoning_attack",
     "register_poisoning",
+    "run_poisoning",
+    "train_recipe",
 ]
