@@ -16,6 +16,7 @@ from .base import (
     PoisoningAttack,
     evaluate_poisoning,
     get_poisoning_attack,
+    read_poison_mask,
     register_poisoning,
 )
 from .experiment import PoisoningRun, clean_reference, run_poisoning, train_recipe
@@ -33,6 +34,7 @@ __all__ = [
     "clean_reference",
     "evaluate_poisoning",
     "get_poisoning_attack",
+    "read_poison_mask",
     "register_poisoning",
     "run_poisoning",
     "train_recipe",
