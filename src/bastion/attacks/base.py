@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -23,7 +23,7 @@ from ..models.base import Classifier, validate_inputs
 from ..registry import Registry
 from ..threat import ThreatModel, canonical_norm
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "Budget", "get_attack", "is_adversarial", "register"]
+__all__ = ["ATTACKS", "Attack", "AttackBatch", "AttackResult", "Budget", "get_attack", "is_adversarial", "register"]
 
 
 @dataclass
@@ -126,13 +126,51 @@ def get_attack(name: str, **kwargs: Any) -> Attack:
     return ATTACKS.get(name)(**kwargs)
 
 
+@dataclass(frozen=True)
+class AttackBatch:
+    """One batch of an attack call, as :meth:`Attack._attack` receives it.
+
+    Attributes:
+        model: the classifier, already in attack mode. x: inputs (n, *input_shape). y: labels (n,).
+        targets: target labels (n,), or None (untargeted). threat: the threat model the result is projected
+        onto. generator: the attack's random generator. budget: where backward passes and details are counted.
+    """
+
+    model: Classifier
+    x: Tensor
+    y: Tensor
+    targets: Tensor | None
+    threat: ThreatModel
+    generator: torch.Generator
+    budget: Budget
+
+    def rows(self, idx: Tensor) -> AttackBatch:
+        """The same call restricted to the samples ``idx`` (indices or a boolean mask): inputs, labels and
+        targets are selected; model, threat model, generator and budget are shared."""
+        t = self.targets[idx] if self.targets is not None else None
+        return replace(self, x=self.x[idx], y=self.y[idx], targets=t)
+
+    def is_adversarial(self, scores: Tensor) -> Tensor:
+        """(n,) bool: the scores (n, n_classes) of this batch's samples meet the attack's goal."""
+        return is_adversarial(scores, self.y, self.targets)
+
+
+@dataclass(kw_only=True, eq=False, repr=False)
 class Attack:
     """Base class of evasion attacks.
 
-    Subclasses set ``norms`` (supported norms), ``needs_gradients`` and implement
-    ``_attack(model, x, y, targets, threat, generator, budget) -> x_adv`` on one batch, with
-    the model already in attack mode. They may return points outside the threat model; the base
-    class projects.
+    Attacks are keyword-only dataclasses, like the poisoning attacks: a subclass declares only its own
+    parameters as fields (with the paper's defaults; it may redeclare ``eps`` or ``norm`` to change their
+    default) and validates them in ``__post_init__``, calling ``super().__post_init__()`` first, so the
+    signature, :meth:`params` and ``repr`` show the full configuration. Subclasses set ``norms`` (supported
+    norms), ``needs_gradients`` and implement ``_attack(batch: AttackBatch) -> x_adv`` on one batch, with
+    the model already in attack mode. They may return points outside the threat model; the base class
+    projects.
+
+    Args:
+        eps: the perturbation budget (``None`` only for minimum-norm attacks). norm: 'linf', 'l2' or 'l1'.
+        batch_size: inputs attacked per internal batch.
+        generator: a ``torch.Generator`` to draw from (shared state); ``seed`` seeds a new one otherwise.
     """
 
     name: ClassVar[str] = "attack"
@@ -141,30 +179,26 @@ class Attack:
     minimum_norm: ClassVar[bool] = False  # eps optional (C&W, DeepFool)
     supports_targets: ClassVar[bool] = True  # False: untargeted only (DeepFool)
 
-    def __init__(
-        self,
-        *,
-        eps: float | None = 0.3,
-        norm: str = "linf",
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        self.norm = canonical_norm(norm)
+    eps: float | None = 0.3
+    norm: str = "linf"
+    batch_size: int = 1000
+    generator: torch.Generator | None = None
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        self.norm = canonical_norm(self.norm)
         if self.norm not in self.norms:
             raise UsageError(f"{type(self).__name__} supports the norms {', '.join(self.norms)}, not {self.norm!r}")
+        eps = self.eps
         if eps is None and not self.minimum_norm:
             raise UsageError(f"{type(self).__name__} needs eps (the perturbation budget)")
         if eps is not None:
             if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
                 raise UsageError(f"eps must be a finite number >= 0, got {eps!r}")
-            eps = float(eps)
-        if int(batch_size) < 1:
-            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-        self.eps = eps
-        self.batch_size = int(batch_size)
-        self.generator = generator
-        self.seed = seed
+            self.eps = float(eps)
+        if int(self.batch_size) < 1:
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.batch_size = int(self.batch_size)
 
     @property
     def radius(self) -> float:
@@ -193,17 +227,21 @@ class Attack:
             g.manual_seed(int(self.seed))
         return g
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:  # pragma: no cover - abstract
+    def _attack(self, batch: AttackBatch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _check_model(self, model: Classifier) -> None:
+        """Refuse a model this attack cannot run on (called by :meth:`__call__` after the inputs are checked):
+        by default, a black-box model for an attack that needs gradients."""
+        if self.needs_gradients and not model.white_box:
+            raise UsageError(
+                f"{type(self).__name__} needs gradients but {type(model).__name__} is a black-box model: "
+                "use a query-based attack instead"
+            )
+
+    def _finish(self, result: AttackResult) -> AttackResult:
+        """The result as the attack reports it (by default as measured; a subclass may refine ``success``)."""
+        return result
 
     def __call__(
         self,
@@ -229,11 +267,7 @@ class Attack:
             validate_inputs(model, x, targets)
             if bool((targets == y).any()):
                 raise UsageError("targets must differ from the true labels for every sample")
-        if self.needs_gradients and not model.white_box:
-            raise UsageError(
-                f"{type(self).__name__} needs gradients but {type(model).__name__} is a black-box model: "
-                "use a query-based attack instead"
-            )
+        self._check_model(model)
         threat = ThreatModel(self.norm, self.eps, model.bounds)
         x = x.detach()
         y = y.to(x.device)
@@ -248,7 +282,7 @@ class Attack:
                 sl = slice(i, i + self.batch_size)
                 xb, yb = x[sl], y[sl]
                 tb = targets[sl] if targets is not None else None
-                adv = self._attack(model, xb, yb, tb, threat, generator, budget).detach()
+                adv = self._attack(AttackBatch(model, xb, yb, tb, threat, generator, budget)).detach()
                 advs.append(threat.project(xb, adv))
                 if progress is not None:
                     progress(min(i + self.batch_size, x.shape[0]), x.shape[0])
@@ -267,29 +301,26 @@ class Attack:
                 x_adv = torch.where(keep.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
                 pred_adv = torch.where(keep, pred_clean, pred_adv)
                 success = success | keep
-        return AttackResult(
-            x_adv=x_adv,
-            success=success,
-            y=y,
-            pred_adv=pred_adv,
-            clean_correct=clean_correct,
-            norms=threat.norms(x, x_adv),
-            queries=attack_queries,
-            gradients=budget.backward,
-            seconds=seconds,
-            threat=threat,
-            targets=targets,
-            extra={**budget.extra, **{k: torch.cat(v) for k, v in budget.per_sample.items()}},
+        return self._finish(
+            AttackResult(
+                x_adv=x_adv,
+                success=success,
+                y=y,
+                pred_adv=pred_adv,
+                clean_correct=clean_correct,
+                norms=threat.norms(x, x_adv),
+                queries=attack_queries,
+                gradients=budget.backward,
+                seconds=seconds,
+                threat=threat,
+                targets=targets,
+                extra={**budget.extra, **{k: torch.cat(v) for k, v in budget.per_sample.items()}},
+            )
         )
 
     def params(self) -> dict[str, Any]:
-        """The constructor arguments, as given (for reports)."""
-        out = {}
-        for k, v in vars(self).items():
-            if k.startswith("_") or k == "generator" or k.endswith("_"):
-                continue
-            out[k] = v
-        return out
+        """The constructor arguments, as given (for reports; the generator is left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "generator"}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

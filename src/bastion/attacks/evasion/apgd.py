@@ -31,15 +31,14 @@ others (each sample's trajectory is its own) and saves most of the cost on weak 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, is_adversarial, register
+from ..base import Attack, AttackBatch, is_adversarial, register
 from .losses import as_logits, get_loss
 from .steps import ascent_direction
 
@@ -72,6 +71,7 @@ def apgd_start(x: Tensor, norm: str, eps: float, generator: torch.Generator) -> 
 
 
 @register("apgd-ce")
+@dataclass(kw_only=True, eq=False, repr=False)
 class APGD(Attack):
     """Auto-PGD; Linf or L2.
 
@@ -86,73 +86,59 @@ class APGD(Attack):
     """
 
     norms = ("linf", "l2")
-    _losses: tuple[str, ...] = ("ce", "dlr")
+    _losses: ClassVar[tuple[str, ...]] = ("ce", "dlr")
 
-    def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        norm: str = "linf",
-        steps: int = 100,
-        restarts: int = 1,
-        loss: str = "ce",
-        rho: float = 0.75,
-        early_stop: bool = True,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("steps", steps, integer=True)
-        self._positive("restarts", restarts, integer=True)
-        if loss not in self._losses:
+    steps: int = 100
+    restarts: int = 1
+    loss: str = "ce"
+    rho: float = 0.75
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("steps", self.steps, integer=True)
+        self._positive("restarts", self.restarts, integer=True)
+        if self.loss not in self._losses:
             choices = " or ".join(map(repr, self._losses))
-            raise UsageError(f"{type(self).__name__} supports loss {choices}, got {loss!r}")
+            raise UsageError(f"{type(self).__name__} supports loss {choices}, got {self.loss!r}")
+        rho = self.rho
         if not isinstance(rho, (int, float)) or not 0 < rho <= 1:
             raise UsageError(f"rho must be a number in (0, 1], got {rho!r}")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.loss = loss
+        self.steps = int(self.steps)
+        self.restarts = int(self.restarts)
         self.rho = float(rho)
-        self.early_stop = bool(early_stop)
+        self.early_stop = bool(self.early_stop)
 
     # -- one run -------------------------------------------------------------------------
     def _grad(
-        self, model: Classifier, xa: Tensor, y: Tensor, loss_t: Tensor | None, success_t: Tensor | None, budget: Budget
+        self, batch: AttackBatch, xa: Tensor, y: Tensor, loss_t: Tensor | None, success_t: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample loss, its input gradient and whether each point is adversarial."""
+        model = batch.model
         xa = xa.detach().requires_grad_(True)
         z = as_logits(model.logits(xa), model.output)
         loss = get_loss(self.loss)(z, y, loss_t)
         (g,) = torch.autograd.grad(loss.sum(), xa)
-        budget.backward += int(xa.shape[0])
+        batch.budget.backward += int(xa.shape[0])
         return loss.detach(), g.detach(), is_adversarial(z.detach(), y, success_t)
 
-    def _run(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        loss_t: Tensor | None,
-        success_t: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> tuple[Tensor, Tensor]:
-        """One APGD run on every sample of ``x``; returns (points, fooled): the first adversarial
-        point where one was found, else the point of highest loss."""
+    def _run(self, batch: AttackBatch, loss_t: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One APGD run on every sample of the batch, with the loss towards ``loss_t`` and success as the batch
+        defines it (its targets); returns (points, fooled): the first adversarial point where one was found,
+        else the point of highest loss."""
+        x, threat = batch.x, batch.threat
         n, eps, norm = x.shape[0], threat.radius, threat.norm
         k = max(int(0.22 * self.steps), 1)
         k_min, k_decr = max(int(0.06 * self.steps), 1), max(int(0.03 * self.steps), 1)
         out, found = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
 
-        x_cur = threat.project(x, apgd_start(x, norm, eps, generator))
-        loss, grad, fooled = self._grad(model, x_cur, y, loss_t, success_t, budget)
+        x_cur = threat.project(x, apgd_start(x, norm, eps, batch.generator))
+        loss, grad, fooled = self._grad(batch, x_cur, batch.y, loss_t, batch.targets)
         # per-sample state, kept compact: the rows of samples that leave the batch are dropped
         st = {
             "idx": torch.arange(n, device=x.device),
             "x": x,
-            "y": y,
+            "y": batch.y,
             "cur": x_cur,
             "prev": x_cur.clone(),
             "grad": grad,
@@ -164,7 +150,7 @@ class APGD(Attack):
             "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
             "hist": torch.zeros(n, self.steps + 1, device=x.device, dtype=loss.dtype),
         }  # hist[:, i] = f(x^(i)) for i >= 1; hist[:, 0] = 0, as in the reference (see the module docstring)
-        lt, sst = loss_t, success_t
+        lt, sst = loss_t, batch.targets
         _record(out, found, st["idx"], x_cur, fooled)
         since_check = 0
         for i in range(self.steps):
@@ -179,7 +165,7 @@ class APGD(Attack):
             a = 0.75 if i > 0 else 1.0
             z = threat.project(x0, xc + _view(sz, xc) * ascent_direction(st["grad"], norm))
             xn = threat.project(x0, xc + a * (z - xc) + (1 - a) * (xc - st["prev"]))
-            lo, g, fooled = self._grad(model, xn, st["y"], lt, sst, budget)
+            lo, g, fooled = self._grad(batch, xn, st["y"], lt, sst)
             _record(out, found, st["idx"], xn, fooled)
             st["prev"], st["cur"], st["grad"] = xc, xn, g
             hist, loss_best = st["hist"], st["loss_best"]
@@ -202,84 +188,34 @@ class APGD(Attack):
         return out, found
 
     # -- restarts and targets ------------------------------------------------------------
-    def _runs(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        loss_t: Tensor | None,
-        success_t: Tensor | None,
-        fooled: Tensor,
-        out: Tensor,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> None:
+    def _runs(self, batch: AttackBatch, loss_t: Tensor | None, fooled: Tensor, out: Tensor) -> None:
         """``restarts`` runs on the samples not yet fooled; updates ``fooled`` and ``out`` in place."""
         for _ in range(self.restarts):
             todo = torch.nonzero(~fooled).flatten()
             if todo.numel() == 0:
                 return
-            cand, f = self._run(
-                model, x[todo], y[todo], _sel(loss_t, todo), _sel(success_t, todo), threat, generator, budget
-            )
+            cand, f = self._run(batch.rows(todo), _sel(loss_t, todo))
             out[todo] = cand  # adversarial points, and the latest best-loss points of the rest
             fooled[todo[f]] = True
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
         with torch.no_grad():
-            fooled = is_adversarial(model.logits(x), y, targets)
-        out = x.clone()
-        self._runs(model, x, y, targets, targets, fooled, out, threat, generator, budget)
+            fooled = batch.is_adversarial(batch.model.logits(batch.x))
+        out = batch.x.clone()
+        self._runs(batch, batch.targets, fooled, out)
         return out
 
 
 @register("apgd-dlr")
+@dataclass(kw_only=True, eq=False, repr=False)
 class APGDDLR(APGD):
     """Auto-PGD on the DLR loss (``APGD(loss='dlr')``); same arguments as :class:`APGD` but ``loss``."""
 
-    def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        norm: str = "linf",
-        steps: int = 100,
-        restarts: int = 1,
-        rho: float = 0.75,
-        early_stop: bool = True,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps,
-            norm=norm,
-            steps=steps,
-            restarts=restarts,
-            loss="dlr",
-            rho=rho,
-            early_stop=early_stop,
-            batch_size=batch_size,
-            generator=generator,
-            seed=seed,
-        )
-
-    def params(self) -> dict[str, Any]:
-        out = super().params()
-        out.pop("loss", None)
-        return out
+    loss: str = field(default="dlr", init=False)
 
 
 @register("apgd-t")
+@dataclass(kw_only=True, eq=False, repr=False)
 class APGDT(APGDDLR):
     """Targeted Auto-PGD on the targeted DLR loss -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
 
@@ -289,53 +225,24 @@ class APGDT(APGDDLR):
     are attacked and success means predicting them. Needs at least 4 classes.
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        norm: str = "linf",
-        steps: int = 100,
-        restarts: int = 1,
-        n_target_classes: int = 9,
-        rho: float = 0.75,
-        early_stop: bool = True,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps,
-            norm=norm,
-            steps=steps,
-            restarts=restarts,
-            rho=rho,
-            early_stop=early_stop,
-            batch_size=batch_size,
-            generator=generator,
-            seed=seed,
-        )
-        self._positive("n_target_classes", n_target_classes, integer=True)
-        self.n_target_classes = int(n_target_classes)
+    n_target_classes: int = 9
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("n_target_classes", self.n_target_classes, integer=True)
+        self.n_target_classes = int(self.n_target_classes)
+
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x = batch.model, batch.x
         if model.n_classes < 4:
             raise UsageError("APGD-T's targeted DLR loss needs at least 4 classes; use APGD (apgd-ce) instead")
-        if targets is not None:
-            return super()._attack(model, x, y, targets, threat, generator, budget)
+        if batch.targets is not None:
+            return super()._attack(batch)
         with torch.no_grad():
             z0 = model.logits(x)
-        fooled = is_adversarial(z0, y, None)
+        fooled = batch.is_adversarial(z0)
         order = z0.argsort(dim=1, descending=True)
         out = x.clone()
         for rank in range(1, min(self.n_target_classes, model.n_classes - 1) + 1):
-            self._runs(model, x, y, order[:, rank], None, fooled, out, threat, generator, budget)
+            self._runs(batch, order[:, rank], fooled, out)
         return out

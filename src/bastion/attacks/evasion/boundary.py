@@ -26,14 +26,13 @@ spent. Per-image queries are in ``result.extra['queries']``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, register
+from ..base import Attack, AttackBatch, register
 from .hopskipjump import DecisionOracle, boundary_search, noise_init
 
 __all__ = ["BoundaryAttack"]
@@ -63,6 +62,7 @@ class _Stats:
 
 
 @register("boundary")
+@dataclass(kw_only=True, eq=False, repr=False)
 class BoundaryAttack(Attack):
     """Boundary attack, decision-based minimum-norm L2; targeted when targets are passed.
 
@@ -83,41 +83,36 @@ class BoundaryAttack(Attack):
     needs_gradients = False
     minimum_norm = True
 
-    def __init__(
-        self,
-        *,
-        eps: float | None = None,
-        norm: str = "l2",
-        max_queries: int = 5000,
-        spherical_step: float = 1e-2,
-        source_step: float = 1e-2,
-        source_step_convergence: float = 1e-7,
-        step_adaptation: float = 1.5,
-        update_stats_every_k: int = 10,
-        init_trials: int = 100,
-        query_batch_size: int = 128,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("max_queries", max_queries, integer=True)
-        self._positive("spherical_step", spherical_step)
-        self._positive("source_step", source_step)
-        self._positive("source_step_convergence", source_step_convergence)
-        self._positive("update_stats_every_k", update_stats_every_k, integer=True)
-        self._positive("init_trials", init_trials, integer=True)
-        self._positive("query_batch_size", query_batch_size, integer=True)
-        if not (math.isfinite(step_adaptation) and step_adaptation > 1):
-            raise UsageError(f"step_adaptation must be a number > 1, got {step_adaptation!r}")
-        self.max_queries = int(max_queries)
-        self.spherical_step = float(spherical_step)
-        self.source_step = float(source_step)
-        self.source_step_convergence = float(source_step_convergence)
-        self.step_adaptation = float(step_adaptation)
-        self.update_stats_every_k = int(update_stats_every_k)
-        self.init_trials = int(init_trials)
-        self.query_batch_size = int(query_batch_size)
+    eps: float | None = None
+    norm: str = "l2"
+    max_queries: int = 5000
+    spherical_step: float = 1e-2
+    source_step: float = 1e-2
+    source_step_convergence: float = 1e-7
+    step_adaptation: float = 1.5
+    update_stats_every_k: int = 10
+    init_trials: int = 100
+    query_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("max_queries", self.max_queries, integer=True)
+        self._positive("spherical_step", self.spherical_step)
+        self._positive("source_step", self.source_step)
+        self._positive("source_step_convergence", self.source_step_convergence)
+        self._positive("update_stats_every_k", self.update_stats_every_k, integer=True)
+        self._positive("init_trials", self.init_trials, integer=True)
+        self._positive("query_batch_size", self.query_batch_size, integer=True)
+        if not (math.isfinite(self.step_adaptation) and self.step_adaptation > 1):
+            raise UsageError(f"step_adaptation must be a number > 1, got {self.step_adaptation!r}")
+        self.max_queries = int(self.max_queries)
+        self.spherical_step = float(self.spherical_step)
+        self.source_step = float(self.source_step)
+        self.source_step_convergence = float(self.source_step_convergence)
+        self.step_adaptation = float(self.step_adaptation)
+        self.update_stats_every_k = int(self.update_stats_every_k)
+        self.init_trials = int(self.init_trials)
+        self.query_batch_size = int(self.query_batch_size)
 
     def _proposals(
         self, x0: Tensor, adv: Tensor, sph: Tensor, src: Tensor, lo: float, hi: float, generator: torch.Generator
@@ -138,19 +133,11 @@ class BoundaryAttack(Attack):
         cand = (spherical + length * w).clamp(lo, hi)
         return cand.view(shape), spherical.view(shape)
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, threat, generator = batch.model, batch.x, batch.threat, batch.generator
         n, d = x.shape[0], x[0].numel()
         lo, hi = model.bounds
-        oracle = DecisionOracle(model, y, targets, self.max_queries, self.query_batch_size)
+        oracle = DecisionOracle(model, batch.y, batch.targets, self.max_queries, self.query_batch_size)
         noise, found = noise_init(oracle, x, self.init_trials, generator)
         best = x.clone()
         idx = torch.nonzero(found).flatten()
@@ -192,6 +179,6 @@ class BoundaryAttack(Attack):
             up, down = full & (p > 0.25), full & (p < 0.1)
             src = torch.where(up, src * self.step_adaptation, torch.where(down, src / self.step_adaptation, src))
             stats_step.clear(up | down)
-        budget.add_per_sample("queries", oracle.used.clone())
-        budget.add_per_sample("initial_norms", init_dist)
+        batch.budget.add_per_sample("queries", oracle.used.clone())
+        batch.budget.add_per_sample("initial_norms", init_dist)
         return best

@@ -30,14 +30,14 @@ for a reference run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, register
+from ..base import Attack, AttackBatch, register
 from .losses import as_logits
 
 __all__ = ["CarliniWagnerL2"]
@@ -53,6 +53,7 @@ def _margin(z: Tensor, label: Tensor, targeted: bool) -> Tensor:
 
 
 @register("cw")
+@dataclass(kw_only=True, eq=False, repr=False)
 class CarliniWagnerL2(Attack):
     """Carlini-Wagner L2 minimum-norm attack; targeted when targets are passed.
 
@@ -69,49 +70,32 @@ class CarliniWagnerL2(Attack):
     norms = ("l2",)
     minimum_norm = True
 
-    def __init__(
-        self,
-        *,
-        eps: float | None = None,
-        norm: str = "l2",
-        binary_search_steps: int = 5,
-        max_iterations: int = 100,
-        learning_rate: float = 0.1,
-        initial_const: float = 1e-2,
-        confidence: float = 0.0,
-        abort_early: bool = True,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("binary_search_steps", binary_search_steps, integer=True)
-        self._positive("max_iterations", max_iterations, integer=True)
-        self._positive("learning_rate", learning_rate)
-        self._positive("initial_const", initial_const)
-        self._positive("confidence", confidence, allow_zero=True)
-        if not isinstance(abort_early, bool):
-            raise UsageError(f"abort_early must be True or False, got {abort_early!r}")
-        self.binary_search_steps = int(binary_search_steps)
-        self.max_iterations = int(max_iterations)
-        self.learning_rate = learning_rate
-        self.initial_const = initial_const
-        self.confidence = confidence
-        self.abort_early = abort_early
+    eps: float | None = None
+    norm: str = "l2"
+    binary_search_steps: int = 5
+    max_iterations: int = 100
+    learning_rate: float = 0.1
+    initial_const: float = 1e-2
+    confidence: float = 0.0
+    abort_early: bool = True
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("binary_search_steps", self.binary_search_steps, integer=True)
+        self._positive("max_iterations", self.max_iterations, integer=True)
+        self._positive("learning_rate", self.learning_rate)
+        self._positive("initial_const", self.initial_const)
+        self._positive("confidence", self.confidence, allow_zero=True)
+        if not isinstance(self.abort_early, bool):
+            raise UsageError(f"abort_early must be True or False, got {self.abort_early!r}")
+        self.binary_search_steps = int(self.binary_search_steps)
+        self.max_iterations = int(self.max_iterations)
+
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, targets = batch.model, batch.x, batch.targets
         n, targeted = x.shape[0], targets is not None
-        label = targets if targets is not None else y
-        lo, hi = threat.bounds
+        label = targets if targets is not None else batch.y
+        lo, hi = batch.threat.bounds
         mul, plus = (hi - lo) / 2, (hi + lo) / 2
         w0 = torch.atanh(((x - plus) / mul).clamp(-1, 1) * 0.999999)
         kappa, lr = float(self.confidence), float(self.learning_rate)
@@ -136,7 +120,7 @@ class CarliniWagnerL2(Attack):
                 margin = _margin(z, label, targeted)
                 loss = l2 + const * (margin + kappa).clamp_min(0)
                 (g,) = torch.autograd.grad(loss.sum(), w)
-                budget.backward += n
+                batch.budget.backward += n
                 with torch.no_grad():
                     ok = margin.detach() < -kappa
                     found |= ok

@@ -23,14 +23,14 @@ batched backward); ``gradients`` counts one per sample per candidate class.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, register
+from ..base import Attack, AttackBatch, register
 from .losses import as_logits
 
 __all__ = ["DeepFool"]
@@ -41,6 +41,7 @@ def _view(v: Tensor, like: Tensor) -> Tensor:
 
 
 @register("deepfool")
+@dataclass(kw_only=True, eq=False, repr=False)
 class DeepFool(Attack):
     """DeepFool minimum-norm attack, L2 or Linf; untargeted only.
 
@@ -56,39 +57,25 @@ class DeepFool(Attack):
     supports_targets = False
     minimum_norm = True
 
-    def __init__(
-        self,
-        *,
-        eps: float | None = None,
-        norm: str = "l2",
-        steps: int = 50,
-        candidates: int | None = 10,
-        overshoot: float = 0.02,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("steps", steps, integer=True)
+    eps: float | None = None
+    norm: str = "l2"
+    steps: int = 50
+    candidates: int | None = 10
+    overshoot: float = 0.02
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("steps", self.steps, integer=True)
+        candidates = self.candidates
         if candidates is not None and (not float(candidates).is_integer() or candidates < 2):
             raise UsageError(
                 f"candidates must be an integer >= 2 (the true class and at least one other), got {candidates!r}"
             )
-        self._positive("overshoot", overshoot, allow_zero=True)
-        self.steps = int(steps)
-        self.candidates = candidates
-        self.overshoot = overshoot
+        self._positive("overshoot", self.overshoot, allow_zero=True)
+        self.steps = int(self.steps)
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, y, threat = batch.model, batch.x, batch.y, batch.threat
         n_classes = model.n_classes
         k = n_classes if self.candidates is None else min(int(self.candidates), n_classes)
         lo, hi = threat.bounds
@@ -112,7 +99,7 @@ class DeepFool(Attack):
             for j in range(k - 1):
                 (g,) = torch.autograd.grad(f[:, j].sum(), xa, retain_graph=j < k - 2)
                 grads.append(g.detach().flatten(1))
-            budget.backward += int(idx.numel()) * (k - 1)
+            batch.budget.backward += int(idx.numel()) * (k - 1)
             w = torch.stack(grads, dim=1)[live]  # (m, k - 1, D)
             f = f.detach()[live]
             idx = idx[live]

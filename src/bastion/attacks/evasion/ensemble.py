@@ -21,19 +21,19 @@ code with seed ``s`` draws on CPU (``benchmarks/apgd_reference.py`` checks the i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, is_adversarial, register
+from ..base import Attack, AttackBatch, Budget, register
 
 __all__ = ["Ensemble"]
 
 
 @register("ensemble")
+@dataclass(kw_only=True, eq=False, repr=False)
 class Ensemble(Attack):
     """Run ``members`` in order on the still-robust samples and keep the worst case per sample.
 
@@ -47,19 +47,11 @@ class Ensemble(Attack):
 
     norms = ("linf", "l2", "l1")
 
-    def __init__(
-        self,
-        *,
-        members: Sequence[Attack] | None = None,
-        eps: float = 0.3,
-        norm: str = "linf",
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self.members = members
-        self._members = self._resolve(members)
+    members: Sequence[Attack] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._members = self._resolve(self.members)
 
     def _resolve(self, members: Sequence[Attack] | None) -> list[Attack]:
         if members is None:
@@ -83,37 +75,28 @@ class Ensemble(Attack):
                 )
         return list(members)
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, budget = batch.model, batch.x, batch.budget
         for m in self._members:
             if m.needs_gradients and not model.white_box:
                 raise UsageError(f"ensemble member {type(m).__name__} needs gradients but the model is black-box")
         with torch.no_grad():
-            robust = ~is_adversarial(model.logits(x), y, targets)
+            robust = ~batch.is_adversarial(model.logits(x))
         extra = budget.extra
         counts: list[int] = extra.setdefault("robust_after_counts", [0] * len(self._members))
         extra["n_samples"] = extra.get("n_samples", 0) + x.shape[0]
         extra["clean_count"] = extra.get("clean_count", 0) + int(robust.sum())
         x_adv = x.clone()
-        start = generator.get_state()
+        start = batch.generator.get_state()
         for j, member in enumerate(self._members):
             todo = torch.nonzero(robust).flatten()
             if todo.numel():
-                generator.set_state(start)  # every member from the same state, as AutoAttack seeds each attack
-                tt = targets[todo] if targets is not None else None
-                sub = Budget()
-                cand = threat.project(x[todo], member._attack(model, x[todo], y[todo], tt, threat, generator, sub))
-                budget.backward += sub.backward
+                batch.generator.set_state(start)  # every member from the same state, as AutoAttack seeds each attack
+                sub = replace(batch.rows(todo), budget=Budget())
+                cand = batch.threat.project(sub.x, member._attack(sub))
+                budget.backward += sub.budget.backward
                 with torch.no_grad():
-                    fooled = is_adversarial(model.logits(cand), y[todo], tt)
+                    fooled = sub.is_adversarial(model.logits(cand))
                 x_adv[todo] = cand  # adversarial points, and the last member's attempt on the rest
                 robust[todo[fooled]] = False
             counts[j] += int(robust.sum())

@@ -7,12 +7,12 @@ cross-entropy (or minus the cross-entropy with the target). Inputs (N, *input_sh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, register
+from ..base import Attack, AttackBatch, register
 from .losses import as_logits, get_loss
 from .steps import ascent_direction
 
@@ -20,37 +20,26 @@ __all__ = ["FGSM"]
 
 
 @register("fgsm")
+@dataclass(kw_only=True, eq=False, repr=False)
 class FGSM(Attack):
-    """Single-step attack: x + eps * direction(grad loss). Linf or L2."""
+    """Single-step attack: x + eps * direction(grad loss). Linf or L2.
+
+    Args (besides :class:`~bastion.attacks.Attack`'s eps, norm, batch_size, generator, seed):
+        loss: 'ce', 'margin' or 'dlr' (see :mod:`bastion.attacks.evasion.losses`).
+    """
 
     norms = ("linf", "l2")
 
-    def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        norm: str = "linf",
-        loss: str = "ce",
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        get_loss(loss)
-        self.loss = loss
+    loss: str = "ce"
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_loss(self.loss)
+
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, threat = batch.model, batch.x, batch.threat
         xa = x.clone().requires_grad_(True)
-        loss = get_loss(self.loss)(as_logits(model.logits(xa), model.output), y, targets).sum()
+        loss = get_loss(self.loss)(as_logits(model.logits(xa), model.output), batch.y, batch.targets).sum()
         (g,) = torch.autograd.grad(loss, xa)
-        budget.backward += int(x.shape[0])
+        batch.budget.backward += int(x.shape[0])
         return x + threat.radius * ascent_direction(g, threat.norm)

@@ -33,14 +33,15 @@ queries of all active images go through the model in as few calls as possible (a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier
-from ...threat import ThreatModel, perturbation_norm
-from ..base import Attack, Budget, register
+from ...threat import perturbation_norm
+from ..base import Attack, AttackBatch, register
 
 __all__ = ["DecisionOracle", "HopSkipJump", "boundary_search", "noise_init"]
 
@@ -134,6 +135,7 @@ def boundary_search(
 
 
 @register("hopskipjump")
+@dataclass(kw_only=True, eq=False, repr=False)
 class HopSkipJump(Attack):
     """HopSkipJump decision-based minimum-norm attack, L2 or Linf; targeted when targets are passed.
 
@@ -155,40 +157,35 @@ class HopSkipJump(Attack):
     needs_gradients = False
     minimum_norm = True
 
-    def __init__(
-        self,
-        *,
-        eps: float | None = None,
-        norm: str = "l2",
-        max_queries: int = 5000,
-        steps: int | None = None,
-        init_num_evals: int = 100,
-        max_num_evals: int = 10_000,
-        gamma: float = 1.0,
-        init_trials: int = 100,
-        query_batch_size: int = 128,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("max_queries", max_queries, integer=True)
-        if steps is not None:
-            self._positive("steps", steps, integer=True)
-        self._positive("init_num_evals", init_num_evals, integer=True)
-        self._positive("max_num_evals", max_num_evals, integer=True)
-        self._positive("gamma", gamma)
-        self._positive("init_trials", init_trials, integer=True)
-        self._positive("query_batch_size", query_batch_size, integer=True)
-        if max_num_evals < init_num_evals:
-            raise UsageError(f"max_num_evals ({max_num_evals}) must be >= init_num_evals ({init_num_evals})")
-        self.max_queries = int(max_queries)
-        self.steps = None if steps is None else int(steps)
-        self.init_num_evals = int(init_num_evals)
-        self.max_num_evals = int(max_num_evals)
-        self.gamma = float(gamma)
-        self.init_trials = int(init_trials)
-        self.query_batch_size = int(query_batch_size)
+    eps: float | None = None
+    norm: str = "l2"
+    max_queries: int = 5000
+    steps: int | None = None
+    init_num_evals: int = 100
+    max_num_evals: int = 10_000
+    gamma: float = 1.0
+    init_trials: int = 100
+    query_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("max_queries", self.max_queries, integer=True)
+        if self.steps is not None:
+            self._positive("steps", self.steps, integer=True)
+        self._positive("init_num_evals", self.init_num_evals, integer=True)
+        self._positive("max_num_evals", self.max_num_evals, integer=True)
+        self._positive("gamma", self.gamma)
+        self._positive("init_trials", self.init_trials, integer=True)
+        self._positive("query_batch_size", self.query_batch_size, integer=True)
+        if self.max_num_evals < self.init_num_evals:
+            raise UsageError(f"max_num_evals ({self.max_num_evals}) must be >= init_num_evals ({self.init_num_evals})")
+        self.max_queries = int(self.max_queries)
+        self.steps = None if self.steps is None else int(self.steps)
+        self.init_num_evals = int(self.init_num_evals)
+        self.max_num_evals = int(self.max_num_evals)
+        self.gamma = float(self.gamma)
+        self.init_trials = int(self.init_trials)
+        self.query_batch_size = int(self.query_batch_size)
 
     def _theta(self, d: int) -> float:
         return self.gamma / (d * math.sqrt(d)) if self.norm == "l2" else self.gamma / d**2
@@ -234,21 +231,13 @@ class HopSkipJump(Attack):
         grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
         return grad.view_as(cur)
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, threat, generator = batch.model, batch.x, batch.threat, batch.generator
         n, d = x.shape[0], x[0].numel()
         lo, hi = model.bounds
         span = hi - lo
         theta = self._theta(d)
-        oracle = DecisionOracle(model, y, targets, self.max_queries, self.query_batch_size)
+        oracle = DecisionOracle(model, batch.y, batch.targets, self.max_queries, self.query_batch_size)
         # queries one iteration keeps back for the step search and the binary search after it
         bs_steps = math.ceil(math.log2(1 / theta)) + (0 if self.norm == "l2" else 1)
         reserve = 2 + bs_steps
@@ -307,8 +296,8 @@ class HopSkipJump(Attack):
             better = dist[gi] < best_dist[gi]
             out[gi[better]] = new[better]
             best_dist[gi[better]] = dist[gi][better]
-        budget.add_per_sample("queries", oracle.used.clone())
-        budget.add_per_sample("initial_norms", init_dist)
+        batch.budget.add_per_sample("queries", oracle.used.clone())
+        batch.budget.add_per_sample("initial_norms", init_dist)
         return out
 
 

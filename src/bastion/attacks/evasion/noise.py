@@ -14,17 +14,18 @@ to ``AttackResult.queries``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, is_adversarial, register
+from ..base import Attack, AttackBatch, register
 
 __all__ = ["RandomNoise"]
 
 
 @register("noise")
+@dataclass(kw_only=True, eq=False, repr=False)
 class RandomNoise(Attack):
     """Uniform random noise on the eps-sphere, first fooling draw kept (a baseline, not an attack).
 
@@ -35,19 +36,12 @@ class RandomNoise(Attack):
     norms = ("linf", "l2")
     needs_gradients = False
 
-    def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        norm: str = "linf",
-        max_queries: int = 1000,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("max_queries", max_queries, integer=True)
-        self.max_queries = int(max_queries)
+    max_queries: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("max_queries", self.max_queries, integer=True)
+        self.max_queries = int(self.max_queries)
 
     @staticmethod
     def _draw(x: Tensor, norm: str, eps: float, generator: torch.Generator) -> Tensor:
@@ -56,16 +50,8 @@ class RandomNoise(Attack):
         g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return eps * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        x, threat = batch.x, batch.threat
         n = x.shape[0]
         lo, hi = threat.bounds
         x_adv = x.clone()
@@ -76,12 +62,11 @@ class RandomNoise(Attack):
                 active = torch.nonzero(~done).flatten()
                 if active.numel() == 0:
                     break
-                cand = (x[active] + self._draw(x[active], threat.norm, threat.radius, generator)).clamp(lo, hi)
-                ta = targets[active] if targets is not None else None
-                fooled = is_adversarial(model.logits(cand), y[active], ta)
+                cand = (x[active] + self._draw(x[active], threat.norm, threat.radius, batch.generator)).clamp(lo, hi)
+                fooled = batch.rows(active).is_adversarial(batch.model.logits(cand))
                 queries[active] += 1
                 x_adv[active[fooled]] = cand[fooled]
                 done[active[fooled]] = True
-        budget.add_per_sample("queries", queries)
-        budget.add_per_sample("query_success", done.clone())
+        batch.budget.add_per_sample("queries", queries)
+        batch.budget.add_per_sample("query_success", done.clone())
         return x_adv

@@ -21,6 +21,7 @@ attacked batch itself (transductive), and pastes it under fresh random transform
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,7 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
-from ...threat import ThreatModel
-from ..base import Attack, Budget, register
+from ..base import Attack, AttackBatch, Budget, register
 from .losses import as_logits, margin_loss
 
 __all__ = ["AdversarialPatch", "apply", "evaluate", "fit", "patch_side", "save_png"]
@@ -227,6 +227,7 @@ def save_png(patch: Tensor, path: str | Path, bounds: tuple[float, float] = (0.0
 
 
 @register("patch")
+@dataclass(kw_only=True, eq=False, repr=False)
 class AdversarialPatch(Attack):
     """Universal adversarial patch as an attack (see the module docstring for the threat model).
 
@@ -239,47 +240,33 @@ class AdversarialPatch(Attack):
     norms = ("linf", "l2", "l1")
     minimum_norm = True
 
-    def __init__(
-        self,
-        *,
-        area: float = 0.1,
-        steps: int = 300,
-        batch_size_fit: int = 64,
-        lr: float = 0.05,
-        tv_weight: float = 0.0,
-        fit_data: tuple[Tensor, Tensor] | None = None,
-        eps: float | None = None,
-        norm: str = "linf",
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        if not (isinstance(area, (int, float)) and 0 < area <= 1):
-            raise UsageError(f"area must lie in (0, 1], got {area!r}")
-        self._positive("steps", steps, integer=True)
-        self._positive("batch_size_fit", batch_size_fit, integer=True)
-        self._positive("lr", lr)
-        self._positive("tv_weight", tv_weight, allow_zero=True)
+    eps: float | None = None
+    area: float = 0.1
+    steps: int = 300
+    batch_size_fit: int = 64
+    lr: float = 0.05
+    tv_weight: float = 0.0
+    fit_data: tuple[Tensor, Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.area, (int, float)) and 0 < self.area <= 1):
+            raise UsageError(f"area must lie in (0, 1], got {self.area!r}")
+        self._positive("steps", self.steps, integer=True)
+        self._positive("batch_size_fit", self.batch_size_fit, integer=True)
+        self._positive("lr", self.lr)
+        self._positive("tv_weight", self.tv_weight, allow_zero=True)
+        fit_data = self.fit_data
         if fit_data is not None and (not isinstance(fit_data, (tuple, list)) or len(fit_data) != 2):
             raise UsageError("fit_data must be a pair (x, y) of tensors")
-        self.area = float(area)
-        self.steps = int(steps)
-        self.batch_size_fit = int(batch_size_fit)
-        self.lr = float(lr)
-        self.tv_weight = float(tv_weight)
-        self.fit_data = fit_data
+        self.area = float(self.area)
+        self.steps = int(self.steps)
+        self.batch_size_fit = int(self.batch_size_fit)
+        self.lr = float(self.lr)
+        self.tv_weight = float(self.tv_weight)
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, y, targets, generator = batch.model, batch.x, batch.y, batch.targets, batch.generator
         xf, yf = self.fit_data if self.fit_data is not None else (x, y)
         kw: dict[str, Any] = dict(
             area=self.area,
@@ -288,7 +275,7 @@ class AdversarialPatch(Attack):
             lr=self.lr,
             tv_weight=self.tv_weight,
             generator=generator,
-            budget=budget,
+            budget=batch.budget,
         )
         out = x.clone()
         patches: dict[int | None, Tensor] = {}
@@ -304,6 +291,6 @@ class AdversarialPatch(Attack):
             else:
                 patches[t] = fit(model, xf, yf, t, **kw)
             with torch.no_grad():
-                out[rows] = apply(x[rows], patches[t], generator, bounds=threat.bounds)
-        budget.extra["patches"] = patches
+                out[rows] = apply(x[rows], patches[t], generator, bounds=batch.threat.bounds)
+        batch.budget.extra["patches"] = patches
         return out

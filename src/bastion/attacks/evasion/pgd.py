@@ -14,12 +14,12 @@ the model misclassifies it (or predicts its target), so the attack costs little 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, is_adversarial, register
+from ..base import Attack, AttackBatch, register
 from .losses import as_logits, get_loss
 from .steps import ascent_direction, random_start
 
@@ -27,6 +27,7 @@ __all__ = ["PGD"]
 
 
 @register("pgd")
+@dataclass(kw_only=True, eq=False, repr=False)
 class PGD(Attack):
     """PGD with random start and restarts; Linf, L2, L1.
 
@@ -41,65 +42,49 @@ class PGD(Attack):
 
     norms = ("linf", "l2", "l1")
 
-    def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        norm: str = "linf",
-        steps: int = 40,
-        step_size: float | None = None,
-        random_start: bool = True,
-        restarts: int = 1,
-        loss: str = "ce",
-        early_stop: bool = True,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("steps", steps, integer=True)
-        self._positive("restarts", restarts, integer=True)
-        if step_size is not None:
-            self._positive("step_size", step_size)
-        get_loss(loss)
-        self.steps = int(steps)
-        self.step_size = step_size
-        self.random_start = bool(random_start)
-        self.restarts = int(restarts)
-        self.loss = loss
-        self.early_stop = bool(early_stop)
+    steps: int = 40
+    step_size: float | None = None
+    random_start: bool = True
+    restarts: int = 1
+    loss: str = "ce"
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("steps", self.steps, integer=True)
+        self._positive("restarts", self.restarts, integer=True)
+        if self.step_size is not None:
+            self._positive("step_size", self.step_size)
+        get_loss(self.loss)
+        self.steps = int(self.steps)
+        self.random_start = bool(self.random_start)
+        self.restarts = int(self.restarts)
+        self.early_stop = bool(self.early_stop)
 
     def _step_size(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.radius / self.steps
 
-    def _run(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        t: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _run(self, batch: AttackBatch) -> Tensor:
+        model, x, threat = batch.model, batch.x, batch.threat
         loss_fn = get_loss(self.loss)
         alpha = self._step_size()
         eps = threat.radius
-        x_cur = threat.project(x, random_start(x, threat.norm, eps, generator)) if self.random_start else x.clone()
+        x_cur = (
+            threat.project(x, random_start(x, threat.norm, eps, batch.generator)) if self.random_start else x.clone()
+        )
         active = torch.arange(x.shape[0], device=x.device)
         for _ in range(self.steps):
             if active.numel() == 0:
                 break
             xa = x_cur[active].requires_grad_(True)
-            ya = y[active]
-            ta = t[active] if t is not None else None
+            rows = batch.rows(active)
             z = as_logits(model.logits(xa), model.output)
-            loss = loss_fn(z, ya, ta).sum()
+            loss = loss_fn(z, rows.y, rows.targets).sum()
             (g,) = torch.autograd.grad(loss, xa)
-            budget.backward += int(active.numel())
+            batch.budget.backward += int(active.numel())
             xa = xa.detach()
             if self.early_stop:
-                keep = ~is_adversarial(z.detach(), ya, ta)
+                keep = ~rows.is_adversarial(z.detach())
                 if not bool(keep.all()):
                     active, xa, g = active[keep], xa[keep], g[keep]
                     if active.numel() == 0:
@@ -109,29 +94,20 @@ class PGD(Attack):
             x_cur[active] = threat.project(x0, xa + alpha * step)
         return x_cur
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
-        best = self._run(model, x, y, targets, threat, generator, budget)
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        best = self._run(batch)
         if self.restarts == 1:
             return best
         with torch.no_grad():
-            fooled = is_adversarial(model.logits(best), y, targets)
+            fooled = batch.is_adversarial(batch.model.logits(best))
         for _ in range(self.restarts - 1):
             todo = torch.nonzero(~fooled).flatten()
             if todo.numel() == 0:
                 break
-            tt = targets[todo] if targets is not None else None
-            cand = self._run(model, x[todo], y[todo], tt, threat, generator, budget)
+            sub = batch.rows(todo)
+            cand = self._run(sub)
             with torch.no_grad():
-                ok = is_adversarial(model.logits(cand), y[todo], tt)
+                ok = sub.is_adversarial(batch.model.logits(cand))
             best[todo[ok]] = cand[ok]
             fooled[todo[ok]] = True
         return best

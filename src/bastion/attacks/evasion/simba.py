@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, is_adversarial, register
+from ..base import Attack, AttackBatch, register
 
 __all__ = ["SimBA", "dct_matrix"]
 
@@ -55,6 +54,7 @@ def _probs(scores: Tensor, output: str) -> Tensor:
 
 
 @register("simba")
+@dataclass(kw_only=True, eq=False, repr=False)
 class SimBA(Attack):
     """SimBA with the pixel or the low-frequency DCT basis, L2, score-based (no gradients).
 
@@ -70,30 +70,24 @@ class SimBA(Attack):
     needs_gradients = False
     minimum_norm = True
 
-    def __init__(
-        self,
-        *,
-        eps: float | None = None,
-        norm: str = "l2",
-        epsilon: float = 0.2,
-        basis: str = "pixel",
-        freq_dims: int | None = None,
-        max_queries: int = 10000,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("epsilon", epsilon)
-        self._positive("max_queries", max_queries, integer=True)
-        if basis not in ("pixel", "dct"):
-            raise UsageError(f"basis must be 'pixel' or 'dct', got {basis!r}")
-        if freq_dims is not None:
-            self._positive("freq_dims", freq_dims, integer=True)
-        self.epsilon = float(epsilon)
-        self.basis = basis
-        self.freq_dims = None if freq_dims is None else int(freq_dims)
-        self.max_queries = int(max_queries)
+    eps: float | None = None
+    norm: str = "l2"
+    epsilon: float = 0.2
+    basis: str = "pixel"
+    freq_dims: int | None = None
+    max_queries: int = 10000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("epsilon", self.epsilon)
+        self._positive("max_queries", self.max_queries, integer=True)
+        if self.basis not in ("pixel", "dct"):
+            raise UsageError(f"basis must be 'pixel' or 'dct', got {self.basis!r}")
+        if self.freq_dims is not None:
+            self._positive("freq_dims", self.freq_dims, integer=True)
+        self.epsilon = float(self.epsilon)
+        self.freq_dims = None if self.freq_dims is None else int(self.freq_dims)
+        self.max_queries = int(self.max_queries)
 
     # -- the basis ------------------------------------------------------------------------
     def _basis(
@@ -119,16 +113,8 @@ class SimBA(Attack):
 
         return torch.nonzero(low.flatten()).flatten(), to_input
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, y, targets, threat = batch.model, batch.x, batch.y, batch.targets, batch.threat
         n = x.shape[0]
         dev = x.device
         coords, to_input = self._basis(tuple(x.shape[1:]), dev, x.dtype)
@@ -143,13 +129,13 @@ class SimBA(Attack):
         def query(idx: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
             s = model.logits(candidate(idx, c))
             p = _probs(s, model.output).gather(1, label[idx, None]).squeeze(1)
-            return p, is_adversarial(s, y[idx], targets[idx] if targets is not None else None)
+            return p, batch.rows(idx).is_adversarial(s)
 
         with torch.no_grad():
             everyone = torch.arange(n, device=dev)
             best, done = query(everyone, coef)
             queries = torch.ones(n, dtype=torch.long, device=dev)
-            order = torch.argsort(torch.rand(n, d, generator=generator, device=dev), dim=1)
+            order = torch.argsort(torch.rand(n, d, generator=batch.generator, device=dev), dim=1)
             step = torch.zeros(n, dtype=torch.long, device=dev)
             while True:
                 active = torch.nonzero(~done & (queries < self.max_queries)).flatten()
@@ -158,7 +144,9 @@ class SimBA(Attack):
                 k = step[active] % d
                 if bool((k == 0).any()) and bool((step[active] > 0).any()):  # order used up: redraw it
                     redo = active[(k == 0) & (step[active] > 0)]
-                    order[redo] = torch.argsort(torch.rand(redo.numel(), d, generator=generator, device=dev), dim=1)
+                    order[redo] = torch.argsort(
+                        torch.rand(redo.numel(), d, generator=batch.generator, device=dev), dim=1
+                    )
                 dims = coords[order[active, k]]
                 step[active] += 1
                 improved = torch.zeros(active.numel(), dtype=torch.bool, device=dev)
@@ -178,6 +166,6 @@ class SimBA(Attack):
                     done[take] = adv[better]
                     improved[sel[better]] = True
             x_adv = candidate(everyone, coef)
-        budget.add_per_sample("queries", queries)
-        budget.add_per_sample("query_success", done.clone())
+        batch.budget.add_per_sample("queries", queries)
+        batch.budget.add_per_sample("query_success", done.clone())
         return x_adv

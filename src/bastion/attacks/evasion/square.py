@@ -31,14 +31,13 @@ targeted runs, bastion keeps the margin loss, which stops exactly when the targe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import Classifier
-from ...threat import ThreatModel
-from ..base import Attack, Budget, register
+from ..base import Attack, AttackBatch, register
 from .losses import as_logits, margin_loss
 
 __all__ = ["Square", "p_selection"]
@@ -115,6 +114,7 @@ def _rand_sign(shape: tuple[int, ...], generator: torch.Generator, device: torch
 
 
 @register("square")
+@dataclass(kw_only=True, eq=False, repr=False)
 class Square(Attack):
     """Square attack, Linf or L2, score-based (no gradients).
 
@@ -128,34 +128,19 @@ class Square(Attack):
     norms = ("linf", "l2")
     needs_gradients = False
 
-    def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        norm: str = "linf",
-        max_queries: int = 10000,
-        p_init: float = 0.8,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("max_queries", max_queries, integer=True)
-        if not (isinstance(p_init, (int, float)) and 0 < p_init <= 1):
-            raise UsageError(f"p_init must be a fraction in (0, 1], got {p_init!r}")
-        self.max_queries = int(max_queries)
-        self.p_init = float(p_init)
+    max_queries: int = 10000
+    p_init: float = 0.8
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("max_queries", self.max_queries, integer=True)
+        if not (isinstance(self.p_init, (int, float)) and 0 < self.p_init <= 1):
+            raise UsageError(f"p_init must be a fraction in (0, 1], got {self.p_init!r}")
+        self.max_queries = int(self.max_queries)
+        self.p_init = float(self.p_init)
+
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, threat, generator = batch.model, batch.x, batch.threat, batch.generator
         xi = _as_images(x)
         n, _c, h, w = xi.shape
         if threat.norm == "l2" and min(h, w) < 2:
@@ -170,7 +155,7 @@ class Square(Attack):
         with torch.no_grad():
             x_best = init(xi, eps, generator).clamp(lo, hi)
             z = as_logits(model.logits(x_best.reshape(x.shape)), model.output)
-            loss_best = margin_loss(z, y, targets)
+            loss_best = margin_loss(z, batch.y, batch.targets)
             done = loss_best > 0
             queries = torch.ones(n, dtype=torch.long, device=x.device)
             for it in range(self.max_queries - 1):
@@ -180,17 +165,17 @@ class Square(Attack):
                 xa, xb = xi[active], x_best[active]
                 p = p_selection(self.p_init, it, self.max_queries)
                 x_new = step(xa, xb, eps, p, (lo, hi), generator)
-                ta = targets[active] if targets is not None else None
+                rows = batch.rows(active)
                 z = as_logits(model.logits(x_new.reshape(-1, *x.shape[1:])), model.output)
-                loss = margin_loss(z, y[active], ta)
+                loss = margin_loss(z, rows.y, rows.targets)
                 queries[active] += 1
                 improved = loss > loss_best[active]
                 idx = active[improved]
                 x_best[idx] = x_new[improved]
                 loss_best[idx] = loss[improved]
                 done[idx] = loss[improved] > 0
-        budget.add_per_sample("queries", queries)
-        budget.add_per_sample("query_success", done.clone())
+        batch.budget.add_per_sample("queries", queries)
+        batch.budget.add_per_sample("query_success", done.clone())
         return x_best.reshape(x.shape)
 
     # -- Linf -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ when both are given they must agree.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -31,7 +32,7 @@ from torch import Tensor
 from ...errors import UsageError
 from ...models.base import Classifier
 from ...threat import ThreatModel
-from ..base import Attack, Budget, is_adversarial, register
+from ..base import Attack, AttackBatch, register
 from .constraints import FeatureConstraints
 from .losses import as_logits, margin_loss
 
@@ -39,6 +40,7 @@ __all__ = ["ConstrainedAttack"]
 
 
 @register("tabular")
+@dataclass(kw_only=True, eq=False, repr=False)
 class ConstrainedAttack(Attack):
     """Constrained random search on the margin of the scores (black-box).
 
@@ -53,37 +55,31 @@ class ConstrainedAttack(Attack):
     norms = ("linf", "l2", "l1")
     needs_gradients = False
 
-    def __init__(
-        self,
-        *,
-        constraints: FeatureConstraints | None = None,
-        eps: float | None = None,
-        norm: str = "linf",
-        max_queries: int = 1000,
-        p_init: float = 0.3,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
+    eps: float | None = None
+    constraints: FeatureConstraints | None = None
+    max_queries: int = 1000
+    p_init: float = 0.3
+
+    def __post_init__(self) -> None:
+        constraints = self.constraints
         if constraints is not None and not isinstance(constraints, FeatureConstraints):
             raise UsageError(f"constraints must be a FeatureConstraints (or None), got {type(constraints).__name__}")
         if constraints is not None and constraints.eps is not None:
-            if eps is None:
-                eps, norm = constraints.eps, constraints.norm
-            elif not math.isclose(float(eps), constraints.eps) or norm != constraints.norm:
+            if self.eps is None:
+                self.eps, self.norm = constraints.eps, constraints.norm
+            elif not math.isclose(float(self.eps), constraints.eps) or self.norm != constraints.norm:
                 raise UsageError(
-                    f"the attack's budget ({norm}, eps={eps}) disagrees with the constraints' "
+                    f"the attack's budget ({self.norm}, eps={self.eps}) disagrees with the constraints' "
                     f"({constraints.norm}, eps={constraints.eps}): give it once"
                 )
-        if eps is None:
+        if self.eps is None:
             raise UsageError("ConstrainedAttack needs eps: pass eps= or constraints with an eps")
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("max_queries", max_queries, integer=True)
-        if not 0 < p_init <= 1:
-            raise UsageError(f"p_init must lie in (0, 1], got {p_init!r}")
-        self.constraints = constraints
-        self.max_queries = int(max_queries)
-        self.p_init = float(p_init)
+        super().__post_init__()
+        self._positive("max_queries", self.max_queries, integer=True)
+        if not 0 < self.p_init <= 1:
+            raise UsageError(f"p_init must lie in (0, 1], got {self.p_init!r}")
+        self.max_queries = int(self.max_queries)
+        self.p_init = float(self.p_init)
 
     def _constraints(self, model: Classifier, threat: ThreatModel) -> FeatureConstraints:
         d = math.prod(model.input_shape)
@@ -100,26 +96,18 @@ class ConstrainedAttack(Attack):
         return self.p_init / 2**halvings
 
     @torch.no_grad()
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x, threat, generator = batch.model, batch.x, batch.threat, batch.generator
         cons = self._constraints(model, threat)
         n, shape = x.shape[0], x.shape
         x0 = x.reshape(n, -1)
         eps = threat.radius  # a fixed-budget attack: eps is set (ThreatModel.radius refuses None)
         bounds = threat.bounds
 
-        def score(z: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        def score(z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
             s = as_logits(model.logits(z.reshape(-1, *shape[1:])), model.output)
-            t = targets[rows] if targets is not None else None
-            return margin_loss(s, y[rows], t), is_adversarial(s, y[rows], t)
+            rows = batch.rows(idx)
+            return margin_loss(s, rows.y, rows.targets), rows.is_adversarial(s)
 
         rows = torch.arange(n, device=x.device)
         cur = cons.project(x0, x0, bounds=bounds)
@@ -128,7 +116,7 @@ class ConstrainedAttack(Attack):
         mutable = cons.mutable_mask(x.device)
         n_mut = int(mutable.sum())
         if n_mut == 0 or eps == 0:
-            budget.add_per_sample("queries", queries)
+            batch.budget.add_per_sample("queries", queries)
             return cur.reshape(shape)
         for i in range(1, self.max_queries):
             act = (~done).nonzero().flatten()
@@ -153,5 +141,5 @@ class ConstrainedAttack(Attack):
             cur[act[take]] = cand[take]
             cur_loss[act[take]] = loss[take]
             done[act[adv]] = True
-        budget.add_per_sample("queries", queries)
+        batch.budget.add_per_sample("queries", queries)
         return cons.project(x0, cur, bounds=bounds).reshape(shape)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from ...models.base import Classifier
 from ...models.torch import TorchClassifier
 from ...models.training import TrainConfig, train_module
 from ...threat import ThreatModel
-from ..base import ATTACKS, Attack, Budget, get_attack, is_adversarial, register
+from ..base import ATTACKS, Attack, AttackBatch, Budget, get_attack, register
 
 __all__ = ["TransferAttack", "surrogate_mlp", "train_surrogate"]
 
@@ -113,6 +114,7 @@ def train_surrogate(
 
 
 @register("transfer")
+@dataclass(kw_only=True, eq=False, repr=False)
 class TransferAttack(Attack):
     """Attack a white-box surrogate, replay on the (black-box) target.
 
@@ -130,53 +132,46 @@ class TransferAttack(Attack):
     norms = ("linf", "l2")
     needs_gradients = False
 
-    def __init__(
-        self,
-        *,
-        surrogate: Classifier | None = None,
-        attack: str | Attack = "mifgsm",
-        eps: float = 0.3,
-        norm: str = "linf",
-        steps: int = 10,
-        surrogate_epochs: int = 10,
-        n_augment: int = 4,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("steps", steps, integer=True)
-        self._positive("surrogate_epochs", surrogate_epochs, integer=True)
-        self._positive("n_augment", n_augment, integer=True, allow_zero=True)
+    surrogate: Classifier | None = None
+    attack: str | Attack = "mifgsm"
+    steps: int = 10
+    surrogate_epochs: int = 10
+    n_augment: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("steps", self.steps, integer=True)
+        self._positive("surrogate_epochs", self.surrogate_epochs, integer=True)
+        self._positive("n_augment", self.n_augment, integer=True, allow_zero=True)
+        surrogate, attack = self.surrogate, self.attack
         if surrogate is not None and not isinstance(surrogate, Classifier):
             raise UsageError(f"surrogate must be a Classifier, got {type(surrogate).__name__}")
         if surrogate is not None and not surrogate.white_box:
             raise UsageError(
                 f"the surrogate {type(surrogate).__name__} is not white-box: a transfer attack needs its gradients"
             )
+        self.steps = int(self.steps)
+        self.surrogate_epochs = int(self.surrogate_epochs)
+        self.n_augment = int(self.n_augment)
+        self._inner = self._resolve(attack)
+
+    def _resolve(self, attack: str | Attack) -> Attack:
+        """The white-box attack run on the surrogate (built from its name with this attack's budget)."""
         if isinstance(attack, str):
             if attack.strip().lower() == self.name:
                 raise UsageError("the surrogate attack cannot be 'transfer' itself")
             cls = ATTACKS.get(attack.strip().lower())
-            extra = (
-                {"steps": steps} if cls is not None and "steps" in inspect.signature(cls.__init__).parameters else {}
-            )
-            inner = get_attack(attack, eps=eps, norm=norm, seed=seed, generator=generator, **extra)
-        elif isinstance(attack, Attack):
+            params = inspect.signature(cls.__init__).parameters if cls is not None else {}
+            extra = {"steps": self.steps} if "steps" in params else {}
+            return get_attack(attack, eps=self.eps, norm=self.norm, seed=self.seed, generator=self.generator, **extra)
+        if isinstance(attack, Attack):
             if attack.eps != self.eps or attack.norm != self.norm:
                 raise UsageError(
                     f"the surrogate attack has ({attack.norm}, eps={attack.eps}) but the transfer attack "
                     f"({self.norm}, eps={self.eps}): give both the same budget"
                 )
-            inner = attack
-        else:
-            raise UsageError(f"attack must be an attack name or an Attack, got {type(attack).__name__}")
-        self.surrogate = surrogate
-        self.attack = attack
-        self.steps = int(steps)
-        self.surrogate_epochs = int(surrogate_epochs)
-        self.n_augment = int(n_augment)
-        self._inner = inner
+            return attack
+        raise UsageError(f"attack must be an attack name or an Attack, got {type(attack).__name__}")
 
     def _surrogate(self, model: Classifier, x: Tensor, threat: ThreatModel, generator: torch.Generator) -> Classifier:
         if self.surrogate is not None:
@@ -194,24 +189,16 @@ class TransferAttack(Attack):
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device))
         return train_surrogate(model, torch.cat(copies), epochs=self.surrogate_epochs, seed=seed)
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
-        surrogate = self._surrogate(model, x, threat, generator)
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        x, threat, budget = batch.x, batch.threat, batch.budget
+        surrogate = self._surrogate(batch.model, x, threat, batch.generator)
         inner_budget = Budget()
         with surrogate.attack_mode(), torch.enable_grad():
-            x_adv = self._inner._attack(surrogate, x, y, targets, threat, generator, inner_budget)
+            x_adv = self._inner._attack(replace(batch, model=surrogate, budget=inner_budget))
         x_adv = threat.project(x, x_adv.detach())
         with torch.no_grad():
-            on_surrogate = is_adversarial(surrogate.logits(x_adv), y, targets)
-            on_target = is_adversarial(model.logits(x_adv), y, targets)  # the replay: one batched query
+            on_surrogate = batch.is_adversarial(surrogate.logits(x_adv))
+            on_target = batch.is_adversarial(batch.model.logits(x_adv))  # the replay: one batched query
         budget.add_per_sample("surrogate_success", on_surrogate)
         budget.add_per_sample("transfer_success", on_target)
         for key in ("surrogate_success", "transfer_success"):

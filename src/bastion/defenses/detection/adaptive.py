@@ -46,18 +46,18 @@ so it is outside ``success_rate``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...attacks.base import Attack, AttackResult, Budget
+from ...attacks.base import Attack, AttackBatch, AttackResult
 from ...attacks.evasion.losses import as_logits, margin_loss
 from ...attacks.evasion.steps import ascent_direction, random_start
 from ...errors import UsageError
 from ...models.base import Classifier
-from ...threat import ThreatModel
 from .detecting import REJECT, DetectingClassifier
 
 __all__ = ["DetectorAwarePGD"]
@@ -84,6 +84,7 @@ def _remove_component(g: Tensor, along: Tensor) -> Tensor:
     return g - dot.view(-1, *([1] * (g.dim() - 1))) * along
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class DetectorAwarePGD(Attack):
     """PGD against model + detector: fool the model and stay under the detector's threshold.
 
@@ -107,44 +108,37 @@ class DetectorAwarePGD(Attack):
     name = "detector-aware-pgd"
     norms = ("linf", "l2")
 
-    def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        norm: str = "linf",
-        steps: int = 100,
-        step_size: float | None = None,
-        restarts: int = 3,
-        modes: Sequence[str] = MODES,
-        lam: float = 1.0,
-        kappa: float = 5.0,
-        delta: float = 0.25,
-        early_stop: bool = True,
-        random_start: bool = False,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(eps=eps, norm=norm, batch_size=batch_size, generator=generator, seed=seed)
-        self._positive("steps", steps, integer=True)
-        self._positive("restarts", restarts, integer=True)
-        if step_size is not None:
-            self._positive("step_size", step_size)
-        self._positive("lam", lam)
-        self._positive("kappa", kappa, allow_zero=True)
-        self._positive("delta", delta, allow_zero=True)
+    steps: int = 100
+    step_size: float | None = None
+    restarts: int = 3
+    modes: Sequence[str] = MODES
+    lam: float = 1.0
+    kappa: float = 5.0
+    delta: float = 0.25
+    early_stop: bool = True
+    random_start: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("steps", self.steps, integer=True)
+        self._positive("restarts", self.restarts, integer=True)
+        if self.step_size is not None:
+            self._positive("step_size", self.step_size)
+        self._positive("lam", self.lam)
+        self._positive("kappa", self.kappa, allow_zero=True)
+        self._positive("delta", self.delta, allow_zero=True)
+        modes = self.modes
         modes_t = (modes,) if isinstance(modes, str) else tuple(modes)
         if not modes_t or any(m not in MODES for m in modes_t):
             raise UsageError(f"modes must name one or more of {', '.join(MODES)}, got {modes!r}")
-        self.steps = int(steps)
-        self.step_size = step_size
-        self.restarts = int(restarts)
+        self.steps = int(self.steps)
+        self.restarts = int(self.restarts)
         self.modes = modes_t
-        self.lam = float(lam)
-        self.kappa = float(kappa)
-        self.delta = float(delta)
-        self.early_stop = bool(early_stop)
-        self.random_start = bool(random_start)
+        self.lam = float(self.lam)
+        self.kappa = float(self.kappa)
+        self.delta = float(self.delta)
+        self.early_stop = bool(self.early_stop)
+        self.random_start = bool(self.random_start)
 
     def _alpha(self, eps: float, t: int) -> float:
         base = self.step_size if self.step_size is not None else 5.0 * eps / self.steps
@@ -167,23 +161,13 @@ class DetectorAwarePGD(Attack):
             c = margins.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(dim=1)
         return m, c.clamp(max=kappa)
 
-    def _run(
-        self,
-        model: DetectingClassifier,
-        x: Tensor,
-        y: Tensor,
-        t: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-        mode: str,
-        rand: bool,
-    ) -> tuple[Tensor, Tensor]:
+    def _run(self, model: DetectingClassifier, batch: AttackBatch, mode: str, rand: bool) -> tuple[Tensor, Tensor]:
+        x, y, t, threat = batch.x, batch.y, batch.targets, batch.threat
         det = model.detector
         thr, scale = float(det.threshold_), float(det.scale_)
         tol = 1e-4 * scale  # success needs a hair of room (batching changes the last bits of logits and scores)
         eps = threat.radius
-        x_cur = threat.project(x, random_start(x, threat.norm, eps, generator)) if rand else x.clone()
+        x_cur = threat.project(x, random_start(x, threat.norm, eps, batch.generator)) if rand else x.clone()
         best, done = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         lam = torch.full((x.shape[0],), self.lam, device=x.device, dtype=x.dtype)
         active = torch.arange(x.shape[0], device=x.device)
@@ -209,7 +193,7 @@ class DetectorAwarePGD(Attack):
             need_d = mode != "classifier" and r.requires_grad
             (g_c,) = torch.autograd.grad(c.sum(), xa, retain_graph=need_d)
             g_d = torch.autograd.grad(r.sum(), xa)[0] if need_d else torch.zeros_like(xa)
-            budget.backward += (2 if need_d else 1) * int(active.numel())
+            batch.budget.backward += (2 if need_d else 1) * int(active.numel())
             with torch.no_grad():
                 u_c, u_d = _unit(g_c), _unit(g_d)
                 if mode == "classifier":
@@ -231,17 +215,9 @@ class DetectorAwarePGD(Attack):
         best[~done] = x_cur[~done]  # the inputs not solved: the last iterate (fooled but flagged, or not fooled)
         return best, done
 
-    def _attack(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        threat: ThreatModel,
-        generator: torch.Generator,
-        budget: Budget,
-    ) -> Tensor:
-        if not isinstance(model, DetectingClassifier):  # pragma: no cover - __call__ checks
+    def _attack(self, batch: AttackBatch) -> Tensor:
+        model, x = batch.model, batch.x
+        if not isinstance(model, DetectingClassifier):  # pragma: no cover - _check_model refuses it
             raise UsageError("DetectorAwarePGD attacks a DetectingClassifier")
         best = x.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -249,38 +225,15 @@ class DetectorAwarePGD(Attack):
             todo = torch.nonzero(~done).flatten()
             if todo.numel() == 0:
                 break
-            tt = targets[todo] if targets is not None else None
-            cand, ok = self._run(
-                model,
-                x[todo],
-                y[todo],
-                tt,
-                threat,
-                generator,
-                budget,
-                self.modes[r % len(self.modes)],
-                r > 0 or self.random_start,
-            )
+            mode = self.modes[r % len(self.modes)]
+            cand, ok = self._run(model, batch.rows(todo), mode, r > 0 or self.random_start)
             if r == 0:
                 best[todo] = cand  # the first run's last iterates for the inputs no restart solves
             best[todo[ok]] = cand[ok]
             done[todo[ok]] = True
         return best
 
-    def __call__(
-        self,
-        model: Classifier,
-        x: Tensor,
-        y: Tensor,
-        targets: Tensor | None = None,
-        *,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> AttackResult:
-        """Attack the DetectingClassifier ``model`` on ``x`` (N, *input_shape), ``y`` (N,).
-
-        ``success``: fooled and not rejected (for clean-correct inputs); ``pred_adv``: the combination's
-        labels (``REJECT`` = -1 where the detector fires).
-        """
+    def _check_model(self, model: Classifier) -> None:
         if not isinstance(model, DetectingClassifier):
             raise UsageError(
                 f"DetectorAwarePGD attacks a model with a detector in front: wrap them in "
@@ -288,8 +241,11 @@ class DetectorAwarePGD(Attack):
             )
         if not model.white_box:
             raise UsageError("DetectorAwarePGD needs gradients of the inner model: it must be white-box")
-        res = super().__call__(model, x, y, targets, progress=progress)
-        rejected = res.pred_adv == REJECT
-        res.success = torch.where(res.clean_correct, res.success & ~rejected, res.success)
-        res.extra["rejected"] = rejected
-        return res
+
+    def _finish(self, result: AttackResult) -> AttackResult:
+        """``success``: fooled and not rejected (for clean-correct inputs); ``pred_adv``: the combination's
+        labels (``REJECT`` = -1 where the detector fires); ``extra["rejected"]``: where it fired."""
+        rejected = result.pred_adv == REJECT
+        result.success = torch.where(result.clean_correct, result.success & ~rejected, result.success)
+        result.extra["rejected"] = rejected
+        return result
