@@ -23,7 +23,18 @@ from ..models.base import Classifier, validate_inputs
 from ..registry import Registry
 from ..threat import ThreatModel, canonical_norm
 
-__all__ = ["ATTACKS", "Attack", "AttackBatch", "AttackResult", "Budget", "get_attack", "is_adversarial", "register"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackBatch",
+    "AttackResult",
+    "Budget",
+    "MinimumNormAttack",
+    "get_attack",
+    "is_adversarial",
+    "positive",
+    "register",
+]
 
 
 @dataclass
@@ -155,14 +166,26 @@ class AttackBatch:
         return is_adversarial(scores, self.y, self.targets)
 
 
+_POSITIVE = "bastion.positive"  # the dataclass field metadata :func:`positive` sets: (integer, allow_zero)
+
+
+def positive(default: Any, *, integer: bool = False, allow_zero: bool = False) -> Any:
+    """An attack parameter (a dataclass field with this default) that must be a number > 0 (>= 0 with
+    ``allow_zero``), a whole number when ``integer``. :meth:`Attack.__post_init__` checks it — one
+    :class:`UsageError` naming the parameter — and stores it as an int (``integer``) or a float. A parameter
+    whose default is None may also be None (unset)."""
+    return field(default=default, metadata={_POSITIVE: (integer, allow_zero)})
+
+
 @dataclass(kw_only=True, eq=False, repr=False)
 class Attack:
     """Base class of evasion attacks.
 
     Attacks are keyword-only dataclasses, like the poisoning attacks: a subclass declares only its own
     parameters as fields (with the paper's defaults; it may redeclare ``eps`` or ``norm`` to change their
-    default) and validates them in ``__post_init__``, calling ``super().__post_init__()`` first, so the
-    signature, :meth:`params` and ``repr`` show the full configuration. Subclasses set ``norms`` (supported
+    default), declares numbers that must be positive with :func:`positive` and validates anything else in
+    ``__post_init__``, calling ``super().__post_init__()`` first, so the signature, :meth:`params` and
+    ``repr`` show the full configuration and every check is made in one place. Subclasses set ``norms`` (supported
     norms), ``needs_gradients`` and implement ``_attack(batch: AttackBatch) -> x_adv`` on one batch, with
     the model already in attack mode. They may return points outside the threat model; the base class
     projects.
@@ -199,6 +222,13 @@ class Attack:
         if int(self.batch_size) < 1:
             raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
         self.batch_size = int(self.batch_size)
+        for f in fields(self):
+            check, value = f.metadata.get(_POSITIVE), getattr(self, f.name)
+            if check is None or (value is None and f.default is None):
+                continue
+            integer, allow_zero = check
+            self._positive(f.name, value, integer=integer, allow_zero=allow_zero)
+            setattr(self, f.name, int(value) if integer else float(value))
 
     @property
     def radius(self) -> float:
@@ -325,3 +355,16 @@ class Attack:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+@dataclass(kw_only=True, eq=False, repr=False)
+class MinimumNormAttack(Attack):
+    """Base of minimum-norm attacks (Foolbox's ``MinimizationAttack``): they look for the smallest perturbation
+    that fools the model (C&W, DeepFool, HopSkipJump, Boundary, SimBA, patches), so ``eps`` is optional —
+    ``None`` (the default) bounds the result by the input range only; a given eps makes the library project
+    the result onto that ball. L2 unless a subclass says otherwise."""
+
+    minimum_norm = True
+
+    eps: float | None = None
+    norm: str = "l2"

@@ -32,14 +32,13 @@ others (each sample's trajectory is its own) and saves most of the cost on weak 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ..base import Attack, AttackBatch, is_adversarial, register
-from .losses import as_logits, get_loss
+from ..base import AttackBatch, positive, register
+from .gradient import GradientAttack
 from .steps import ascent_direction
 
 __all__ = ["APGD", "APGDDLR", "APGDT"]
@@ -72,7 +71,7 @@ def apgd_start(x: Tensor, norm: str, eps: float, generator: torch.Generator) -> 
 
 @register("apgd-ce")
 @dataclass(kw_only=True, eq=False, repr=False)
-class APGD(Attack):
+class APGD(GradientAttack):
     """Auto-PGD; Linf or L2.
 
     Args:
@@ -86,41 +85,26 @@ class APGD(Attack):
     """
 
     norms = ("linf", "l2")
-    _losses: ClassVar[tuple[str, ...]] = ("ce", "dlr")
+    _losses = ("ce", "dlr")
 
-    steps: int = 100
-    restarts: int = 1
-    loss: str = "ce"
+    steps: int = positive(100, integer=True)
+    restarts: int = positive(1, integer=True)
     rho: float = 0.75
     early_stop: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("steps", self.steps, integer=True)
-        self._positive("restarts", self.restarts, integer=True)
-        if self.loss not in self._losses:
-            choices = " or ".join(map(repr, self._losses))
-            raise UsageError(f"{type(self).__name__} supports loss {choices}, got {self.loss!r}")
         rho = self.rho
         if not isinstance(rho, (int, float)) or not 0 < rho <= 1:
             raise UsageError(f"rho must be a number in (0, 1], got {rho!r}")
-        self.steps = int(self.steps)
-        self.restarts = int(self.restarts)
         self.rho = float(rho)
         self.early_stop = bool(self.early_stop)
 
     # -- one run -------------------------------------------------------------------------
-    def _grad(
-        self, batch: AttackBatch, xa: Tensor, y: Tensor, loss_t: Tensor | None, success_t: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-sample loss, its input gradient and whether each point is adversarial."""
-        model = batch.model
-        xa = xa.detach().requires_grad_(True)
-        z = as_logits(model.logits(xa), model.output)
-        loss = get_loss(self.loss)(z, y, loss_t)
-        (g,) = torch.autograd.grad(loss.sum(), xa)
-        batch.budget.backward += int(xa.shape[0])
-        return loss.detach(), g.detach(), is_adversarial(z.detach(), y, success_t)
+    def _grad(self, batch: AttackBatch, xa: Tensor, loss_t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample loss towards ``loss_t``, its input gradient and whether each point is adversarial."""
+        loss, g, z = self._loss_gradient(batch, xa, loss_t)
+        return loss, g, batch.is_adversarial(z)
 
     def _run(self, batch: AttackBatch, loss_t: Tensor | None) -> tuple[Tensor, Tensor]:
         """One APGD run on every sample of the batch, with the loss towards ``loss_t`` and success as the batch
@@ -133,12 +117,11 @@ class APGD(Attack):
         out, found = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
 
         x_cur = threat.project(x, apgd_start(x, norm, eps, batch.generator))
-        loss, grad, fooled = self._grad(batch, x_cur, batch.y, loss_t, batch.targets)
+        loss, grad, fooled = self._grad(batch, x_cur, loss_t)
         # per-sample state, kept compact: the rows of samples that leave the batch are dropped
+        rows, lt = batch, loss_t
         st = {
             "idx": torch.arange(n, device=x.device),
-            "x": x,
-            "y": batch.y,
             "cur": x_cur,
             "prev": x_cur.clone(),
             "grad": grad,
@@ -150,22 +133,21 @@ class APGD(Attack):
             "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
             "hist": torch.zeros(n, self.steps + 1, device=x.device, dtype=loss.dtype),
         }  # hist[:, i] = f(x^(i)) for i >= 1; hist[:, 0] = 0, as in the reference (see the module docstring)
-        lt, sst = loss_t, batch.targets
         _record(out, found, st["idx"], x_cur, fooled)
         since_check = 0
         for i in range(self.steps):
             if self.early_stop and bool(fooled.any()):
                 keep = ~fooled
                 st = {key: v[keep] for key, v in st.items()}
-                lt, sst = _sel(lt, keep), _sel(sst, keep)
+                rows, lt = rows.rows(keep), _sel(lt, keep)
                 if st["idx"].numel() == 0:
                     break
-            x0, xc, sz = st["x"], st["cur"], st["step"]
+            x0, xc, sz = rows.x, st["cur"], st["step"]
             # momentum step: z = P(x + eta d), x' = P(x + a (z - x) + (1 - a) (x - x_prev))
             a = 0.75 if i > 0 else 1.0
             z = threat.project(x0, xc + _view(sz, xc) * ascent_direction(st["grad"], norm))
             xn = threat.project(x0, xc + a * (z - xc) + (1 - a) * (xc - st["prev"]))
-            lo, g, fooled = self._grad(batch, xn, st["y"], lt, sst)
+            lo, g, fooled = self._grad(rows, xn, lt)
             _record(out, found, st["idx"], xn, fooled)
             st["prev"], st["cur"], st["grad"] = xc, xn, g
             hist, loss_best = st["hist"], st["loss_best"]
@@ -225,12 +207,7 @@ class APGDT(APGDDLR):
     are attacked and success means predicting them. Needs at least 4 classes.
     """
 
-    n_target_classes: int = 9
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._positive("n_target_classes", self.n_target_classes, integer=True)
-        self.n_target_classes = int(self.n_target_classes)
+    n_target_classes: int = positive(9, integer=True)
 
     def _attack(self, batch: AttackBatch) -> Tensor:
         model, x = batch.model, batch.x

@@ -6,8 +6,8 @@ adversarial is inside the ball, and the library projects the result onto it). De
 model's predicted labels are used. Inputs (N, *input_shape) inside the bounds, labels (N,), optional
 targets (N,).
 
-Start: uniform noise that is adversarial, blended towards the input by binary search (shared with
-:mod:`.hopskipjump`); images without one come back unperturbed. Then, per image and step, with
+Start: uniform noise that is adversarial, blended towards the input by binary search (:mod:`.decision`,
+shared with HopSkipJump); images without one come back unperturbed. Then, per image and step, with
 ``v = x - x_adv`` of length r:
 
 * **orthogonal step**: a Gaussian direction orthogonal to v, scaled to ``spherical_step * r``, added and
@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ..base import Attack, AttackBatch, register
-from .hopskipjump import DecisionOracle, boundary_search, noise_init
+from ..base import AttackBatch, positive, register
+from .decision import DecisionAttack
 
 __all__ = ["BoundaryAttack"]
 
@@ -63,56 +63,33 @@ class _Stats:
 
 @register("boundary")
 @dataclass(kw_only=True, eq=False, repr=False)
-class BoundaryAttack(Attack):
+class BoundaryAttack(DecisionAttack):
     """Boundary attack, decision-based minimum-norm L2; targeted when targets are passed.
 
     Args:
         eps: optional L2 budget: an image stops once its best adversarial is within eps, and the result is
             projected onto the ball. ``None`` (default): minimise until the query budget is spent.
-        max_queries: model queries per image, everything included (exact upper bound).
+        max_queries, init_trials, query_batch_size: see :class:`~.decision.DecisionAttack`.
         spherical_step: initial orthogonal step, relative to the current distance.
         source_step: initial step towards the input, relative to the current distance.
         source_step_convergence: an image stops once its source step is below this.
         step_adaptation: factor by which step sizes grow or shrink.
         update_stats_every_k: query the orthogonal candidate (and update the statistics) every k steps.
-        init_trials: uniform-noise draws per image to find an adversarial starting point.
-        query_batch_size: largest number of inputs passed to the model in one call.
     """
 
     norms = ("l2",)
-    needs_gradients = False
-    minimum_norm = True
 
-    eps: float | None = None
-    norm: str = "l2"
-    max_queries: int = 5000
-    spherical_step: float = 1e-2
-    source_step: float = 1e-2
-    source_step_convergence: float = 1e-7
+    spherical_step: float = positive(1e-2)
+    source_step: float = positive(1e-2)
+    source_step_convergence: float = positive(1e-7)
     step_adaptation: float = 1.5
-    update_stats_every_k: int = 10
-    init_trials: int = 100
-    query_batch_size: int = 128
+    update_stats_every_k: int = positive(10, integer=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("max_queries", self.max_queries, integer=True)
-        self._positive("spherical_step", self.spherical_step)
-        self._positive("source_step", self.source_step)
-        self._positive("source_step_convergence", self.source_step_convergence)
-        self._positive("update_stats_every_k", self.update_stats_every_k, integer=True)
-        self._positive("init_trials", self.init_trials, integer=True)
-        self._positive("query_batch_size", self.query_batch_size, integer=True)
         if not (math.isfinite(self.step_adaptation) and self.step_adaptation > 1):
             raise UsageError(f"step_adaptation must be a number > 1, got {self.step_adaptation!r}")
-        self.max_queries = int(self.max_queries)
-        self.spherical_step = float(self.spherical_step)
-        self.source_step = float(self.source_step)
-        self.source_step_convergence = float(self.source_step_convergence)
         self.step_adaptation = float(self.step_adaptation)
-        self.update_stats_every_k = int(self.update_stats_every_k)
-        self.init_trials = int(self.init_trials)
-        self.query_batch_size = int(self.query_batch_size)
 
     def _proposals(
         self, x0: Tensor, adv: Tensor, sph: Tensor, src: Tensor, lo: float, hi: float, generator: torch.Generator
@@ -134,15 +111,10 @@ class BoundaryAttack(Attack):
         return cand.view(shape), spherical.view(shape)
 
     def _attack(self, batch: AttackBatch) -> Tensor:
-        model, x, threat, generator = batch.model, batch.x, batch.threat, batch.generator
+        x, threat, generator = batch.x, batch.threat, batch.generator
         n, d = x.shape[0], x[0].numel()
-        lo, hi = model.bounds
-        oracle = DecisionOracle(model, batch.y, batch.targets, self.max_queries, self.query_batch_size)
-        noise, found = noise_init(oracle, x, self.init_trials, generator)
-        best = x.clone()
-        idx = torch.nonzero(found).flatten()
-        if idx.numel():
-            best[idx], _ = boundary_search(oracle, x[idx], noise[idx], idx, "l2", 1 / (d * math.sqrt(d)), hi - lo)
+        lo, hi = batch.model.bounds
+        oracle, best, found = self._start(batch, 1 / (d * math.sqrt(d)))
         dist = (best - x).flatten(1).norm(dim=1)
         init_dist = torch.where(found, dist, torch.full_like(dist, float("nan")))
         sph = torch.full((n,), self.spherical_step, dtype=x.dtype, device=x.device)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import UsageError
-from ..base import Attack, AttackBatch, register
+from ..base import AttackBatch, MinimumNormAttack, positive, register
 from .losses import as_logits
 
 __all__ = ["CarliniWagnerL2"]
@@ -54,7 +54,7 @@ def _margin(z: Tensor, label: Tensor, targeted: bool) -> Tensor:
 
 @register("cw")
 @dataclass(kw_only=True, eq=False, repr=False)
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimumNormAttack):
     """Carlini-Wagner L2 minimum-norm attack; targeted when targets are passed.
 
     Args:
@@ -68,28 +68,18 @@ class CarliniWagnerL2(Attack):
     """
 
     norms = ("l2",)
-    minimum_norm = True
 
-    eps: float | None = None
-    norm: str = "l2"
-    binary_search_steps: int = 5
-    max_iterations: int = 100
-    learning_rate: float = 0.1
-    initial_const: float = 1e-2
-    confidence: float = 0.0
+    binary_search_steps: int = positive(5, integer=True)
+    max_iterations: int = positive(100, integer=True)
+    learning_rate: float = positive(0.1)
+    initial_const: float = positive(1e-2)
+    confidence: float = positive(0.0, allow_zero=True)
     abort_early: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("binary_search_steps", self.binary_search_steps, integer=True)
-        self._positive("max_iterations", self.max_iterations, integer=True)
-        self._positive("learning_rate", self.learning_rate)
-        self._positive("initial_const", self.initial_const)
-        self._positive("confidence", self.confidence, allow_zero=True)
         if not isinstance(self.abort_early, bool):
             raise UsageError(f"abort_early must be True or False, got {self.abort_early!r}")
-        self.binary_search_steps = int(self.binary_search_steps)
-        self.max_iterations = int(self.max_iterations)
 
     def _attack(self, batch: AttackBatch) -> Tensor:
         model, x, targets = batch.model, batch.x, batch.targets

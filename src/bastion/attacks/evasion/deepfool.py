@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import UsageError
-from ..base import Attack, AttackBatch, register
+from ..base import AttackBatch, MinimumNormAttack, positive, register
 from .losses import as_logits
 
 __all__ = ["DeepFool"]
@@ -42,7 +42,7 @@ def _view(v: Tensor, like: Tensor) -> Tensor:
 
 @register("deepfool")
 @dataclass(kw_only=True, eq=False, repr=False)
-class DeepFool(Attack):
+class DeepFool(MinimumNormAttack):
     """DeepFool minimum-norm attack, L2 or Linf; untargeted only.
 
     Args:
@@ -55,24 +55,18 @@ class DeepFool(Attack):
 
     norms = ("l2", "linf")
     supports_targets = False
-    minimum_norm = True
 
-    eps: float | None = None
-    norm: str = "l2"
-    steps: int = 50
+    steps: int = positive(50, integer=True)
     candidates: int | None = 10
-    overshoot: float = 0.02
+    overshoot: float = positive(0.02, allow_zero=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("steps", self.steps, integer=True)
         candidates = self.candidates
         if candidates is not None and (not float(candidates).is_integer() or candidates < 2):
             raise UsageError(
                 f"candidates must be an integer >= 2 (the true class and at least one other), got {candidates!r}"
             )
-        self._positive("overshoot", self.overshoot, allow_zero=True)
-        self.steps = int(self.steps)
 
     def _attack(self, batch: AttackBatch) -> Tensor:
         model, x, y, threat = batch.model, batch.x, batch.y, batch.threat

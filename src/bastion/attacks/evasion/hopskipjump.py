@@ -39,153 +39,40 @@ import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...models.base import Classifier
 from ...threat import perturbation_norm
-from ..base import Attack, AttackBatch, register
+from ..base import AttackBatch, positive, register
+from .decision import DecisionAttack, DecisionOracle, boundary_search, broadcast, noise_init
 
 __all__ = ["DecisionOracle", "HopSkipJump", "boundary_search", "noise_init"]
 
 
-def _bc(v: Tensor, like: Tensor) -> Tensor:
-    """Reshape a per-sample vector (m,) to broadcast against ``like`` (m, ...)."""
-    return v.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
-
-
-class DecisionOracle:
-    """Label-only access to a model for one batch of images: ``oracle(inputs, owners)`` says which of
-    ``inputs`` are adversarial for the images ``owners`` (indices into the batch), counts each query
-    against its owner in ``used`` and passes at most ``chunk`` inputs to the model per call."""
-
-    def __init__(self, model: Classifier, y: Tensor, targets: Tensor | None, max_queries: int, chunk: int) -> None:
-        self.model, self.y, self.targets = model, y, targets
-        self.max_queries, self.chunk = max_queries, chunk
-        self.used = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
-        self.lo, self.hi = model.bounds
-
-    def left(self) -> Tensor:
-        """Queries each image may still make, shape (N,)."""
-        return self.max_queries - self.used
-
-    @torch.no_grad()
-    def __call__(self, inputs: Tensor, owners: Tensor) -> Tensor:
-        if inputs.shape[0] == 0:
-            return torch.zeros(0, dtype=torch.bool, device=owners.device)
-        inputs = inputs.clamp(self.lo, self.hi)
-        preds = [
-            self.model.logits(inputs[s : s + self.chunk]).argmax(dim=1) for s in range(0, inputs.shape[0], self.chunk)
-        ]
-        pred = torch.cat(preds).to(owners.device)
-        self.used += torch.bincount(owners, minlength=self.used.shape[0])
-        return pred == self.targets[owners] if self.targets is not None else pred != self.y[owners]
-
-
-def noise_init(oracle: DecisionOracle, x: Tensor, trials: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Uniform noise in the bounds, redrawn per image until adversarial (at most ``trials`` draws, one
-    query each). Returns (noise (N, ...), found (N,) bool); rows not found hold ``x``."""
-    lo, hi = oracle.lo, oracle.hi
-    noise, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    todo = torch.arange(x.shape[0], device=x.device)
-    for _ in range(trials):
-        todo = todo[oracle.left()[todo] > 0]
-        if todo.numel() == 0:
-            break
-        cand = lo + (hi - lo) * torch.rand(
-            (todo.numel(), *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype
-        )
-        ok = oracle(cand, todo)
-        noise[todo[ok]] = cand[ok]
-        found[todo[ok]] = True
-        todo = todo[~ok]
-    return noise, found
-
-
-def _toward(x0: Tensor, p: Tensor, a: Tensor, norm: str) -> Tensor:
-    """The point at 'distance' a between x0 (a = 0) and p: blend weight for L2, box radius for Linf."""
-    if norm == "l2":
-        w = _bc(a, x0)
-        return (1 - w) * x0 + w * p
-    r = _bc(a, x0)
-    return torch.clamp(p, x0 - r, x0 + r)
-
-
-def boundary_search(
-    oracle: DecisionOracle, x0: Tensor, p: Tensor, owners: Tensor, norm: str, theta: float, span: float
-) -> tuple[Tensor, Tensor]:
-    """Binary search between the clean ``x0`` and the adversarial ``p`` (rows of the images ``owners``),
-    batched, to the reference's threshold. Returns (boundary points — adversarial, as every kept upper end
-    was — and the distances of ``p`` to ``x0``, the reference's ``dist_post_update``). An image that runs
-    out of queries stops where it is."""
-    dist_p = perturbation_norm(p - x0, norm).double()
-    if norm == "l2":
-        high = torch.ones_like(dist_p)
-        thr = torch.full_like(dist_p, theta)
-    else:
-        high = dist_p.clone()
-        thr = torch.minimum(dist_p * theta, torch.full_like(dist_p, theta * span))
-    low = torch.zeros_like(dist_p)
-    while True:
-        act = torch.nonzero(((high - low) > thr) & (oracle.left()[owners] > 0)).flatten()
-        if act.numel() == 0:
-            break
-        mid = (high[act] + low[act]) / 2
-        adv = oracle(_toward(x0[act], p[act], mid.to(x0.dtype), norm), owners[act])
-        high[act] = torch.where(adv, mid, high[act])
-        low[act] = torch.where(adv, low[act], mid)
-    return _toward(x0, p, high.to(x0.dtype), norm), dist_p.to(x0.dtype)
-
-
 @register("hopskipjump")
 @dataclass(kw_only=True, eq=False, repr=False)
-class HopSkipJump(Attack):
+class HopSkipJump(DecisionAttack):
     """HopSkipJump decision-based minimum-norm attack, L2 or Linf; targeted when targets are passed.
 
     Args:
         eps: optional budget: an image stops once its best adversarial is within eps, and the result is
             projected onto the ball. ``None`` (default): minimise the norm until the query budget is spent.
         norm: 'l2' or 'linf'.
-        max_queries: model queries per image, everything included (exact upper bound).
+        max_queries, init_trials, query_batch_size: see :class:`~.decision.DecisionAttack`.
         steps: optional cap on the number of iterations (``None``: until ``max_queries``).
         init_num_evals: gradient-estimation queries at iteration 1; iteration t uses init * sqrt(t).
         max_num_evals: cap on the gradient-estimation queries of one iteration.
         gamma: binary-search threshold factor (theta = gamma / d^(3/2) for L2, gamma / d^2 for Linf).
-        init_trials: uniform-noise draws per image to find an adversarial starting point.
-        query_batch_size: largest number of inputs passed to the model in one call (bounds memory; 128 is
-            fastest for small CNNs on a CPU — raise it on a GPU).
     """
 
     norms = ("l2", "linf")
-    needs_gradients = False
-    minimum_norm = True
 
-    eps: float | None = None
-    norm: str = "l2"
-    max_queries: int = 5000
-    steps: int | None = None
-    init_num_evals: int = 100
-    max_num_evals: int = 10_000
-    gamma: float = 1.0
-    init_trials: int = 100
-    query_batch_size: int = 128
+    steps: int | None = positive(None, integer=True)
+    init_num_evals: int = positive(100, integer=True)
+    max_num_evals: int = positive(10_000, integer=True)
+    gamma: float = positive(1.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("max_queries", self.max_queries, integer=True)
-        if self.steps is not None:
-            self._positive("steps", self.steps, integer=True)
-        self._positive("init_num_evals", self.init_num_evals, integer=True)
-        self._positive("max_num_evals", self.max_num_evals, integer=True)
-        self._positive("gamma", self.gamma)
-        self._positive("init_trials", self.init_trials, integer=True)
-        self._positive("query_batch_size", self.query_batch_size, integer=True)
         if self.max_num_evals < self.init_num_evals:
             raise UsageError(f"max_num_evals ({self.max_num_evals}) must be >= init_num_evals ({self.init_num_evals})")
-        self.max_queries = int(self.max_queries)
-        self.steps = None if self.steps is None else int(self.steps)
-        self.init_num_evals = int(self.init_num_evals)
-        self.max_num_evals = int(self.max_num_evals)
-        self.gamma = float(self.gamma)
-        self.init_trials = int(self.init_trials)
-        self.query_batch_size = int(self.query_batch_size)
 
     def _theta(self, d: int) -> float:
         return self.gamma / (d * math.sqrt(d)) if self.norm == "l2" else self.gamma / d**2
@@ -215,8 +102,8 @@ class HopSkipJump(Attack):
                 rv = torch.randn(shape, generator=generator, device=cur.device, dtype=cur.dtype)
             else:
                 rv = 2 * torch.rand(shape, generator=generator, device=cur.device, dtype=cur.dtype) - 1
-            rv = rv / _bc(rv.flatten(1).norm(dim=1), rv)
-            base, dl = cur[own], _bc(delta[own], rv)
+            rv = rv / broadcast(rv.flatten(1).norm(dim=1), rv)
+            base, dl = cur[own], broadcast(delta[own], rv)
             probes = (base + dl * rv).clamp(lo, hi)
             rv = ((probes - base) / dl).flatten(1)
             f = 2 * oracle(probes, idx[own]).to(cur.dtype) - 1
@@ -232,28 +119,21 @@ class HopSkipJump(Attack):
         return grad.view_as(cur)
 
     def _attack(self, batch: AttackBatch) -> Tensor:
-        model, x, threat, generator = batch.model, batch.x, batch.threat, batch.generator
+        x, threat, generator = batch.x, batch.threat, batch.generator
         n, d = x.shape[0], x[0].numel()
-        lo, hi = model.bounds
+        lo, hi = batch.model.bounds
         span = hi - lo
         theta = self._theta(d)
-        oracle = DecisionOracle(model, batch.y, batch.targets, self.max_queries, self.query_batch_size)
+        # the reference blends to a threshold of 1e-3 for Linf, then searches the Linf box radius
+        oracle, cur, found = self._start(batch, theta if self.norm == "l2" else 1e-3)
+        idx = torch.nonzero(found).flatten()
+        if idx.numel() and self.norm == "linf":
+            cur[idx], _ = boundary_search(oracle, x[idx], cur[idx], idx, "linf", theta, span)
         # queries one iteration keeps back for the step search and the binary search after it
-        bs_steps = math.ceil(math.log2(1 / theta)) + (0 if self.norm == "l2" else 1)
-        reserve = 2 + bs_steps
-
-        noise, found = noise_init(oracle, x, self.init_trials, generator)
+        reserve = 2 + math.ceil(math.log2(1 / theta)) + (0 if self.norm == "l2" else 1)
         out = x.clone()
         best_dist = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
         init_dist = torch.full_like(best_dist, float("nan"))
-        cur = x.clone()
-        idx = torch.nonzero(found).flatten()
-        if idx.numel():
-            if self.norm == "l2":
-                cur[idx], _ = boundary_search(oracle, x[idx], noise[idx], idx, "l2", theta, span)
-            else:  # the reference: blend to a threshold of 1e-3, then search the Linf box radius
-                blend, _ = boundary_search(oracle, x[idx], noise[idx], idx, "l2", 1e-3, span)
-                cur[idx], _ = boundary_search(oracle, x[idx], blend, idx, "linf", theta, span)
         dist = perturbation_norm(cur - x, self.norm)
         dist_pre = dist.clone()  # not read before iteration 2, where it is the last step's distance
         out[idx] = cur[idx]
@@ -289,7 +169,7 @@ class HopSkipJump(Attack):
             if ok.numel() == 0:
                 continue
             gi = idx[ok]
-            p = (xc[ok] + _bc(xi[ok], xc) * update[ok]).clamp(lo, hi)
+            p = (xc[ok] + broadcast(xi[ok], xc) * update[ok]).clamp(lo, hi)
             new, dist_pre[gi] = boundary_search(oracle, x0[ok], p, gi, self.norm, theta, span)
             cur[gi] = new
             dist[gi] = perturbation_norm(new - x0[ok], self.norm)
@@ -311,7 +191,7 @@ def _geometric_step(
         todo = torch.nonzero(~stepped & (oracle.left()[idx] > 0)).flatten()
         if todo.numel() == 0:
             break
-        adv = oracle((xc[todo] + _bc(xi[todo], xc) * update[todo]).clamp(*bounds), idx[todo])
+        adv = oracle((xc[todo] + broadcast(xi[todo], xc) * update[todo]).clamp(*bounds), idx[todo])
         stepped[todo[adv]] = True
         xi[todo[~adv]] /= 2
     return stepped

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..base import Attack, AttackBatch, register
+from ..base import Attack, AttackBatch, positive, register
 
 __all__ = ["RandomNoise"]
 
@@ -36,12 +36,7 @@ class RandomNoise(Attack):
     norms = ("linf", "l2")
     needs_gradients = False
 
-    max_queries: int = 1000
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._positive("max_queries", self.max_queries, integer=True)
-        self.max_queries = int(self.max_queries)
+    max_queries: int = positive(1000, integer=True)
 
     @staticmethod
     def _draw(x: Tensor, norm: str, eps: float, generator: torch.Generator) -> Tensor:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
-from ..base import Attack, AttackBatch, Budget, register
+from ..base import AttackBatch, Budget, MinimumNormAttack, positive, register
 from .losses import as_logits, margin_loss
 
 __all__ = ["AdversarialPatch", "apply", "evaluate", "fit", "patch_side", "save_png"]
@@ -228,7 +228,7 @@ def save_png(patch: Tensor, path: str | Path, bounds: tuple[float, float] = (0.0
 
 @register("patch")
 @dataclass(kw_only=True, eq=False, repr=False)
-class AdversarialPatch(Attack):
+class AdversarialPatch(MinimumNormAttack):
     """Universal adversarial patch as an attack (see the module docstring for the threat model).
 
     Args:
@@ -238,32 +238,23 @@ class AdversarialPatch(Attack):
     """
 
     norms = ("linf", "l2", "l1")
-    minimum_norm = True
 
-    eps: float | None = None
+    norm: str = "linf"
     area: float = 0.1
-    steps: int = 300
-    batch_size_fit: int = 64
-    lr: float = 0.05
-    tv_weight: float = 0.0
+    steps: int = positive(300, integer=True)
+    batch_size_fit: int = positive(64, integer=True)
+    lr: float = positive(0.05)
+    tv_weight: float = positive(0.0, allow_zero=True)
     fit_data: tuple[Tensor, Tensor] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (isinstance(self.area, (int, float)) and 0 < self.area <= 1):
             raise UsageError(f"area must lie in (0, 1], got {self.area!r}")
-        self._positive("steps", self.steps, integer=True)
-        self._positive("batch_size_fit", self.batch_size_fit, integer=True)
-        self._positive("lr", self.lr)
-        self._positive("tv_weight", self.tv_weight, allow_zero=True)
         fit_data = self.fit_data
         if fit_data is not None and (not isinstance(fit_data, (tuple, list)) or len(fit_data) != 2):
             raise UsageError("fit_data must be a pair (x, y) of tensors")
         self.area = float(self.area)
-        self.steps = int(self.steps)
-        self.batch_size_fit = int(self.batch_size_fit)
-        self.lr = float(self.lr)
-        self.tv_weight = float(self.tv_weight)
 
     def _attack(self, batch: AttackBatch) -> Tensor:
         model, x, y, targets, generator = batch.model, batch.x, batch.y, batch.targets, batch.generator

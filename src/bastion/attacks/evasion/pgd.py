@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..base import Attack, AttackBatch, register
-from .losses import as_logits, get_loss
+from ..base import AttackBatch, positive, register
+from .gradient import GradientAttack
 from .steps import ascent_direction, random_start
 
 __all__ = ["PGD"]
@@ -28,7 +28,7 @@ __all__ = ["PGD"]
 
 @register("pgd")
 @dataclass(kw_only=True, eq=False, repr=False)
-class PGD(Attack):
+class PGD(GradientAttack):
     """PGD with random start and restarts; Linf, L2, L1.
 
     Args:
@@ -42,31 +42,22 @@ class PGD(Attack):
 
     norms = ("linf", "l2", "l1")
 
-    steps: int = 40
-    step_size: float | None = None
+    steps: int = positive(40, integer=True)
+    step_size: float | None = positive(None)
     random_start: bool = True
-    restarts: int = 1
-    loss: str = "ce"
+    restarts: int = positive(1, integer=True)
     early_stop: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("steps", self.steps, integer=True)
-        self._positive("restarts", self.restarts, integer=True)
-        if self.step_size is not None:
-            self._positive("step_size", self.step_size)
-        get_loss(self.loss)
-        self.steps = int(self.steps)
         self.random_start = bool(self.random_start)
-        self.restarts = int(self.restarts)
         self.early_stop = bool(self.early_stop)
 
     def _step_size(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.radius / self.steps
 
     def _run(self, batch: AttackBatch) -> Tensor:
-        model, x, threat = batch.model, batch.x, batch.threat
-        loss_fn = get_loss(self.loss)
+        x, threat = batch.x, batch.threat
         alpha = self._step_size()
         eps = threat.radius
         x_cur = (
@@ -76,15 +67,11 @@ class PGD(Attack):
         for _ in range(self.steps):
             if active.numel() == 0:
                 break
-            xa = x_cur[active].requires_grad_(True)
             rows = batch.rows(active)
-            z = as_logits(model.logits(xa), model.output)
-            loss = loss_fn(z, rows.y, rows.targets).sum()
-            (g,) = torch.autograd.grad(loss, xa)
-            batch.budget.backward += int(active.numel())
-            xa = xa.detach()
+            xa = x_cur[active]
+            _, g, z = self._loss_gradient(rows, xa, rows.targets)
             if self.early_stop:
-                keep = ~rows.is_adversarial(z.detach())
+                keep = ~rows.is_adversarial(z)
                 if not bool(keep.all()):
                     active, xa, g = active[keep], xa[keep], g[keep]
                     if active.numel() == 0:

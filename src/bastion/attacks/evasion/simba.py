@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ..base import Attack, AttackBatch, register
+from ..base import AttackBatch, MinimumNormAttack, positive, register
 
 __all__ = ["SimBA", "dct_matrix"]
 
@@ -55,7 +55,7 @@ def _probs(scores: Tensor, output: str) -> Tensor:
 
 @register("simba")
 @dataclass(kw_only=True, eq=False, repr=False)
-class SimBA(Attack):
+class SimBA(MinimumNormAttack):
     """SimBA with the pixel or the low-frequency DCT basis, L2, score-based (no gradients).
 
     Args:
@@ -68,26 +68,16 @@ class SimBA(Attack):
 
     norms = ("l2",)
     needs_gradients = False
-    minimum_norm = True
 
-    eps: float | None = None
-    norm: str = "l2"
-    epsilon: float = 0.2
+    epsilon: float = positive(0.2)
     basis: str = "pixel"
-    freq_dims: int | None = None
-    max_queries: int = 10000
+    freq_dims: int | None = positive(None, integer=True)
+    max_queries: int = positive(10000, integer=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("epsilon", self.epsilon)
-        self._positive("max_queries", self.max_queries, integer=True)
         if self.basis not in ("pixel", "dct"):
             raise UsageError(f"basis must be 'pixel' or 'dct', got {self.basis!r}")
-        if self.freq_dims is not None:
-            self._positive("freq_dims", self.freq_dims, integer=True)
-        self.epsilon = float(self.epsilon)
-        self.freq_dims = None if self.freq_dims is None else int(self.freq_dims)
-        self.max_queries = int(self.max_queries)
 
     # -- the basis ------------------------------------------------------------------------
     def _basis(

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ..base import Attack, AttackBatch, register
+from ..base import Attack, AttackBatch, positive, register
 from .losses import as_logits, margin_loss
 
 __all__ = ["Square", "p_selection"]
@@ -128,15 +128,13 @@ class Square(Attack):
     norms = ("linf", "l2")
     needs_gradients = False
 
-    max_queries: int = 10000
+    max_queries: int = positive(10000, integer=True)
     p_init: float = 0.8
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("max_queries", self.max_queries, integer=True)
         if not (isinstance(self.p_init, (int, float)) and 0 < self.p_init <= 1):
             raise UsageError(f"p_init must be a fraction in (0, 1], got {self.p_init!r}")
-        self.max_queries = int(self.max_queries)
         self.p_init = float(self.p_init)
 
     def _attack(self, batch: AttackBatch) -> Tensor:

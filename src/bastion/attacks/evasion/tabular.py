@@ -32,7 +32,7 @@ from torch import Tensor
 from ...errors import UsageError
 from ...models.base import Classifier
 from ...threat import ThreatModel
-from ..base import Attack, AttackBatch, register
+from ..base import Attack, AttackBatch, positive, register
 from .constraints import FeatureConstraints
 from .losses import as_logits, margin_loss
 
@@ -57,7 +57,7 @@ class ConstrainedAttack(Attack):
 
     eps: float | None = None
     constraints: FeatureConstraints | None = None
-    max_queries: int = 1000
+    max_queries: int = positive(1000, integer=True)
     p_init: float = 0.3
 
     def __post_init__(self) -> None:
@@ -75,10 +75,8 @@ class ConstrainedAttack(Attack):
         if self.eps is None:
             raise UsageError("ConstrainedAttack needs eps: pass eps= or constraints with an eps")
         super().__post_init__()
-        self._positive("max_queries", self.max_queries, integer=True)
         if not 0 < self.p_init <= 1:
             raise UsageError(f"p_init must lie in (0, 1], got {self.p_init!r}")
-        self.max_queries = int(self.max_queries)
         self.p_init = float(self.p_init)
 
     def _constraints(self, model: Classifier, threat: ThreatModel) -> FeatureConstraints:

@@ -25,7 +25,7 @@ from ...models.base import Classifier
 from ...models.torch import TorchClassifier
 from ...models.training import TrainConfig, train_module
 from ...threat import ThreatModel
-from ..base import ATTACKS, Attack, AttackBatch, Budget, get_attack, register
+from ..base import ATTACKS, Attack, AttackBatch, Budget, get_attack, positive, register
 
 __all__ = ["TransferAttack", "surrogate_mlp", "train_surrogate"]
 
@@ -134,15 +134,12 @@ class TransferAttack(Attack):
 
     surrogate: Classifier | None = None
     attack: str | Attack = "mifgsm"
-    steps: int = 10
-    surrogate_epochs: int = 10
-    n_augment: int = 4
+    steps: int = positive(10, integer=True)
+    surrogate_epochs: int = positive(10, integer=True)
+    n_augment: int = positive(4, integer=True, allow_zero=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("steps", self.steps, integer=True)
-        self._positive("surrogate_epochs", self.surrogate_epochs, integer=True)
-        self._positive("n_augment", self.n_augment, integer=True, allow_zero=True)
         surrogate, attack = self.surrogate, self.attack
         if surrogate is not None and not isinstance(surrogate, Classifier):
             raise UsageError(f"surrogate must be a Classifier, got {type(surrogate).__name__}")
@@ -150,9 +147,6 @@ class TransferAttack(Attack):
             raise UsageError(
                 f"the surrogate {type(surrogate).__name__} is not white-box: a transfer attack needs its gradients"
             )
-        self.steps = int(self.steps)
-        self.surrogate_epochs = int(self.surrogate_epochs)
-        self.n_augment = int(self.n_augment)
         self._inner = self._resolve(attack)
 
     def _resolve(self, attack: str | Attack) -> Attack:

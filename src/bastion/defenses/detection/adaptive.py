@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...attacks.base import Attack, AttackBatch, AttackResult
+from ...attacks.base import Attack, AttackBatch, AttackResult, positive
 from ...attacks.evasion.losses import as_logits, margin_loss
 from ...attacks.evasion.steps import ascent_direction, random_start
 from ...errors import UsageError
@@ -108,35 +108,23 @@ class DetectorAwarePGD(Attack):
     name = "detector-aware-pgd"
     norms = ("linf", "l2")
 
-    steps: int = 100
-    step_size: float | None = None
-    restarts: int = 3
+    steps: int = positive(100, integer=True)
+    step_size: float | None = positive(None)
+    restarts: int = positive(3, integer=True)
     modes: Sequence[str] = MODES
-    lam: float = 1.0
-    kappa: float = 5.0
-    delta: float = 0.25
+    lam: float = positive(1.0)
+    kappa: float = positive(5.0, allow_zero=True)
+    delta: float = positive(0.25, allow_zero=True)
     early_stop: bool = True
     random_start: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("steps", self.steps, integer=True)
-        self._positive("restarts", self.restarts, integer=True)
-        if self.step_size is not None:
-            self._positive("step_size", self.step_size)
-        self._positive("lam", self.lam)
-        self._positive("kappa", self.kappa, allow_zero=True)
-        self._positive("delta", self.delta, allow_zero=True)
         modes = self.modes
         modes_t = (modes,) if isinstance(modes, str) else tuple(modes)
         if not modes_t or any(m not in MODES for m in modes_t):
             raise UsageError(f"modes must name one or more of {', '.join(MODES)}, got {modes!r}")
-        self.steps = int(self.steps)
-        self.restarts = int(self.restarts)
         self.modes = modes_t
-        self.lam = float(self.lam)
-        self.kappa = float(self.kappa)
-        self.delta = float(self.delta)
         self.early_stop = bool(self.early_stop)
         self.random_start = bool(self.random_start)
 
