@@ -134,9 +134,14 @@ class BaseClassifier:
     def _scores(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def queries_per_input(self) -> int:
+        """Queries :meth:`logits` counts per input: 1, or the draws a wrapper averages over (EOT, smoothing)."""
+        return 1
+
     def logits(self, x: Tensor) -> Tensor:
-        """Scores (N, n_classes); counts N queries."""
-        self.n_queries += int(x.shape[0])
+        """Scores (N, n_classes); counts N * :attr:`queries_per_input` queries."""
+        self.n_queries += int(x.shape[0]) * self.queries_per_input
         return self._scores(x)
 
     __call__ = logits

@@ -81,7 +81,13 @@ class EOT(WrappedClassifier):
                 self._gen.manual_seed(int(self.seed))
         return self._gen
 
+    @property
+    def queries_per_input(self) -> int:
+        """``n_samples``: :meth:`logits` counts one query per draw."""
+        return self.n_samples
+
     def _scores(self, x: Tensor) -> Tensor:
+        """Mean scores (N, n_classes) over ``n_samples`` draws."""
         total: Tensor | None = None
         for _ in range(self.n_samples):
             xt = self.transform(x, self._generator(x.device)) if self.transform is not None else x
@@ -90,13 +96,6 @@ class EOT(WrappedClassifier):
         if total is None:  # pragma: no cover - n_samples >= 1
             raise RuntimeError("EOT drew no samples")
         return total / self.n_samples
-
-    def logits(self, x: Tensor) -> Tensor:
-        """Mean scores (N, n_classes) over ``n_samples`` draws; counts N * n_samples queries."""
-        self.n_queries += int(x.shape[0]) * self.n_samples
-        return self._scores(x)
-
-    __call__ = logits
 
     @property
     def model(self) -> Classifier:

@@ -58,11 +58,9 @@ class _SoftView(WrappedClassifier):
         super().__init__(model, output="logits")
         self.n_logits = model.n_logits
 
-    def logits(self, x: Tensor) -> Tensor:
-        self.n_queries += int(x.shape[0]) * self.n_logits
-        return self.wrapped.logits(x)
-
-    __call__ = logits
+    @property
+    def queries_per_input(self) -> int:
+        return self.n_logits
 
 
 def _plots(
