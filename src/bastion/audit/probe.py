@@ -17,16 +17,17 @@ import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
+from ..attacks.base import Attack, AttackResult
 from ..data import Dataset
 from ..errors import UsageError
 from ..models.base import Classifier
 from ..registry import Registry
-from .result import Example, ProbeResult
+from .result import Example, Plot, ProbeResult, Series
 
 __all__ = [
     "PROBES",
@@ -38,6 +39,9 @@ __all__ = [
     "risk_from_ratio",
     "wilson_interval",
 ]
+
+
+A = TypeVar("A", bound=Attack)
 
 
 def eps_key(eps: float) -> str:
@@ -78,6 +82,11 @@ class AuditContext:
 
     def generator(self, name: str) -> torch.Generator:
         return torch.Generator(device=self.x.device).manual_seed(self.seed_for(name))
+
+    def attack_at(self, attack: type[A], eps: float, **params: Any) -> A:
+        """The attack class ``attack`` in the audit's norm at ``eps``, seeded for this audit and eps
+        (:meth:`seed_for` of ``"NAME:eps=EPS"``, NAME its registered name); ``params`` are its others."""
+        return attack(eps=eps, norm=self.norm, seed=self.seed_for(f"{attack.name}:{eps_key(eps)}"), **params)
 
     def report(self, probe: str, fraction: float, message: str = "") -> None:
         if self.progress is not None:
@@ -161,23 +170,12 @@ def risk_from_ratio(robust: float, clean: float) -> str:
     return "high" if ratio < 0.5 else "medium" if ratio < 0.9 else "low"
 
 
-def pick_examples(
-    x: Tensor,
-    x_adv: Tensor,
-    y: Tensor,
-    pred_clean: Tensor,
-    pred_adv: Tensor,
-    success: Tensor,
-    norms: Tensor,
-    *,
-    attack: str,
-    norm: str,
-    eps: float | None,
-    bounds: tuple[float, float],
-    k: int = 4,
-) -> list[Example]:
-    """Up to ``k`` successful examples (clean-correct inputs the attack flipped), first ones first."""
-    rows = torch.nonzero(success & (pred_clean == y) & (pred_adv != pred_clean)).flatten()[:k]
+def pick_examples(result: AttackResult, x: Tensor, pred_clean: Tensor, *, attack: str, k: int = 4) -> list[Example]:
+    """Up to ``k`` successful examples of an attack's ``result`` on the inputs ``x`` (clean-correct inputs the
+    attack flipped, first ones first), with the model's clean predictions ``pred_clean``; norm, eps and bounds
+    are the result's threat model."""
+    y, pred_adv, threat = result.y, result.pred_adv, result.threat
+    rows = torch.nonzero(result.success & (pred_clean == y) & (pred_adv != pred_clean)).flatten()[:k]
     return [
         Example(
             index=int(i),
@@ -185,15 +183,30 @@ def pick_examples(
             pred_clean=int(pred_clean[i]),
             pred_adv=int(pred_adv[i]),
             attack=attack,
-            norm=norm,
-            eps=eps,
-            perturbation=float(norms[i]),
+            norm=threat.norm,
+            eps=threat.eps,
+            perturbation=float(result.norms[i]),
             clean=x[i].tolist(),
-            adversarial=x_adv[i].tolist(),
-            bounds=bounds,
+            adversarial=result.x_adv[i].tolist(),
+            bounds=threat.bounds,
         )
         for i in rows.tolist()
     ]
+
+
+def eps_curve(
+    ctx: AuditContext, id: str, title: str, clean: float, curves: Mapping[str, list[float]], y_label: str
+) -> Plot:
+    """The audit's line plot of accuracy against eps (in the audit's norm, noted after ``title``): one series
+    per curve, from ``clean`` accuracy at eps 0 through one value per eps of the audit."""
+    return Plot(
+        id=id,
+        title=f"{title} ({ctx.norm})",
+        kind="line",
+        x_label=f"eps ({ctx.norm})",
+        y_label=y_label,
+        series=[Series(k, [0.0, *ctx.eps], [clean, *v]) for k, v in curves.items()],
+    )
 
 
 def params_of(mapping: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 from ...attacks import HopSkipJump, Square
 from ...attacks.base import AttackResult
 from ...threat import canonical_norm
-from ..probe import AuditContext, Probe, eps_key, pick_examples, register_probe, risk_from_ratio
+from ..probe import AuditContext, Probe, eps_curve, eps_key, pick_examples, register_probe, risk_from_ratio
 from ..result import Check, Plot, ProbeResult, Series
 
 
@@ -61,13 +61,7 @@ class BlackBoxProbe(Probe):
     ) -> tuple[AttackResult, Series]:
         """Square at ``eps``: its result (metrics, per-input results and repr recorded) and its queries curve."""
         p = self.params
-        sq = Square(
-            eps=eps,
-            norm=ctx.norm,
-            max_queries=int(p["square_queries"]),
-            batch_size=int(p["batch_size"]),
-            seed=ctx.seed_for(f"square:{eps_key(eps)}"),
-        )
+        sq = ctx.attack_at(Square, eps, max_queries=int(p["square_queries"]), batch_size=int(p["batch_size"]))
         r = sq(ctx.model, x, y)
         attacks[f"square@{eps_key(eps)}"] = repr(sq)
         key = eps_key(eps)
@@ -148,13 +142,13 @@ class BlackBoxProbe(Probe):
             qcurves.append(qcurve)
         checks = [self._masking(ctx, results, m)]
         plots = [
-            Plot(
-                id="square-curve",
-                title=f"Square: robust accuracy against eps ({ctx.norm})",
-                kind="line",
-                x_label=f"eps ({ctx.norm})",
-                y_label="robust accuracy",
-                series=[Series("Square", [0.0, *ctx.eps], [clean_acc, *curve])],
+            eps_curve(
+                ctx,
+                "square-curve",
+                "Square: robust accuracy against eps",
+                clean_acc,
+                {"Square": curve},
+                "robust accuracy",
             ),
             Plot(
                 id="square-queries",
@@ -171,20 +165,7 @@ class BlackBoxProbe(Probe):
         rr = results[ref]
         with torch.no_grad():
             pred_clean = model.predict(x)
-        examples = pick_examples(
-            x,
-            rr.x_adv,
-            y,
-            pred_clean,
-            rr.pred_adv,
-            rr.success,
-            rr.norms,
-            attack="square",
-            norm=ctx.norm,
-            eps=ref,
-            bounds=model.bounds,
-            k=int(p["examples"]),
-        )
+        examples = pick_examples(rr, x, pred_clean, attack="square", k=int(p["examples"]))
         mq = metrics.get(f"mean_queries[square]@{eps_key(ref)}")
         ctx.report(self.name, 1.0, "done")
         return self.result(

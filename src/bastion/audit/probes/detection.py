@@ -174,14 +174,7 @@ class DetectionProbe(Probe):
         ]
         checks = [self._check(m["success_rate[nonadaptive]"], m["success_rate[adaptive]"], *counts)]
         lo, hi = wilson_interval(int(rejected_clean.sum()), k)
-        examples = pick_examples(
-            *(x, ra.x_adv, y, pred_clean, ra.pred_adv, ra.success, ra.norms),
-            attack="detector-aware-pgd",
-            norm=norm,
-            eps=eps,
-            bounds=model.bounds,
-            k=int(p["examples"]),
-        )
+        examples = pick_examples(ra, x, pred_clean, attack="detector-aware-pgd", k=int(p["examples"]))
         per_sample = {
             "clean": {"rejected": rejected_clean.tolist(), "correct": combo_correct.tolist()},
             "pgd": {"fooled": fooled_bare.tolist(), "detected": detected_pgd.tolist()},

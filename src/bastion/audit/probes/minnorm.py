@@ -128,7 +128,7 @@ class MinimumNormProbe(Probe):
 
         model, eot = attack_model(ctx, 10)
         m = min(int(p["n_deepfool"]), ctx.x.shape[0])
-        x, y = ctx.x[:m], ctx.y[:m]
+        x = ctx.x[:m]
         runs, attacks, k = self._runs(ctx, model, m)
         rd = runs[f"deepfool-{ctx.norm}"]
         metrics, plots, per_sample = self._measure(ctx, runs, rd)
@@ -136,20 +136,7 @@ class MinimumNormProbe(Probe):
         ref = ctx.reference_eps
         risk = "n/a" if med is None else "high" if med <= ref else "medium" if med <= 2 * ref else "low"
         pred_clean = torch.where(rd.clean_correct, rd.y, -1)
-        examples = pick_examples(
-            x,
-            rd.x_adv,
-            y,
-            pred_clean,
-            rd.pred_adv,
-            rd.success,
-            rd.norms,
-            attack="deepfool",
-            norm=ctx.norm,
-            eps=None,
-            bounds=ctx.model.bounds,
-            k=int(p["examples"]),
-        )
+        examples = pick_examples(rd, x, pred_clean, attack="deepfool", k=int(p["examples"]))
         cw_med = metrics.get("median_min_perturbation[cw]")
         summary = (
             f"median smallest {ctx.norm} perturbation {med:.3g} (DeepFool, {m} inputs)"

@@ -16,8 +16,8 @@ import torch
 
 from ...attacks import RandomNoise
 from ...threat import canonical_norm
-from ..probe import AuditContext, Probe, eps_key, register_probe, risk_from_ratio
-from ..result import Check, Plot, ProbeResult, Series
+from ..probe import AuditContext, Probe, eps_curve, eps_key, register_probe, risk_from_ratio
+from ..result import Check, ProbeResult
 
 
 @register_probe
@@ -43,13 +43,7 @@ class NoiseProbe(Probe):
             clean_acc = float((ctx.model.predict(x) == y).float().mean())
         for i, eps in enumerate(ctx.eps):
             ctx.report(self.name, i / len(ctx.eps), f"eps={eps:g}")
-            atk = RandomNoise(
-                eps=eps,
-                norm=ctx.norm,
-                max_queries=int(p["queries"]),
-                batch_size=int(p["batch_size"]),
-                seed=ctx.seed_for(f"noise:{eps_key(eps)}"),
-            )
+            atk = ctx.attack_at(RandomNoise, eps, max_queries=int(p["queries"]), batch_size=int(p["batch_size"]))
             r = atk(ctx.model, x, y)
             metrics[f"robust_accuracy[noise]@{eps_key(eps)}"] = r.robust_accuracy
             per_sample[f"noise@{eps_key(eps)}"] = {"robust": (r.pred_adv == y).tolist()}
@@ -66,13 +60,13 @@ class NoiseProbe(Probe):
             per_sample=per_sample,
             checks=[self._beaten(ctx, curve, m)],
             plots=[
-                Plot(
-                    id="noise-curve",
-                    title=f"Random noise: accuracy against eps ({ctx.norm})",
-                    kind="line",
-                    x_label=f"eps ({ctx.norm})",
-                    y_label="accuracy",
-                    series=[Series("random noise", [0.0, *ctx.eps], [clean_acc, *curve])],
+                eps_curve(
+                    ctx,
+                    "noise-curve",
+                    "Random noise: accuracy against eps",
+                    clean_acc,
+                    {"random noise": curve},
+                    "accuracy",
                 )
             ],
         )

@@ -38,8 +38,8 @@ from ...attacks.base import AttackResult
 from ...models.base import Classifier
 from ...models.wrapped import averages_randomness
 from ...threat import canonical_norm
-from ..probe import AuditContext, Probe, eps_key, pick_examples, register_probe, risk_from_ratio
-from ..result import Check, CheckStatus, Example, Plot, ProbeResult, Series
+from ..probe import AuditContext, Probe, eps_curve, eps_key, pick_examples, register_probe, risk_from_ratio
+from ..result import Check, CheckStatus, Example, ProbeResult
 
 
 def attack_model(ctx: AuditContext, eot_samples: int) -> tuple[Classifier, bool]:
@@ -128,20 +128,7 @@ class WhiteBoxProbe(Probe):
             ctx.reference_eps,
         )
         rp = pgd_results[shown]
-        return pick_examples(
-            ctx.x,
-            rp.x_adv,
-            ctx.y,
-            pred_clean,
-            rp.pred_adv,
-            rp.success,
-            rp.norms,
-            attack="pgd",
-            norm=ctx.norm,
-            eps=shown,
-            bounds=ctx.model.bounds,
-            k=int(self.params["examples"]),
-        )
+        return pick_examples(rp, ctx.x, pred_clean, attack="pgd", k=int(self.params["examples"]))
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
@@ -190,14 +177,7 @@ class WhiteBoxProbe(Probe):
         worst_ref = curves["worst case"][-1]
         risk = risk_from_ratio(worst_ref, clean_acc)
         plots = [
-            Plot(
-                id="robustness-curve",
-                title=f"Robust accuracy against eps ({ctx.norm})",
-                kind="line",
-                x_label=f"eps ({ctx.norm})",
-                y_label="robust accuracy",
-                series=[Series(k, [0.0, *ctx.eps], [clean_acc, *v]) for k, v in curves.items()],
-            )
+            eps_curve(ctx, "robustness-curve", "Robust accuracy against eps", clean_acc, curves, "robust accuracy")
         ]
         ctx.report(self.name, 1.0, "done")
         return self.result(
