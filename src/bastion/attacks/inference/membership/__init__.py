@@ -7,7 +7,9 @@ One interface (:mod:`.base`): ``attack.fit(references)`` where it needs referenc
 - no reference model (:mod:`.threshold`): ``loss`` (Yeom et al. 2018), ``confidence``, ``entropy``,
   ``modified-entropy`` (Song & Mittal 2021);
 - with reference models (:mod:`.references`: the target's recipe on random halves of a population, cached):
-  ``lira`` (Carlini et al. 2022, online and offline), ``rmia`` (Zarifzadeh et al. 2024);
+  ``lira`` (Carlini et al. 2022, online and offline), ``rmia`` (Zarifzadeh et al. 2024), ``shadow`` (Shokri et
+  al. 2017: an attack classifier trained on the references' outputs);
+- from labels only: ``label-only`` (Choquette-Choo et al. 2021: robustness to translations or noise);
 - :mod:`.game`: the membership game that measures a training recipe, and audit mode for a given model.
 """
 
@@ -22,9 +24,11 @@ from .base import (
     register_membership,
 )
 from .game import MembershipSetup, membership_audit, membership_game, run_membership_attacks
-from .lira import LiRA, lira_scores
+from .label_only import LabelOnlyAttack, shifted_copies
+from .lira import LiRA, LiRAOffline, lira_scores
 from .references import Recipe, ReferenceModels, half_mask, scores_of, train_references
-from .rmia import RMIA, rmia_scores
+from .rmia import RMIA, RMIAOnline, rmia_scores
+from .shadow import ShadowModelAttack, shadow_features
 from .signals import confidence, cross_entropy, entropy, logit_confidence, modified_entropy
 from .threshold import ConfidenceAttack, EntropyAttack, LossAttack, ModifiedEntropyAttack, SignalAttack
 
@@ -34,13 +38,17 @@ __all__ = [
     "RMIA",
     "ConfidenceAttack",
     "EntropyAttack",
+    "LabelOnlyAttack",
     "LiRA",
+    "LiRAOffline",
     "LossAttack",
     "MembershipAttack",
     "MembershipSetup",
     "ModifiedEntropyAttack",
+    "RMIAOnline",
     "Recipe",
     "ReferenceModels",
+    "ShadowModelAttack",
     "SignalAttack",
     "confidence",
     "cross_entropy",
@@ -57,5 +65,7 @@ __all__ = [
     "rmia_scores",
     "run_membership_attacks",
     "scores_of",
+    "shadow_features",
+    "shifted_copies",
     "train_references",
 ]

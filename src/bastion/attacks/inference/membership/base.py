@@ -55,6 +55,7 @@ class MembershipAttack:
 
     name: ClassVar[str] = "membership"
     needs_references: ClassVar[bool] = False
+    needs_model: ClassVar[bool] = False  # True: it queries the model itself (score), not only its scores (score_from)
 
     batch_size: int = 1000
 

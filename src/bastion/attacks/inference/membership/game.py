@@ -167,7 +167,10 @@ def run_membership_attacks(setup: MembershipSetup, attacks: Sequence[MembershipA
             raise UsageError(f"the {attack.name} attack needs reference models: ask for some (references > 0)")
         start = time.perf_counter()
         attack.fit(setup.references)
-        scores = attack.score_from(setup.target_scores, y, output=setup.target.output)
+        if attack.needs_model:
+            scores = attack.score(setup.target, setup.population.x_train, y)
+        else:
+            scores = attack.score_from(setup.target_scores, y, output=setup.target.output)
         result = evaluate_membership(scores, setup.is_member)
         result["seconds"] = time.perf_counter() - start
         result["params"] = attack.params()

@@ -121,3 +121,11 @@ class LiRA(MembershipAttack):
             phi_t.numpy(), phi_ref.numpy(), refs.keep[:, idx].numpy(), online=self.online, fixed_variance=fixed
         )
         return torch.from_numpy(s)
+
+
+@register_membership("lira-offline")
+@dataclass(kw_only=True, eq=False, repr=False)
+class LiRAOffline(LiRA):
+    """:class:`LiRA` with ``online=False`` by default: out-models only (one set of references serves any record)."""
+
+    online: bool = False

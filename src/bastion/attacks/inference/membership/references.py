@@ -134,12 +134,14 @@ class ReferenceModels:
 
     Attributes:
         keep: (k, N) bool, ``keep[j, i]``: record ``i`` was in model ``j``'s training set.
+        labels: (N,) the population's labels.
         logits: (k, N, n_classes) float32, model ``j``'s scores on record ``i``. output: what the scores are.
         seconds: training time of each model (0 for one read from the cache). cached: read from the cache.
         seed: what the halves were drawn from. recipe: how the models were trained. cache_dir: where they live.
     """
 
     keep: Tensor
+    labels: Tensor
     logits: Tensor
     output: str
     seconds: list[float]
@@ -220,8 +222,10 @@ def train_references(
         keep = half_mask(n, seed, j)
         path = folder / f"ref-{j}.npz"
         hit = _load_cached(path, n) if use_cache else None
+        if hit is not None and not bool(torch.equal(hit[0], keep)):
+            hit = None  # another population's file under this name: train again
         start = time.perf_counter()
-        if hit is not None and bool(torch.equal(hit[0], keep)):
+        if hit is not None:
             z, output = hit[1], hit[2]
             model = _rebuild(path, recipe) if keep_models else None
         else:
@@ -243,7 +247,16 @@ def train_references(
         raise UsageError("the reference models answer both logits and probabilities: the recipe must be consistent")
     output = outputs.pop()
     return ReferenceModels(
-        torch.stack(keeps), torch.stack(logits), output, seconds, cached, seed, recipe, folder, models
+        keep=torch.stack(keeps),
+        labels=y.clone(),
+        logits=torch.stack(logits),
+        output=output,
+        seconds=seconds,
+        cached=cached,
+        seed=seed,
+        recipe=recipe,
+        cache_dir=folder,
+        models=models,
     )
 
 

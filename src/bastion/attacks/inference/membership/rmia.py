@@ -116,3 +116,11 @@ class RMIA(MembershipAttack):
             gamma=float(self.gamma),
         )
         return torch.from_numpy(s)
+
+
+@register_membership("rmia-online")
+@dataclass(kw_only=True, eq=False, repr=False)
+class RMIAOnline(RMIA):
+    """:class:`RMIA` with ``online=True`` by default: ``Pr(x)`` averaged over every reference model."""
+
+    online: bool = True
