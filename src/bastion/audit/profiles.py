@@ -44,6 +44,7 @@ PROFILES: dict[str, Profile] = {
             "certification": {"n_certify": 100, "n": 1000, "pgd_inputs": 10, "pgd_steps": 10, "n_predict": 500},
             "detection": {"n": 200, "pgd_steps": 40, "adaptive_steps": 50, "adaptive_restarts": 3},
             "membership": {"attacks": ["loss", "modified-entropy"], "references": 0},
+            "inversion": {"steps": 300},
         },
     ),
     "standard": Profile(
@@ -61,6 +62,7 @@ PROFILES: dict[str, Profile] = {
             "detection": {"n": 500, "pgd_steps": 40, "adaptive_steps": 100, "adaptive_restarts": 3},
             "poisoning": {"attacks": {"badnets": [0.005, 0.01, 0.02, 0.05], "label-flip": [0.05, 0.2]}},
             "membership": {"attacks": ["loss", "modified-entropy", "lira", "rmia"], "references": 8},
+            "inversion": {},
         },
     ),
     "thorough": Profile(
