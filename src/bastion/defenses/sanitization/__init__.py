@@ -2,8 +2,29 @@
 
 Training-set sanitisers return a suspicion score per training record and the records to remove; the backdoor
 scanner reverse-engineers a minimal trigger per class of a given model.
+
+- :class:`SpectralSignatures` — Tran, Li & Madry 2018, "Spectral Signatures in Backdoor Attacks": per class, the
+  squared projection of the centred representations on their top singular vector; a fixed share of every class
+  is removed.
+- :class:`ActivationClustering` — Chen et al. 2018, "Detecting Backdoor Attacks on Deep Neural Networks by
+  Activation Clustering": per class, 2-means of the ICA-reduced last hidden layer; a small, well-separated
+  cluster is removed.
+
+    result = get_sanitizer("clustering").sanitize(model, data)   # SanitizationResult: kept data, removed, scores
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .base import SANITIZERS, SanitizationResult, Sanitizer, get_sanitizer, register_sanitizer
+from .clustering import ActivationClustering
+from .spectral import SpectralSignatures
+
+__all__ = [
+    "SANITIZERS",
+    "ActivationClustering",
+    "SanitizationResult",
+    "Sanitizer",
+    "SpectralSignatures",
+    "get_sanitizer",
+    "register_sanitizer",
+]
