@@ -62,9 +62,23 @@ def test_poison_writes_the_poisoned_data_and_its_record(tmp_path):
 def test_poison_trains_the_recipe_and_measures_a_real_backdoor(tmp_path):
     out, model = tmp_path / "p.npz", tmp_path / "m.safetensors"
     r = bastion(
-        "poison", "--data", "digits", "--attack", "badnets", "--rate", "0.1", "--target", "0", "--out", str(out),
-        "--train-arch", "digits-mlp", "--model-out", str(model), "--json",
-    )  # fmt: skip
+        "poison",
+        "--data",
+        "digits",
+        "--attack",
+        "badnets",
+        "--rate",
+        "0.1",
+        "--target",
+        "0",
+        "--out",
+        str(out),
+        "--train-arch",
+        "digits-mlp",
+        "--model-out",
+        str(model),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert {"attack_success_rate", "clean_accuracy", "clean_model_accuracy", "n_inputs"} <= set(res)

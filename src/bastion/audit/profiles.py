@@ -43,6 +43,8 @@ PROFILES: dict[str, Profile] = {
             "patch": {"steps": 300, "fit_images": 2000},
             "certification": {"n_certify": 100, "n": 1000, "pgd_inputs": 10, "pgd_steps": 10, "n_predict": 500},
             "detection": {"n": 200, "pgd_steps": 40, "adaptive_steps": 50, "adaptive_restarts": 3},
+            "membership": {"attacks": ["loss", "modified-entropy"], "references": 0},
+            "inversion": {"steps": 300},
         },
     ),
     "standard": Profile(
@@ -59,6 +61,8 @@ PROFILES: dict[str, Profile] = {
             "certification": {"n_certify": 500, "n": 10_000, "pgd_inputs": 20, "pgd_steps": 20, "n_predict": 1000},
             "detection": {"n": 500, "pgd_steps": 40, "adaptive_steps": 100, "adaptive_restarts": 3},
             "poisoning": {"attacks": {"badnets": [0.005, 0.01, 0.02, 0.05], "label-flip": [0.05, 0.2]}},
+            "membership": {"attacks": ["loss", "modified-entropy", "lira", "rmia"], "references": 8},
+            "inversion": {},
         },
     ),
     "thorough": Profile(
@@ -93,6 +97,10 @@ PROFILES: dict[str, Profile] = {
                     "blend": [0.01, 0.05],
                     "label-flip": [0.05, 0.1, 0.2],
                 }
+            },
+            "membership": {
+                "attacks": ["loss", "modified-entropy", "lira", "lira-offline", "rmia", "shadow"],
+                "references": 16,
             },
         },
     ),

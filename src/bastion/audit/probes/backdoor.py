@@ -98,11 +98,24 @@ class BackdoorProbe(Probe):
         cats = [str(c) for c in classes]
         pos = [float(i) for i in range(len(classes))]
         return [
-            Plot("backdoor-norms", "Reversed trigger size per class (L1 of the mask)", "bar", "class", "trigger L1",
-                 [Series("trigger L1", pos, [float(v) for v in rep["norms"]])], categories=cats),  # fmt: skip
-            Plot("backdoor-anomaly", "Anomaly index per class (flagged above the threshold)", "bar", "class",
-                 "anomaly index", [Series("anomaly index", pos, [float(v) for v in rep["anomaly_index"]])],
-                 categories=cats),  # fmt: skip
+            Plot(
+                "backdoor-norms",
+                "Reversed trigger size per class (L1 of the mask)",
+                "bar",
+                "class",
+                "trigger L1",
+                [Series("trigger L1", pos, [float(v) for v in rep["norms"]])],
+                categories=cats,
+            ),
+            Plot(
+                "backdoor-anomaly",
+                "Anomaly index per class (flagged above the threshold)",
+                "bar",
+                "class",
+                "anomaly index",
+                [Series("anomaly index", pos, [float(v) for v in rep["anomaly_index"]])],
+                categories=cats,
+            ),
         ]
 
     def _triggers_work(self, classes: list[int], rep: dict[str, Any]) -> Check:
@@ -113,16 +126,24 @@ class BackdoorProbe(Probe):
         if weak:
             c, a = weak[0]
             return Check(
-                "reversed-triggers-work", title, "warn",
+                "reversed-triggers-work",
+                title,
+                "warn",
                 f"The reversed trigger of class {c} reaches only {a:.1%} (< {need:.0%}) on clean inputs: its "
-                "optimisation did not converge, so its size is not comparable (give the probe more steps).", ev,
-            )  # fmt: skip
+                "optimisation did not converge, so its size is not comparable (give the probe more steps).",
+                ev,
+            )
         return Check(
-            "reversed-triggers-work", title, "pass",
-            f"Every class's reversed trigger flips at least {need:.0%} of the clean inputs, so the sizes compare.", ev,
-        )  # fmt: skip
+            "reversed-triggers-work",
+            title,
+            "pass",
+            f"Every class's reversed trigger flips at least {need:.0%} of the clean inputs, so the sizes compare.",
+            ev,
+        )
 
-    def _examples(self, ctx: AuditContext, scan: Any, shown: list[int], x: torch.Tensor, y: torch.Tensor) -> list[Example]:
+    def _examples(
+        self, ctx: AuditContext, scan: Any, shown: list[int], x: torch.Tensor, y: torch.Tensor
+    ) -> list[Example]:
         out: list[Example] = []
         k = int(self.params["examples"])
         for c in shown:
@@ -134,10 +155,19 @@ class BackdoorProbe(Probe):
                 pred, pred_t = ctx.model.predict(xs), ctx.model.predict(stamped)
             for j, i in enumerate(rows.tolist()):
                 out.append(
-                    Example(index=i, label=int(y[i]), pred_clean=int(pred[j]), pred_adv=int(pred_t[j]),
-                            attack=f"reversed trigger of class {c}", norm="l1 mask", eps=None,
-                            perturbation=float((stamped[j] - xs[j]).abs().sum()), clean=xs[j].tolist(),
-                            adversarial=stamped[j].tolist(), bounds=ctx.model.bounds)  # fmt: skip
+                    Example(
+                        index=i,
+                        label=int(y[i]),
+                        pred_clean=int(pred[j]),
+                        pred_adv=int(pred_t[j]),
+                        attack=f"reversed trigger of class {c}",
+                        norm="l1 mask",
+                        eps=None,
+                        perturbation=float((stamped[j] - xs[j]).abs().sum()),
+                        clean=xs[j].tolist(),
+                        adversarial=stamped[j].tolist(),
+                        bounds=ctx.model.bounds,
+                    )
                 )
         return out
 
