@@ -30,9 +30,10 @@ how often it was scored — and an attacker who does not know the key cannot pre
 a key from the operating system's entropy).
 
 Cost: ``n_perturb`` forward passes per input (the paper uses N = 100). Fewer draws make the clean entropies
-noisier, so at a low FRR the threshold drops and fewer triggered inputs fall under it: on the BadNets
+noisier, so at a low FRR the entropy threshold drops and fewer triggered inputs fall under it: on the BadNets
 mnist-cnn at 1% FRR, 8 copies flag 81% of triggered inputs, 16 flag 90%, 32 (the default) 92%, 64 and 100
-94% (``benchmarks/strip_eval.py``) — 32 keeps a CPU service usable at about 30 times a plain forward pass.
+94% (``benchmarks/strip_eval.py``) — 32 keeps a CPU service usable at about 33 forward passes per input
+(measured 28-46 times a plain forward pass, on a shared machine).
 Copies of a batch go through the model together, in forward passes of ``batch_size * (n_perturb + 1)`` images.
 
 Images only: inputs (N, C, H, W), fit images the same; scores (N,). Feature vectors are refused — the sum or
