@@ -2,8 +2,11 @@
 
 ``attack.poison(data) -> PoisonedData`` (:mod:`.base`): the poisoned training set plus an exact record of
 what changed. Backdoors (:mod:`.backdoor`): :class:`BadNets` (patch trigger), :class:`Blended` (blended
-pattern); their :class:`Trigger` (:mod:`.triggers`). :func:`evaluate_poisoning` measures a model trained on
-the result: clean accuracy and the backdoor's attack success rate.
+pattern); their :class:`Trigger` (:mod:`.triggers`). :class:`LabelFlip` (:mod:`.label_flip`: random,
+class-pair and loss-maximising flips), :class:`CleanLabel` (:mod:`.clean_label`: Turner et al.'s
+label-consistent backdoor) and :class:`FeatureCollision` (:mod:`.feature_collision`: Shafahi et al.'s Poison
+Frogs). :func:`evaluate_poisoning` measures a model trained on the result: clean accuracy, a backdoor's attack
+success rate, a targeted attack's targets hit.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from .base import (
     get_poisoning_attack,
     register_poisoning,
 )
+from .clean_label import CleanLabel, corner_trigger
+from .feature_collision import FeatureCollision, train_linear_head
+from .label_flip import LabelFlip
 from .triggers import Trigger
 
 __all__ = [
@@ -24,10 +30,15 @@ __all__ = [
     "BackdoorAttack",
     "BadNets",
     "Blended",
+    "CleanLabel",
+    "FeatureCollision",
+    "LabelFlip",
     "PoisonedData",
     "PoisoningAttack",
     "Trigger",
+    "corner_trigger",
     "evaluate_poisoning",
     "get_poisoning_attack",
     "register_poisoning",
+    "train_linear_head",
 ]
