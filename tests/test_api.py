@@ -69,6 +69,7 @@ def test_audit_surface_is_pinned():
         "patch",
         "certification",
         "detection",
+        "poisoning",
     ]
     assert set(bastion.audit.PROBES) >= set(bastion.audit.PROFILES["standard"].probes)
 

@@ -127,3 +127,31 @@ def test_doctests():
     import doctest
 
     assert doctest.testmod(metrics).failed == 0
+
+
+_flags = st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_flags)
+def test_detection_scores_match_sklearn(rows):
+    removed = np.array([r[0] for r in rows])
+    poisoned = np.array([r[1] for r in rows])
+    got = metrics.detection_scores(torch.tensor(removed), torch.tensor(poisoned))
+    p, r, f, _ = skm.precision_recall_fscore_support(
+        poisoned, removed, average="binary", zero_division=np.nan, labels=[False, True], pos_label=True
+    )
+    for key, want in (("precision", p), ("recall", r), ("f1", f)):
+        assert got[key] == pytest.approx(want, nan_ok=True), key
+    clean = ~poisoned
+    want_clean = (removed & clean).sum() / clean.sum() if clean.any() else math.nan
+    assert got["removed_clean_rate"] == pytest.approx(want_clean, nan_ok=True)
+    assert got["n_removed"] == removed.sum()
+
+
+def test_detection_scores_refuse_non_boolean_flags():
+    assert metrics.detection_scores([1, 0], [1, 1])["recall"] == 0.5  # 0/1 integers are flags
+    with pytest.raises(UsageError, match="one boolean"):
+        metrics.detection_scores([0.2, 0.9], [True, False])
+    with pytest.raises(UsageError, match="one value per record each"):
+        metrics.detection_scores([True], [True, False])

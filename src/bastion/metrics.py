@@ -12,7 +12,9 @@ nothing), never a ``ZeroDivisionError``.
 - :func:`agreement` (alias :func:`fidelity`) — share of inputs on which two models agree (extraction);
 - :func:`wilson_interval` — the Wilson score interval of a binomial proportion (scipy's normal quantile);
 - :func:`roc_auc`, :func:`tpr_at_fpr`, :func:`roc_curve` — membership-inference and detection quality from
-  per-record scores (higher = "member" / "attack"), with ties handled like scikit-learn.
+  per-record scores (higher = "member" / "attack"), with ties handled like scikit-learn;
+- :func:`detection_scores` — how well a set of flagged records (a sanitiser's removals) matches the true ones:
+  precision, recall, F1 and the share of clean records flagged.
 
     >>> accuracy([1, 2, 3, 4], [1, 2, 0, 4])
     0.75
@@ -36,6 +38,7 @@ __all__ = [
     "agreement",
     "attack_success_rate",
     "backdoor_success_rate",
+    "detection_scores",
     "fidelity",
     "robust_accuracy",
     "roc_auc",
@@ -194,3 +197,35 @@ def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, fpr: float) -> float:
         raise UsageError(f"fpr must be a number in [0, 1], got {fpr!r}")
     fprs, tprs, _ = roc_curve(labels, scores)
     return float(tprs[fprs <= fpr + 1e-12].max())
+
+
+def detection_scores(removed: ArrayLike, poisoned: ArrayLike) -> dict[str, float]:
+    """Precision, recall and F1 of the records a sanitiser ``removed`` (N,) bool against the truly ``poisoned``
+    (N,) bool, as scikit-learn's ``precision_recall_fscore_support(poisoned, removed, average="binary",
+    zero_division=nan)``; ``removed_clean_rate``, the share of clean records removed; ``n_removed``.
+
+    An undefined rate is ``nan``: precision when nothing was removed, recall when nothing was poisoned, the
+    removed clean rate when nothing was clean, F1 = 2 TP / (2 TP + FP + FN) when both sets are empty.
+
+    >>> detection_scores([True, True, True, False, False], [True, True, False, True, False])
+    {'precision': 0.6666666666666666, 'recall': 0.6666666666666666, 'f1': 0.6666666666666666, \
+'removed_clean_rate': 0.5, 'n_removed': 3}
+    """
+    r, p = _pair(removed, poisoned, "removed", "poisoned")
+    if r.dtype != bool or p.dtype != bool:
+        if not (np.isin(r, (0, 1)).all() and np.isin(p, (0, 1)).all()):
+            raise UsageError("removed and poisoned must be one boolean (or 0/1) per record")
+        r, p = r.astype(bool), p.astype(bool)
+    tp, fp, fn = int((r & p).sum()), int((r & ~p).sum()), int((~r & p).sum())
+    n_clean = int((~p).sum())
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else math.nan
+
+    return {
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "removed_clean_rate": ratio(fp, n_clean),
+        "n_removed": tp + fp,
+    }

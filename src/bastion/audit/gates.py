@@ -5,7 +5,9 @@ Grammar: ``METRIC OP NUMBER`` with OP one of ``>=``, ``<=``, ``>``, ``<``. METRI
 report's ``metrics`` (``bastion audit --list-metrics`` prints them): a base name, an optional
 qualifier in brackets and an optional ``@eps=VALUE``, e.g. ``clean_accuracy``,
 ``robust_accuracy@eps=0.3`` (the per-input worst case over every evasion probe),
-``robust_accuracy[square]@eps=0.1``, ``patch_success[untargeted]``, ``certified_accuracy@r=0.5``.
+``robust_accuracy[square]@eps=0.1``, ``patch_success[untargeted]``, ``certified_accuracy@r=0.5``,
+``attack_success_rate[badnets]@rate=0.05`` (poisoning), ``max_anomaly_index<=2`` (backdoor scan),
+``max_membership_tpr@fpr=0.001<=0.005`` (membership inference).
 
 Expressions are checked before the audit runs (syntax, base name, eps among the audited ones); a
 gate whose metric was not measured (its probe was skipped or failed) fails, and says why.
@@ -44,11 +46,21 @@ METRIC_BASES = {
     "certificate_violations",
     "false_positive_rate",
     "detection_rate",
+    "attack_success_rate",
+    "accuracy_drop",
+    "targets_hit",
+    "anomaly_index",
+    "max_anomaly_index",
+    "backdoor_flagged",
+    "membership_auc",
+    "membership_balanced_accuracy",
+    "membership_tpr",
+    "max_membership_tpr",
 }
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RE = re.compile(
     r"^\s*(?P<base>[a-z_]+)(?P<qual>\[[^\]\s]+\])?"
-    r"(?:@eps=(?P<eps>[0-9.eE+-]+)|@r=(?P<r>[0-9.eE+-]+))?\s*"
+    r"(?:@eps=(?P<eps>[0-9.eE+-]+)|@(?P<at>r|rate|fpr)=(?P<r>[0-9.eE+-]+))?\s*"
     r"(?P<op>>=|<=|>|<)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$"
 )
 
@@ -103,17 +115,17 @@ def parse_gate(expression: str, eps_values: list[float] | None = None) -> Gate:
             "e.g. 'robust_accuracy@eps=0.1>=0.5' (OP: >=, <=, >, <)"
         )
     base, qual, eps_s, op, value = m["base"], m["qual"] or "", m["eps"], m["op"], float(m["value"])
-    if m["r"] is not None:  # a certified radius: any value the probe measured; no audit-level list to check
+    if m["r"] is not None:  # a certified radius, a poison rate or an FPR: any value the probe measured
         try:
             r = float(m["r"])
         except ValueError:
-            raise UsageError(f"--fail-under: bad radius {m['r']!r} in {expression!r}") from None
+            raise UsageError(f"--fail-under: bad {m['at']} {m['r']!r} in {expression!r}") from None
         if base not in METRIC_BASES:
             raise UsageError(
                 f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of "
                 f"{', '.join(sorted(METRIC_BASES))}"
             )
-        return Gate(expression.strip(), f"{base}{qual}@r={r:g}", op, value, None)
+        return Gate(expression.strip(), f"{base}{qual}@{m['at']}={r:g}", op, value, None)
     if base not in METRIC_BASES:
         raise UsageError(
             f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of {', '.join(sorted(METRIC_BASES))}"

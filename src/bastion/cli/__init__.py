@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
 Every command has ``--json``; the library never prints, this package decides what is shown. One module per
-command (``attack``, ``audit``, ``harden``, ``train``, ``zoo``, ``serve``, ``keys``); the library never imports
+command (``attack``, ``audit``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``train``, ``zoo``, ``serve``, ``keys``); the library never imports
 this package.
 """
 
@@ -18,6 +18,10 @@ from .audit import audit
 from .common import flagged
 from .harden import harden
 from .keys import keys_app
+from .poison import poison
+from .privacy import privacy
+from .sanitize import sanitize
+from .scan import scan
 from .serve import serve
 from .train import train
 from .zoo import zoo
@@ -35,6 +39,10 @@ app.command()(audit)
 app.command()(zoo)
 app.command()(train)
 app.command()(harden)
+app.command()(poison)
+app.command()(privacy)
+app.command()(sanitize)
+app.command()(scan)
 app.add_typer(keys_app, name="keys")
 app.command()(serve)
 

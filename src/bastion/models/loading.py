@@ -28,6 +28,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -265,14 +266,14 @@ def _torch_file(
     return _load_into(arch.name, obj, path, bounds)
 
 
-def _factory(
-    spec: str, bounds: tuple[float, float] | None, n_classes: int | None, input_shape: tuple[int, ...] | None
-) -> Classifier:
+def resolve_function(spec: str, what: str = "model factory") -> Callable[..., Any]:
+    """The callable named by ``"package.module:function"`` or ``"path/to/file.py:function"`` (resolved against the
+    working directory); a :class:`UsageError` naming ``what`` when it cannot be imported or is not callable."""
     target, _, attr = spec.rpartition(":")
     if not attr.isidentifier() or not target:
-        raise UsageError(f"model {spec!r} is not an existing file, a zoo:NAME, a URL or a module:function factory")
+        raise UsageError(f"{what} {spec!r} must be 'module:function' or 'file.py:function'")
     if target.endswith(".py") and not Path(target).is_file():
-        raise UsageError(f"model factory file {target!r} does not exist")
+        raise UsageError(f"{what} file {target!r} does not exist")
     added = os.getcwd() not in sys.path  # 'module:function' resolves against the working directory
     if added:
         sys.path.insert(0, os.getcwd())
@@ -291,7 +292,7 @@ def _factory(
     except UsageError:
         raise
     except ModuleNotFoundError as exc:
-        raise UsageError(f"cannot import {target!r} for model factory {spec!r}: {exc}") from None
+        raise UsageError(f"cannot import {target!r} for {what} {spec!r}: {exc}") from None
     except Exception as exc:
         raise UsageError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -299,7 +300,17 @@ def _factory(
             sys.path.remove(os.getcwd())
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UsageError(f"{target!r} has no function {attr!r} (model factories are 'module:function')")
+        raise UsageError(f"{target!r} has no function {attr!r} ({what}s are 'module:function')")
+    return fn
+
+
+def _factory(
+    spec: str, bounds: tuple[float, float] | None, n_classes: int | None, input_shape: tuple[int, ...] | None
+) -> Classifier:
+    target, _, attr = spec.rpartition(":")
+    if not attr.isidentifier() or not target:
+        raise UsageError(f"model {spec!r} is not an existing file, a zoo:NAME, a URL or a module:function factory")
+    fn = resolve_function(spec)
     try:
         obj = fn()
     except Exception as exc:

@@ -40,6 +40,7 @@ __all__ = [
     "PoisoningAttack",
     "evaluate_poisoning",
     "get_poisoning_attack",
+    "read_poison_mask",
     "register_poisoning",
 ]
 
@@ -163,6 +164,19 @@ class PoisonedData:
             f"PoisonedData({self.attack!r}, {self.n_poisoned} of {self.data.x_train.shape[0]} records, "
             f"target={self.target}, trigger={self.trigger!r})"
         )
+
+
+def read_poison_mask(path: str | Path) -> Tensor | None:
+    """The ``poisoned`` mask (N_train,) bool that :meth:`PoisonedData.save` wrote into a ``.npz`` dataset, or
+    ``None`` when ``path`` is not such a file (the ground truth a sanitiser can be scored against)."""
+    p = Path(path)
+    if p.suffix != ".npz" or not p.is_file():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            return torch.from_numpy(f["poisoned"].astype(bool)) if "poisoned" in f.files else None
+    except (OSError, ValueError):
+        return None
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,5 +1,29 @@
 """The built-in probes, registered on import (in the order profiles run them)."""
 
-from . import blackbox, certification, detection, minnorm, model, noise, patch, whitebox
+from . import (
+    blackbox,
+    certification,
+    detection,
+    inversion,
+    membership,
+    minnorm,
+    model,
+    noise,
+    patch,
+    poisoning,
+    whitebox,
+)
 
-__all__ = ["blackbox", "certification", "detection", "minnorm", "model", "noise", "patch", "whitebox"]
+__all__ = [
+    "blackbox",
+    "certification",
+    "detection",
+    "inversion",
+    "membership",
+    "minnorm",
+    "model",
+    "noise",
+    "patch",
+    "poisoning",
+    "whitebox",
+]

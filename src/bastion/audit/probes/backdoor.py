@@ -1,0 +1,180 @@
+"""Backdoor scan: is the audited model itself backdoored? Neural Cleanse (Wang et al. 2019) on the model alone.
+
+For every class the scan reverse-engineers the smallest trigger (a mask and a pattern) that makes clean inputs
+of the other classes land in that class (:class:`bastion.defenses.sanitization.NeuralCleanse`). A backdoor is a
+shortcut to its target class, so that class's trigger is abnormally small: the anomaly index (the distance of
+the trigger's L1 norm below the median, in units of 1.4826 x the median absolute deviation) above
+``threshold`` (2, the paper's) flags the class. The reversed triggers are shown on audited inputs in the report.
+
+Needs a white-box model and image inputs. Checks: ``reversed-triggers-work`` (every reversed trigger reaches
+``min_trigger_asr`` on the clean inputs; a trigger that does not is an optimisation failure, and its norm is not
+comparable with the others).
+
+Risk: a flagged class is high; an anomaly index above 75% of the threshold is medium; else low.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ...defenses.sanitization import NeuralCleanse
+from ..probe import AuditContext, Probe, register_probe
+from ..result import Check, Example, Plot, ProbeResult, Series
+
+
+@register_probe
+class BackdoorProbe(Probe):
+    name = "backdoor"
+    title = "Backdoor scan (Neural Cleanse)"
+    threat = "poisoning / backdoored model"
+    defaults: ClassVar[dict[str, Any]] = {
+        "n": 500,
+        "steps": None,
+        "threshold": 2.0,
+        "classes": None,
+        "min_trigger_asr": 0.9,
+        "examples": 4,
+    }
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        if ctx.kind != "image":
+            return "the inputs are not images (C, H, W): Neural Cleanse reverse-engineers image triggers"
+        if not ctx.model.white_box:
+            return "the model is a black box: reverse-engineering a trigger needs gradients"
+        return None
+
+    def _scanner(self, ctx: AuditContext) -> NeuralCleanse:
+        p = self.params
+        kwargs: dict[str, Any] = {"threshold": float(p["threshold"]), "seed": ctx.seed_for(self.name)}
+        if p["steps"] is not None:
+            kwargs["steps"] = int(p["steps"])
+        if p["classes"] is not None:
+            kwargs["classes"] = [int(c) for c in p["classes"]]
+        return NeuralCleanse(**kwargs)
+
+    def run(self, ctx: AuditContext) -> ProbeResult:
+        p = self.params
+        m = min(int(p["n"]), ctx.x.shape[0])
+        x, y = ctx.x[:m], ctx.y[:m]
+
+        def progress(done: int, total: int, message: str = "") -> None:
+            ctx.report(self.name, done / max(total, 1), f"class {message}")
+
+        scan = self._scanner(ctx).scan(ctx.model, x, y, progress=progress)
+        rep = scan.to_dict()
+        classes = rep.get("classes") or list(range(len(rep["norms"])))
+        thr = float(p["threshold"])
+        metrics: dict[str, float | None] = {"backdoor_flagged": float(len(rep["flagged"]))}
+        for c, idx, asr in zip(classes, rep["anomaly_index"], rep["trigger_asr"]):
+            metrics[f"anomaly_index[{c}]"] = idx
+            metrics[f"trigger_asr[{c}]"] = asr
+        low_side = [idx for idx, norm in zip(rep["anomaly_index"], rep["norms"]) if norm <= _median(rep["norms"])]
+        metrics["max_anomaly_index"] = max(low_side, default=0.0)
+        flagged = rep["flagged"]
+        top = max(metrics["max_anomaly_index"] or 0.0, 0.0)
+        risk = "high" if flagged else "medium" if top > 0.75 * thr else "low"
+        summary = (
+            f"class {', '.join(map(str, flagged))} flagged as a backdoor target (anomaly index "
+            f"{max(rep['anomaly_index'][classes.index(c)] for c in flagged):.2f} > {thr:g})"
+            if flagged
+            else f"no class flagged: the largest anomaly index is {top:.2f} (threshold {thr:g})"
+        )
+        return self.result(
+            ctx,
+            risk=risk,
+            summary=summary + f"; {m} clean inputs, {scan.seconds:.0f} s",
+            params={**p, "n": m},
+            metrics=metrics,
+            plots=self._plots(classes, rep),
+            checks=[self._triggers_work(classes, rep)],
+            examples=self._examples(ctx, scan, flagged or [_most_anomalous(classes, rep)], x, y),
+            artifacts={"scan": rep},
+        )
+
+    @staticmethod
+    def _plots(classes: list[int], rep: dict[str, Any]) -> list[Plot]:
+        cats = [str(c) for c in classes]
+        pos = [float(i) for i in range(len(classes))]
+        return [
+            Plot(
+                "backdoor-norms",
+                "Reversed trigger size per class (L1 of the mask)",
+                "bar",
+                "class",
+                "trigger L1",
+                [Series("trigger L1", pos, [float(v) for v in rep["norms"]])],
+                categories=cats,
+            ),
+            Plot(
+                "backdoor-anomaly",
+                "Anomaly index per class (flagged above the threshold)",
+                "bar",
+                "class",
+                "anomaly index",
+                [Series("anomaly index", pos, [float(v) for v in rep["anomaly_index"]])],
+                categories=cats,
+            ),
+        ]
+
+    def _triggers_work(self, classes: list[int], rep: dict[str, Any]) -> Check:
+        title = "Every reversed trigger works"
+        need = float(self.params["min_trigger_asr"])
+        weak = [(c, a) for c, a in zip(classes, rep["trigger_asr"]) if a < need]
+        ev = {"trigger_asr": dict(zip(map(str, classes), rep["trigger_asr"])), "required": need}
+        if weak:
+            c, a = weak[0]
+            return Check(
+                "reversed-triggers-work",
+                title,
+                "warn",
+                f"The reversed trigger of class {c} reaches only {a:.1%} (< {need:.0%}) on clean inputs: its "
+                "optimisation did not converge, so its size is not comparable (give the probe more steps).",
+                ev,
+            )
+        return Check(
+            "reversed-triggers-work",
+            title,
+            "pass",
+            f"Every class's reversed trigger flips at least {need:.0%} of the clean inputs, so the sizes compare.",
+            ev,
+        )
+
+    def _examples(
+        self, ctx: AuditContext, scan: Any, shown: list[int], x: torch.Tensor, y: torch.Tensor
+    ) -> list[Example]:
+        out: list[Example] = []
+        k = int(self.params["examples"])
+        for c in shown:
+            trig = scan.as_trigger(c)
+            rows = torch.nonzero(y != c).flatten()[:k]
+            xs = x[rows]
+            stamped = trig.apply(xs)
+            with torch.no_grad(), ctx.model.attack_mode():
+                pred, pred_t = ctx.model.predict(xs), ctx.model.predict(stamped)
+            for j, i in enumerate(rows.tolist()):
+                out.append(
+                    Example(
+                        index=i,
+                        label=int(y[i]),
+                        pred_clean=int(pred[j]),
+                        pred_adv=int(pred_t[j]),
+                        attack=f"reversed trigger of class {c}",
+                        norm="l1 mask",
+                        eps=None,
+                        perturbation=float((stamped[j] - xs[j]).abs().sum()),
+                        clean=xs[j].tolist(),
+                        adversarial=stamped[j].tolist(),
+                        bounds=ctx.model.bounds,
+                    )
+                )
+        return out
+
+
+def _median(values: list[float]) -> float:
+    return float(torch.tensor(values, dtype=torch.float64).median()) if values else 0.0
+
+
+def _most_anomalous(classes: list[int], rep: dict[str, Any]) -> int:
+    return classes[min(range(len(classes)), key=lambda i: rep["norms"][i])]

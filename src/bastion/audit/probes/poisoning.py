@@ -1,0 +1,284 @@
+"""Training-data poisoning: how susceptible is the model's training recipe to a poisoned training set.
+
+For each configured attack and poison rate the probe poisons the training split
+(:mod:`bastion.attacks.poisoning`), retrains the model's architecture on it with the zoo's recipe (the one
+trainer) and measures the result next to the same recipe on clean data (:func:`~bastion.attacks.poisoning.
+run_poisoning`): for a backdoor (BadNets, Gu et al. 2017; blended, Chen et al. 2017) the attack success rate —
+triggered test inputs of other classes classified as the target — and the clean accuracy; for label flipping
+the accuracy drop. The result is a curve against the poison rate.
+
+It retrains, so it needs an architecture bastion can build: the audited model's registered architecture
+(``zoo:`` models, ``.safetensors`` files), or the ``arch`` parameter naming one (register your own factory with
+:func:`bastion.models.register_architecture`), and a dataset with a training split of that input shape.
+
+Checks: ``poisoned-recipe-trains`` (the poisoned models keep their clean accuracy within ``max_clean_drop``:
+otherwise the rates measured are those of a broken training, not of a backdoor) and ``trigger-needs-poison``
+(the trigger alone barely moves the clean model: otherwise it is an evasion patch, not a backdoor).
+
+Risk: the backdoor's success at the largest rate >= 50% high, >= 20% medium, else low; label flipping costing
+>= 10 accuracy points at its largest rate is high, >= 3 medium.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from ...attacks.poisoning import POISONING_ATTACKS, PoisoningRun, clean_reference, run_poisoning
+from ...errors import UsageError
+from ...models.architectures import ARCHITECTURES
+from ...models.torch import TorchClassifier
+from ..probe import AuditContext, Probe, register_probe
+from ..result import Check, Example, Plot, ProbeResult, Series
+
+_RISK = {"high": 2, "medium": 1, "low": 0}
+
+
+def rate_key(rate: float) -> str:
+    """The rate part of a metric name: ``attack_success_rate[badnets]@rate=0.05``."""
+    return f"rate={rate:g}"
+
+
+@register_probe
+class PoisoningProbe(Probe):
+    name = "poisoning"
+    title = "Training-data poisoning"
+    threat = "poisoning / training data"
+    defaults: ClassVar[dict[str, Any]] = {
+        "attacks": {"badnets": [0.005, 0.01, 0.02, 0.05], "label-flip": [0.05, 0.2]},
+        "target": 0,
+        "arch": None,
+        "epochs": None,
+        "max_clean_drop": 0.05,
+        "examples": 4,
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        attacks = self.params["attacks"]
+        if not isinstance(attacks, dict) or not attacks:
+            raise UsageError("probe 'poisoning': attacks must map attack names to lists of poison rates")
+        for name, rates in attacks.items():
+            POISONING_ATTACKS.get(name)  # an unknown name fails here, before any probe runs
+            if not isinstance(rates, (list, tuple)) or not rates or not all(0 < float(r) < 1 for r in rates):
+                raise UsageError(f"probe 'poisoning': the rates of {name!r} must be a list of numbers in (0, 1)")
+
+    def _arch(self, ctx: AuditContext) -> str | None:
+        arch = self.params["arch"]
+        if arch is None and isinstance(ctx.model, TorchClassifier):
+            arch = ctx.model.arch
+        return arch
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        arch = self._arch(ctx)
+        if arch is None:
+            return (
+                "the model's architecture is not known, so it cannot be retrained on poisoned data: audit a "
+                "zoo: or .safetensors model, or give the probe an arch (register yours with register_architecture)"
+            )
+        if arch not in ARCHITECTURES:
+            return f"architecture {arch!r} is not registered (register it with register_architecture)"
+        spec = ARCHITECTURES.get(arch)
+        if ctx.data.x_train.shape[0] < 10:
+            return "the dataset has no training split to poison"
+        if tuple(ctx.data.input_shape) != spec.input_shape or ctx.data.n_classes > spec.n_classes:
+            return f"the data (inputs {ctx.data.input_shape}) do not fit architecture {arch!r} ({spec.input_shape})"
+        return None
+
+    def _attack(self, name: str, rate: float, ctx: AuditContext) -> Any:
+        cls = POISONING_ATTACKS.get(name)
+        kwargs: dict[str, Any] = {"rate": rate, "seed": ctx.seed_for(f"poisoning:{name}:{rate_key(rate)}")}
+        if name != "label-flip":
+            kwargs["target"] = int(self.params["target"])
+        return cls(**kwargs)
+
+    def run(self, ctx: AuditContext) -> ProbeResult:
+        p = self.params
+        arch = self._arch(ctx)
+        assert arch is not None  # skip_reason said so
+        epochs = p["epochs"]
+        plan = [(name, float(r)) for name, rates in p["attacks"].items() for r in sorted(rates)]
+        ctx.report(self.name, 0.0, f"clean {arch}")
+        clean = clean_reference(ctx.data, arch, epochs=epochs)
+        runs: dict[str, list[tuple[float, PoisoningRun]]] = {}
+        for i, (name, rate) in enumerate(plan):
+            ctx.report(self.name, (i + 0.5) / (len(plan) + 1), f"{name} at {rate:.1%}")
+            run = run_poisoning(self._attack(name, rate, ctx), ctx.data, arch, clean_model=clean, epochs=epochs)
+            runs.setdefault(name, []).append((rate, run))
+        ctx.report(self.name, 1.0, "done")
+        metrics = self._metrics(runs)
+        risk, summary = self._verdict(runs)
+        return self.result(
+            ctx,
+            risk=risk,
+            summary=summary,
+            params={**p, "arch": arch},
+            metrics=metrics,
+            plots=self._plots(runs),
+            checks=[self._trains(runs), self._needs_poison(runs)],
+            examples=self._examples(runs, int(p["examples"])),
+        )
+
+    @staticmethod
+    def _metrics(runs: dict[str, list[tuple[float, PoisoningRun]]]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name, series in runs.items():
+            for rate, run in series:
+                for key, value in run.metrics.items():
+                    if key in ("n_triggered", "clean_model_accuracy"):
+                        continue
+                    out[f"{key}[{name}]@{rate_key(rate)}"] = value
+                out["clean_model_accuracy"] = run.metrics["clean_model_accuracy"]
+        return out
+
+    @staticmethod
+    def _verdict(runs: dict[str, list[tuple[float, PoisoningRun]]]) -> tuple[str, str]:
+        risk, parts = "low", []
+        for name, series in runs.items():
+            rate, run = series[-1]
+            m = run.metrics
+            if "attack_success_rate" in m:
+                asr = m["attack_success_rate"]
+                level = "high" if asr >= 0.5 else "medium" if asr >= 0.2 else "low"
+                parts.append(f"{name} at {rate:.1%} poison: attack success {asr:.1%}")
+            else:
+                drop = m["accuracy_drop"]
+                level = "high" if drop >= 0.1 else "medium" if drop >= 0.03 else "low"
+                parts.append(
+                    f"{name} at {rate:.1%}: accuracy {m['clean_accuracy']:.3f} (clean recipe {m['clean_model_accuracy']:.3f})"
+                )
+            risk = level if _RISK[level] > _RISK[risk] else risk
+        return risk, "; ".join(parts)
+
+    @staticmethod
+    def _plots(runs: dict[str, list[tuple[float, PoisoningRun]]]) -> list[Plot]:
+        asr = [
+            Series(name, [100 * r for r, _ in s], [run.metrics["attack_success_rate"] for _, run in s])
+            for name, s in runs.items()
+            if "attack_success_rate" in s[0][1].metrics
+        ]
+        acc = [
+            Series(name, [100 * r for r, _ in s], [run.metrics["clean_accuracy"] for _, run in s])
+            for name, s in runs.items()
+        ]
+        plots = []
+        if asr:
+            plots.append(
+                Plot(
+                    "poisoning-asr",
+                    "Backdoor success against the poison rate",
+                    "line",
+                    "poisoned records (%)",
+                    "attack success rate",
+                    asr,
+                )
+            )
+        plots.append(
+            Plot(
+                "poisoning-accuracy",
+                "Clean accuracy of the poisoned model",
+                "line",
+                "poisoned records (%)",
+                "clean accuracy",
+                acc,
+            )
+        )
+        return plots
+
+    def _trains(self, runs: dict[str, list[tuple[float, PoisoningRun]]]) -> Check:
+        title = "The poisoned recipe still trains"
+        limit = float(self.params["max_clean_drop"])
+        worst = max(
+            (
+                (name, r, run.metrics["accuracy_drop"])
+                for name, s in runs.items()
+                for r, run in s
+                if "attack_success_rate" in run.metrics
+            ),
+            key=lambda t: t[2],
+            default=None,
+        )
+        if worst is None:
+            return Check("poisoned-recipe-trains", title, "skipped", "No backdoor attack ran.")
+        name, rate, drop = worst
+        ev = {"attack": name, "rate": rate, "accuracy_drop": drop, "limit": limit}
+        if drop > limit:
+            return Check(
+                "poisoned-recipe-trains",
+                title,
+                "warn",
+                f"{name} at {rate:.1%} cost {drop:.3f} clean accuracy (more than {limit:g}): the backdoor's numbers come from a degraded training, not only from the trigger.",
+                ev,
+            )
+        return Check(
+            "poisoned-recipe-trains",
+            title,
+            "pass",
+            f"Every backdoored model keeps its clean accuracy within {limit:g} of the clean recipe (worst: {drop:+.3f}).",
+            ev,
+        )
+
+    @staticmethod
+    def _needs_poison(runs: dict[str, list[tuple[float, PoisoningRun]]]) -> Check:
+        title = "The trigger needs the poison"
+        seen = [
+            (name, run.metrics["clean_model_attack_success_rate"])
+            for name, s in runs.items()
+            for _, run in s[-1:]
+            if "clean_model_attack_success_rate" in run.metrics
+        ]
+        if not seen:
+            return Check("trigger-needs-poison", title, "skipped", "No backdoor attack ran.")
+        name, base = max(seen, key=lambda t: t[1])
+        ev = {"clean_model_attack_success_rate": dict(seen)}
+        if base >= 0.2 or math.isnan(base):
+            return Check(
+                "trigger-needs-poison",
+                title,
+                "warn",
+                f"The {name} trigger alone makes the clean model answer the target on {base:.1%} of inputs: it works as an evasion patch, so its success is not the poison's.",
+                ev,
+            )
+        return Check(
+            "trigger-needs-poison",
+            title,
+            "pass",
+            f"On the clean model the triggers reach at most {base:.1%}: the success measured is the backdoor's.",
+            ev,
+        )
+
+    @staticmethod
+    def _examples(runs: dict[str, list[tuple[float, PoisoningRun]]], k: int) -> list[Example]:
+        out: list[Example] = []
+        for name, series in runs.items():
+            rate, run = series[-1]
+            trig = run.poisoned.trigger
+            if trig is None or k <= 0:
+                continue
+            d = run.poisoned.data
+            keep = torch.nonzero(
+                d.y_test != (run.poisoned.target if run.poisoned.target is not None else -1)
+            ).flatten()[:k]
+            x = d.x_test[keep]
+            x_t = trig.apply(x, torch.Generator().manual_seed(0))
+            with torch.no_grad(), run.model.attack_mode():
+                pred, pred_t = run.model.predict(x), run.model.predict(x_t)
+            for j, i in enumerate(keep.tolist()):
+                out.append(
+                    Example(
+                        index=int(i),
+                        label=int(d.y_test[i]),
+                        pred_clean=int(pred[j]),
+                        pred_adv=int(pred_t[j]),
+                        attack=f"{name} @ {rate:.1%}",
+                        norm="trigger",
+                        eps=None,
+                        perturbation=float((x_t[j] - x[j]).abs().max()),
+                        clean=x[j].tolist(),
+                        adversarial=x_t[j].tolist(),
+                        bounds=d.bounds,
+                    )
+                )
+        return out
