@@ -54,7 +54,7 @@ SECTIONS = ("clean", "badnets", "blend", "clean-label", "feature-collision", "la
 
 class Out:
     def __init__(self, path: str | None) -> None:
-        self.file = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115 - closed in main
+        self.file = open(path, "w", encoding="utf-8") if path else None  # closed in main
 
     def __call__(self, obj: dict[str, Any]) -> None:
         line = json.dumps(obj)
