@@ -58,3 +58,13 @@ def badnets_mnist(mnist: Dataset, rate: float = 0.05) -> tuple[PoisonedData, Tor
     poisoned = BadNets(rate=rate, target=0, seed=0).poison(mnist)
     torch.set_num_threads(2)
     return poisoned, train_cached(poisoned.data, "mnist-cnn")
+
+
+def logistic_accuracy(data: Dataset) -> float:
+    """Test accuracy of scikit-learn's LogisticRegression (defaults, max_iter=1000) fitted on ``data``'s training
+    split (inputs flattened): the victim of the label-flipping tests."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = data.x_train.reshape(data.x_train.shape[0], -1).double().numpy()
+    model = LogisticRegression(max_iter=1000).fit(x, data.y_train.numpy())
+    return float(model.score(data.x_test.reshape(data.x_test.shape[0], -1).double().numpy(), data.y_test.numpy()))

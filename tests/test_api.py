@@ -70,6 +70,9 @@ def test_audit_surface_is_pinned():
         "certification",
         "detection",
         "poisoning",
+        "backdoor",
+        "membership",
+        "inversion",
     ]
     assert set(bastion.audit.PROBES) >= set(bastion.audit.PROFILES["standard"].probes)
 

@@ -61,7 +61,7 @@ def pgd_runs(mnist_cnn, mnist):
 
 
 def test_registry_and_repr():
-    assert set(DETECTORS) == set(NAMES)
+    assert set(DETECTORS) == {*NAMES, "strip"}  # STRIP: tests/test_strip.py
     assert DETECTORS["mahalanobis"] is MahalanobisDetector and DETECTORS["squeeze"] is FeatureSqueezing
     assert MahalanobisDetector.differentiable and ActivationDetector.differentiable
     assert not FeatureSqueezing.differentiable

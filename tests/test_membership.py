@@ -134,7 +134,8 @@ def test_roc_numbers_on_a_closed_form_example():
     # pairs (member above non-member): 4 + 3 + 3 + 2 = 12 of 16
     assert r["auc"] == pytest.approx(12 / 16)
     assert r["tpr_at_fpr"]["0.001"] == pytest.approx(0.25)  # only the first threshold flags no non-member
-    assert r["balanced_accuracy"] == pytest.approx((1.0 + 0.75) / 2)  # flag the top 6: TPR 1, FPR 1/4
+    # the best threshold: the top 4 (TPR 3/4, FPR 1/4) or the top 6 (TPR 1, FPR 2/4)
+    assert r["balanced_accuracy"] == pytest.approx(0.75)
     assert r["most_exposed"] == [0, 2]
 
 
@@ -243,3 +244,20 @@ def test_privacy_cli_game_mode_prints_the_documented_json(tmp_path):
         env=env,
     )
     assert bad.returncode == 2 and "need reference models" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_label_only_shifts_move_pixels_and_auto_adds_noise_to_small_images():
+    from bastion.attacks.inference.membership.label_only import LabelOnlyAttack, shifted_copies
+    from bastion.models.zoo import load_zoo
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    copies = shifted_copies(x, 1)
+    assert len(copies) == 9 and torch.equal(copies[0], x)
+    down = copies[[(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)].index((1, 0)) + 1]
+    assert torch.equal(down[0, 0, 1:], x[0, 0, :-1]) and torch.all(down[0, 0, 0] == 0)  # filled with the minimum
+    model = load_zoo("digits-mlp")
+    small = torch.rand(3, 1, 8, 8)
+    assert len(LabelOnlyAttack(n_noise=5)._copies(model, small)) == 6  # 8x8: noise, not shifts
+    assert len(LabelOnlyAttack(perturbation="shift")._copies(model, small)) == 9
+    with pytest.raises(UsageError, match="perturbation must be"):
+        LabelOnlyAttack(perturbation="blur")

@@ -266,3 +266,22 @@ def test_mnist_badnets_full_scan_flags_the_target(badnets_mnist, mnist):
 def test_mnist_clean_full_scan_flags_nothing(mnist_cnn, mnist):
     r = NeuralCleanse().scan(mnist_cnn, mnist.x_test[:500], mnist.y_test[:500])
     assert r.flagged == []
+
+
+def test_backdoor_probe_flags_the_target_and_not_the_clean_model(digits_backdoor, digits_mlp, digits, tmp_path):
+    from bastion.audit import run_audit
+    from bastion.audit.profiles import Profile
+
+    prof = Profile("t", "t", 0, {"backdoor": {"steps": FAST["steps"]}})
+    _, model = digits_backdoor
+    report = run_audit(model, digits, tmp_path / "bad", profile=prof, gates=["backdoor_flagged<=0"])
+    (p,) = report["probes"]
+    assert p["status"] == "ok" and p["risk"] == "high", p.get("summary")
+    assert p["metrics"]["backdoor_flagged"] == 1 and p["metrics"][f"anomaly_index[{DIGITS_TARGET}]"] > 2
+    assert f"class {DIGITS_TARGET} flagged" in p["summary"] and report["verdict"]["gates"] == "fail"
+    assert {c["id"]: c["status"] for c in p["checks"]} == {"reversed-triggers-work": "pass"}
+    assert p["examples"] and all(e["pred_adv"] == DIGITS_TARGET for e in p["examples"])
+    assert "Backdoor scan" in (tmp_path / "bad" / "index.html").read_text()
+    clean = run_audit(digits_mlp, digits, tmp_path / "clean", profile=prof)["probes"][0]
+    assert clean["risk"] != "high" and clean["metrics"]["backdoor_flagged"] == 0
+    assert clean["metrics"]["max_anomaly_index"] < 2

@@ -63,9 +63,13 @@ def test_registry_and_surface_are_pinned():
         [
             "SANITIZERS",
             "ActivationClustering",
+            "NeuralCleanse",
             "SanitizationResult",
             "Sanitizer",
+            "ScanResult",
             "SpectralSignatures",
+            "anomaly_index",
+            "flag_small_outliers",
             "get_sanitizer",
             "register_sanitizer",
         ]

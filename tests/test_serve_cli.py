@@ -83,7 +83,7 @@ def test_serve_help_names_the_sections_and_serve_needs_a_model():
     helped = run("serve", "--help", env={**os.environ, "COLUMNS": "250"})
     text = " ".join(helped.stdout.split())
     assert helped.returncode == 0 and "see docs: , ," not in text, text
-    assert "confidence, ood, drift, extraction and limits" in text and "--print-config" in text, text
+    assert "confidence, ood, backdoor, drift, extraction and limits" in text and "--print-config" in text, text
     missing = run("serve")
     assert missing.returncode == 2 and missing.stderr.startswith("error: --model is needed"), missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

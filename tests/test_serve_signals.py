@@ -1,17 +1,20 @@
-"""The guard's signals on real attacks, end to end over HTTP: PGD inputs are flagged by the detector, a
-Jacobian-augmentation extraction client is flagged and then blocked while 20 benign clients are not, and
-traffic that turns to rotated digits raises a drift alarm (an event, a metric) after clean windows raised
-none."""
+"""The guard's signals on real attacks, end to end over HTTP: PGD inputs are flagged by the detector, inputs with a
+BadNets trigger are flagged by STRIP in front of the backdoored model, a Jacobian-augmentation extraction client
+is flagged and then blocked while 20 benign clients are not, and traffic that turns to rotated digits raises a
+drift alarm (an event, a metric) after clean windows raised none."""
 
 from __future__ import annotations
 
 import httpx
 import numpy as np
+import pytest
 import torch
 
 from bastion.attacks import PGD
+from bastion.errors import UsageError
 from bastion.serve.config import load_config
 from bastion.serve.keys import create_key
+from bastion.serve.policy import Reading, decide
 from bastion.serve.server import build_app
 from bastion.serve.store import Store
 from serve_helpers import running, wait_drift_windows
@@ -54,6 +57,77 @@ def test_pgd_inputs_are_flagged_by_the_activation_detector(tmp_path, mnist_cnn, 
         clean_rate, adv_rate = flagged(x), flagged(adv)
     assert clean_rate <= 0.12, clean_rate  # calibrated at 5% on other clean images
     assert adv_rate >= 0.9, adv_rate  # measured 1.00 (non-adaptive PGD; see docs/benchmarks.md for adaptive)
+
+
+def test_triggered_inputs_are_flagged_by_strip_in_front_of_a_backdoored_model(tmp_path, badnets_mnist, mnist):
+    poisoned, model = badnets_mnist
+    app, store = _service(
+        tmp_path,
+        model,
+        mnist,
+        backdoor={"enabled": True, "action": "flag"},  # the defaults: 32 copies, 1% fpr
+        limits={"rate": 1e6, "burst": 10**6},
+    )
+    key, _ = create_key(store, "client")
+    x_t, _, _ = poisoned.triggered_test()
+    source = torch.nonzero(mnist.y_test != 0).flatten()  # the test image each triggered input was made from
+    x_t, clean = x_t[source >= UNSEEN.start][:64], mnist.x_test[UNSEEN][:96]
+    with running(app) as url, _client(url, key) as c:
+        health = c.get("/health").json()
+
+        def answers(batch: torch.Tensor) -> list[dict]:
+            return [
+                r
+                for i in range(0, len(batch), 16)
+                for r in c.post("/v1/predict", json={"inputs": batch[i : i + 16].tolist()}).json()["results"]
+            ]
+
+        res_t, res_c = answers(x_t), answers(clean)
+    assert health["backdoor_signal"] is True, health
+    assert health["signals"]["backdoor"] == "on: STRIP with n_perturb=32, flag above the clean 0.01-fpr threshold"
+    assert all("backdoor" in r["scores"] for r in res_t + res_c)
+    triggered_rate = float(np.mean(["backdoor" in r["reasons"] for r in res_t]))
+    clean_rate = float(np.mean(["backdoor" in r["reasons"] for r in res_c]))
+    assert triggered_rate >= 0.85, triggered_rate  # measured 0.92
+    assert clean_rate <= 0.06, clean_rate  # calibrated at 1% on the other half of the test split; measured 0.03
+    flagged = [r for r in res_t if "backdoor" in r["reasons"]]
+    assert all(r["action"] in ("flag", "abstain") for r in flagged)  # abstain only where confidence is low too
+
+
+def test_each_signal_applies_its_own_action():
+    quiet = Reading("confidence", 0.99, None, "abstain")
+    flag, answer = Reading("ood", 9.0, "ood", "flag"), Reading("backdoor", -0.01, "backdoor", "answer")
+    r = decide(3, [0.1, 0.9], [quiet, flag, answer])
+    assert r == {
+        "label": 3,
+        "probabilities": [0.1, 0.9],
+        "abstain": False,
+        "reasons": ["ood"],  # a signal whose action is answer reports its score only
+        "scores": {"confidence": 0.99, "ood": 9.0, "backdoor": -0.01},
+        "action": "flag",
+    }
+    r = decide(3, [0.1, 0.9], [quiet, Reading("backdoor", -0.01, "backdoor", "abstain")])
+    assert r["label"] is None and r["abstain"] and r["reasons"] == ["backdoor"] and r["action"] == "abstain"
+    assert decide(3, [0.1, 0.9], [quiet])["action"] == "answer"
+
+
+def test_backdoor_settings_are_checked():
+    from bastion.data import load_dataset
+    from bastion.models.zoo import load_zoo
+    from bastion.serve.guard import Guard
+
+    assert load_config(None).backdoor.enabled is False
+    on = load_config(None, backdoor={"enabled": True})
+    with pytest.raises(UsageError, match=r"^\[backdoor\] STRIP superimposes images \(N, C, H, W\)"):
+        Guard(load_zoo("cancer-mlp"), load_dataset("breast-cancer"), on)  # a tabular model: refused at start-up
+    with pytest.raises(UsageError, match=r"\[backdoor\] enabled must be true or false, got 'yes'"):
+        load_config(None, backdoor={"enabled": "yes"})
+    with pytest.raises(UsageError, match=r"\[backdoor\] detector must be one of strip, got 'activations'"):
+        load_config(None, backdoor={"detector": "activations"})
+    with pytest.raises(UsageError, match=r"\[backdoor\] n_perturb must be a whole number >= 1, got 0"):
+        load_config(None, backdoor={"n_perturb": 0})
+    with pytest.raises(UsageError, match=r"\[ood\] detector must be one of activations, mahalanobis, squeeze, got"):
+        load_config(None, ood={"detector": "strip"})  # STRIP is the [backdoor] signal's
 
 
 def test_extraction_client_is_flagged_then_blocked_and_benign_clients_are_not(tmp_path, mnist_cnn, mnist):

@@ -39,7 +39,10 @@ Out = Annotated[
 ]
 ExpectedRate = Annotated[
     float | None,
-    typer.Option("--expected-rate", help="spectral: the poison rate to expect; it removes 1.5x that share per class."),
+    typer.Option(
+        "--expected-rate",
+        help="spectral: the share of a poisoned class you expect poisoned; it removes 1.5x that share of every class.",
+    ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
 
@@ -113,7 +116,7 @@ def _write(result: Any, ds: Any, out: str) -> None:
 def _against_truth(data: str, result: Any) -> dict[str, float]:
     """Detection quality when ``data`` is a ``bastion poison`` file that records its poisoned records."""
     from ..attacks.poisoning import read_poison_mask
-    from ..defenses.sanitization import detection_scores
+    from ..metrics import detection_scores
 
     truth = read_poison_mask(data)
     if truth is None or truth.numel() != result.scores.numel():

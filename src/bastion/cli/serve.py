@@ -14,7 +14,7 @@ from .keys import DB_HELP as _DB_HELP
 
 # no square brackets in help text: rich reads "[confidence]" as markup and prints nothing
 CONFIG_HELP = (
-    "Guard settings, a TOML file with the tables confidence, ood, drift, extraction and limits; every key is "
+    "Guard settings, a TOML file with the tables confidence, ood, backdoor, drift, extraction and limits; every key is "
     "optional (--print-config prints them all, commented, with their defaults)."
 )
 

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ..errors import UsageError
 
 __all__ = [
+    "BackdoorConfig",
     "ConfidenceConfig",
     "DriftConfig",
     "ExtractionConfig",
@@ -38,10 +39,14 @@ ClientAction = Literal["flag", "throttle", "block"]
 _SYNONYMS = {"policy": "action", "mode": "action", "threshold": "fpr", "method": "test", "detectors": "detector"}
 
 
+_BACKDOOR_DETECTORS = ("strip",)  # run-time backdoor detectors: the [backdoor] signal's, not [ood]'s
+
+
 def _detector_names() -> list[str]:
+    """The detectors ``[ood] detector`` may name: every registered one but the backdoor detectors."""
     from ..defenses.detection import DETECTORS
 
-    return DETECTORS.names()
+    return [n for n in DETECTORS.names() if n not in _BACKDOOR_DETECTORS]
 
 
 def _known_detector(name: str) -> str:
@@ -97,6 +102,35 @@ class OodConfig(_Section):
         lt=1,
         allow_inf_nan=False,
         description="Share of clean held-out reference inputs flagged (the threshold's quantile).",
+    )
+    action: Action = Field(default="flag", description="What a flagged input gets: answer, flag or abstain.")
+
+
+class BackdoorConfig(_Section):
+    """Backdoor-triggered inputs: STRIP (Gao et al. 2019) superimposes each input on n_perturb clean images of the
+    reference data's training split and flags it when the model's predictions on those copies stay confident (low
+    entropy: a trigger dominates them), at the fpr quantile of held-out clean inputs. Off by default: it costs
+    n_perturb extra forward passes per input. Images only; works for black-box models too. A poisoner who knows
+    the defence evades it (superimposed covers in the poison: 0.5% of its triggered inputs flagged)."""
+
+    section: ClassVar[str] = "backdoor"
+    enabled: bool = Field(default=False, description="Run STRIP on every input.")
+    detector: Literal["strip"] = Field(
+        default="strip", description="strip (superimposition and entropy, Gao et al. 2019)."
+    )
+    fpr: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Share of clean held-out reference inputs flagged (the paper presets 1%); the calibration needs "
+        "at least 1/fpr held-out inputs.",
+    )
+    n_perturb: int = Field(
+        default=32,
+        ge=1,
+        description="Clean images each input is superimposed on (the paper: 100). At 1% fpr on the BadNets "
+        "mnist-cnn, 32 flag 92% of triggered inputs, 16 flag 90%, 8 flag 81% (benchmarks/strip_eval.py).",
     )
     action: Action = Field(default="flag", description="What a flagged input gets: answer, flag or abstain.")
 
@@ -160,6 +194,7 @@ class GuardConfig(_Section):
 
     confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig)
     ood: OodConfig = Field(default_factory=OodConfig)
+    backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -243,6 +278,8 @@ def _choices(section: str, key: str) -> list[str]:
 def _expected(section: str, key: str) -> str:
     """What ``[section] key`` accepts, in words, from its annotation and constraints."""
     field = SECTIONS[section].model_fields[key]
+    if field.annotation is bool:
+        return "true or false"
     if _choices(section, key):
         return "one of " + ", ".join(_choices(section, key))
     gt = next((m.gt for m in field.metadata if isinstance(m, annotated_types.Gt)), None)

@@ -14,6 +14,9 @@ Per input (one forward pass gives the logits and the penultimate features):
   (``detector=``). A model without the features capability
   (:class:`~bastion.models.features.HasFeatures`: ONNX, remote, scikit-learn) has no OOD signal and drift
   runs on raw inputs: :meth:`Guard.signals` says so.
+- **backdoor** (off unless ``[backdoor] enabled``: ``n_perturb`` extra forward passes per input) — STRIP
+  (:class:`bastion.defenses.detection.STRIP`, Gao et al. 2019): low entropy of the predictions on the input
+  superimposed on clean reference images marks a trigger; any model, scores only.
 
 Per stream: **drift** (:class:`~bastion.serve.drift.DriftMonitor`: MMD on features for images, per-feature
 KS for tabular inputs, over tumbling windows) and per client **extraction**
@@ -45,7 +48,7 @@ from ..errors import UsageError
 from .config import GuardConfig
 from .drift import DriftMonitor
 from .extraction import ExtractionMonitor
-from .policy import ClientPolicy, client_policy
+from .policy import ClientPolicy, Reading, client_policy, decide
 from .risk import RiskCoverage, risk_coverage
 
 __all__ = ["Guard", "RiskCoverage", "risk_coverage"]
@@ -102,6 +105,7 @@ class Guard:
         self.white_box = isinstance(model, HasFeatures)  # features to read: the OOD signal and feature drift
         t0 = time.perf_counter()
         self.detector = self._fit_detector(detector, reference, x_cal)
+        self.backdoor = self._fit_backdoor(reference, x_cal, seed)
         logits, _, _ = self.forward(x_cal)
         conf, pred = torch.softmax(logits.double(), dim=1).max(dim=1)
         self.risk_coverage = risk_coverage(conf, pred == y_cal, self.config.confidence.target_risk)
@@ -116,6 +120,7 @@ class Guard:
             "calibration_inputs": n_cal,
             "drift_reference_inputs": n_drift,
             "ood_threshold": getattr(self.detector, "threshold_", None),
+            "backdoor_threshold": getattr(self.backdoor, "threshold_", None),
             "confidence_threshold": self.risk_coverage.threshold,
             "coverage": self.risk_coverage.chosen_coverage,
             "risk": self.risk_coverage.chosen_risk,
@@ -144,6 +149,24 @@ class Guard:
         if not det.is_fitted:
             det.fit(self.model, reference.x_train, reference.y_train)
         det.calibrate(x_cal, fpr=self.config.ood.fpr)
+        return det
+
+    def _fit_backdoor(self, reference: Any, x_cal: Tensor, seed: int) -> Any:
+        """STRIP with up to 2,000 of the reference's training inputs as its clean overlays, calibrated on ``x_cal``;
+        None when ``[backdoor]`` is off."""
+        cfg = self.config.backdoor
+        if not cfg.enabled:
+            return None
+        from ..defenses.detection import get_detector
+
+        g = torch.Generator().manual_seed(seed)
+        pool = torch.randperm(int(reference.x_train.shape[0]), generator=g)[:2000]
+        det = get_detector(cfg.detector, n_perturb=cfg.n_perturb, seed=seed)
+        try:
+            det.fit(self.model, reference.x_train[pool], reference.y_train[pool])
+            det.calibrate(x_cal, fpr=cfg.fpr)
+        except UsageError as exc:
+            raise UsageError(f"[backdoor] {exc}") from None
         return det
 
     def _drift_monitor(self, x_ref: Tensor, seed: int) -> tuple[DriftMonitor, int]:
@@ -289,9 +312,8 @@ class Guard:
         logits, feats, ood = self.forward(x)
         probs = torch.softmax(logits.double(), dim=1)
         conf, labels = probs.max(dim=1)
-        cfg = self.config
-        thr_c = self.risk_coverage.threshold
-        thr_o = getattr(self.detector, "threshold_", None)
+        with torch.no_grad():
+            backdoor = self.backdoor.score(x).float() if self.backdoor is not None else None
         try:  # under overload the drift windows sample the traffic rather than queue without bound
             self._drift_q.put_nowait(feats if self.drift_test == "mmd" else x.flatten(1))
         except queue.Full:
@@ -306,32 +328,25 @@ class Guard:
             start += n
             with self._ext_lock:
                 status = self.extraction.observe(j.client, j.x, labels[sl])
-            results = []
-            for i in range(sl.start, sl.stop):
-                reasons: list[str] = []
-                abstain = False
-                scores: dict[str, float] = {"confidence": round(float(conf[i]), 6)}
-                if float(conf[i]) < thr_c:
-                    reasons.append("low_confidence")
-                    abstain |= cfg.confidence.action == "abstain"
-                if ood is not None:
-                    scores["ood"] = round(float(ood[i]), 4)
-                    if thr_o is not None and float(ood[i]) > thr_o:
-                        reasons.append("ood")
-                        abstain |= cfg.ood.action == "abstain"
-                policy = {"low_confidence": cfg.confidence.action, "ood": cfg.ood.action}
-                flagged = [r for r in reasons if policy[r] != "answer"]
-                results.append(
-                    {
-                        "label": None if abstain else int(labels[i]),
-                        "probabilities": [round(v, 6) for v in probs[i].tolist()],
-                        "abstain": abstain,
-                        "reasons": flagged,
-                        "scores": scores,
-                        "action": "abstain" if abstain else ("flag" if flagged else "answer"),
-                    }
-                )
+            results = [
+                decide(int(labels[i]), [round(v, 6) for v in probs[i].tolist()], self._readings(i, conf, ood, backdoor))
+                for i in range(sl.start, sl.stop)
+            ]
             j.future.set_result((results, status))
+
+    def _readings(self, i: int, conf: Tensor, ood: Tensor | None, backdoor: Tensor | None) -> list[Reading]:
+        """Input ``i``'s readings: confidence, then the OOD and backdoor scores where those signals are on."""
+        cfg, c = self.config, float(conf[i])
+        low = "low_confidence" if c < self.risk_coverage.threshold else None
+        out = [Reading("confidence", round(c, 6), low, cfg.confidence.action)]
+        for key, det, scores, action in (
+            ("ood", self.detector, ood, cfg.ood.action),
+            ("backdoor", self.backdoor, backdoor, cfg.backdoor.action),
+        ):
+            if scores is not None:
+                s = float(scores[i])
+                out.append(Reading(key, round(s, 4), key if s > det.threshold_ else None, action))
+        return out
 
     # -- views ------------------------------------------------------------------------------------
     def signals(self) -> dict[str, str]:
@@ -343,9 +358,16 @@ class Guard:
             ood = f"on: {type(self.detector).__name__}, {cfg.ood.action} above the clean {cfg.ood.fpr:g}-fpr threshold"
         on = "penultimate features" if self.drift_test == "mmd" and self.white_box else "raw inputs"
         budget = f", budget {cfg.extraction.budget} queries" if cfg.extraction.budget else ""
+        bd = cfg.backdoor
+        backdoor = (
+            f"on: STRIP with n_perturb={bd.n_perturb}, {bd.action} above the clean {bd.fpr:g}-fpr threshold"
+            if self.backdoor is not None
+            else f"off: [backdoor] enabled = false (STRIP costs n_perturb={bd.n_perturb} forward passes per input)"
+        )
         return {
             "confidence": f"on: {cfg.confidence.action} below the confidence threshold",
             "ood": ood,
+            "backdoor": backdoor,
             "drift": f"{self.drift_test} on {on}",
             "extraction": f"on: PRADA per key, {cfg.extraction.action} when flagged{budget}",
         }
@@ -360,6 +382,8 @@ class Guard:
             "n_classes": self.n_classes,
             "ood_signal": self.detector is not None,
             "detector": repr(self.detector) if self.detector is not None else None,
+            "backdoor_signal": self.backdoor is not None,
+            "backdoor_detector": repr(self.backdoor) if self.backdoor is not None else None,
         }
 
     def ood_histogram(self, bins: int = 30) -> dict[str, Any]:

@@ -1,5 +1,10 @@
-"""What the guard does with a client: the extraction policy decided in one pure function, applied by the HTTP
-layer.
+"""What the guard does with an input and with a client, each decided in one pure function.
+
+:func:`decide` turns one input's signal readings (confidence, ood, backdoor: a score, whether it fired, the
+signal's ``action``) into its answer: a signal that fires with ``abstain`` withholds the label, one with
+``flag`` or ``abstain`` names its reason, one with ``answer`` only reports its score.
+
+The extraction policy is applied by the HTTP layer.
 
 :func:`client_policy` maps a client's extraction status (:meth:`ExtractionMonitor.status
 <bastion.serve.extraction.ExtractionMonitor.status>`: ``flagged``, ``over_budget``) and the configuration to a
@@ -19,11 +24,38 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .config import ExtractionConfig, LimitsConfig
+from .config import Action, ExtractionConfig, LimitsConfig
 
-__all__ = ["ClientPolicy", "client_policy"]
+__all__ = ["ClientPolicy", "Reading", "client_policy", "decide"]
 
 Status = Literal["ok", "flagged", "throttled", "blocked"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One signal's reading of one input: its ``score`` under ``key`` in the answer, the ``reason`` named when it
+    fired (``None``: it did not) and the signal's ``action``."""
+
+    key: str
+    score: float
+    reason: str | None
+    action: Action
+
+
+def decide(label: int, probabilities: list[float], readings: list[Reading]) -> dict[str, Any]:
+    """One input's answer: label (``None`` when a fired signal abstains), probabilities, the reasons of the fired
+    signals whose action is not ``answer``, every score, and the action taken (``abstain``, ``flag``, ``answer``)."""
+    fired = [r for r in readings if r.reason is not None]
+    abstain = any(r.action == "abstain" for r in fired)
+    reasons = [str(r.reason) for r in fired if r.action != "answer"]
+    return {
+        "label": None if abstain else label,
+        "probabilities": probabilities,
+        "abstain": abstain,
+        "reasons": reasons,
+        "scores": {r.key: r.score for r in readings},
+        "action": "abstain" if abstain else ("flag" if reasons else "answer"),
+    }
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The built-in probes, registered on import (in the order profiles run them)."""
 
 from . import (
+    backdoor,
     blackbox,
     certification,
     detection,
@@ -15,6 +16,7 @@ from . import (
 )
 
 __all__ = [
+    "backdoor",
     "blackbox",
     "certification",
     "detection",

@@ -7,6 +7,8 @@
   al.'s feature ensemble), standardised and combined.
 - :class:`FeatureSqueezing` — Xu, Evans & Qi 2018, "Feature Squeezing: Detecting Adversarial Examples in
   Deep Neural Networks": L1 change of the softmax under bit-depth reduction and median smoothing.
+- :class:`STRIP` — Gao et al. 2019, "STRIP: A Defence Against Trojan Attacks on Deep Neural Networks":
+  backdoor-triggered inputs keep a low-entropy prediction when superimposed on clean images.
 - :class:`DetectingClassifier` — model + detector as one Classifier that answers ``REJECT`` (-1).
 - :class:`DetectorAwarePGD` — the adaptive attack (Carlini & Wagner 2017, "Adversarial Examples Are Not
   Easily Detected"; Bryniarski et al. 2022, orthogonal PGD; BPDA through squeezers, Athalye et al. 2018).
@@ -24,10 +26,12 @@ from .detecting import REJECT, DetectingClassifier
 from .feature_based import FeatureDetector
 from .mahalanobis import MahalanobisDetector
 from .squeeze import BitDepth, FeatureSqueezing, MedianSmoothing, Squeezer
+from .strip import STRIP
 
 __all__ = [
     "DETECTORS",
     "REJECT",
+    "STRIP",
     "ActivationDetector",
     "BitDepth",
     "DetectingClassifier",

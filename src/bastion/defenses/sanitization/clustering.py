@@ -19,8 +19,10 @@ silhouette depend only on Euclidean distances, which a rotation keeps — so clu
 principal components scaled to unit variance gives the clusters sklearn's ``FastICA`` + ``KMeans`` give (tested),
 without FastICA's fixed-point iterations. ``reduce="pca"`` clusters the unwhitened components (ART's default).
 2-means is Lloyd's algorithm with k-means++ seeding, ``n_init`` restarts run as one batch and the lowest-inertia
-split kept; the 10 restarts of scikit-learn's default (one in ART) ended in a worse local minimum of the 2-means
-objective on half the seeds of the BadNets benchmark, 100 did not, and cost milliseconds.
+split kept. On the BadNets fixture's target class one k-means++ restart reaches the split that separates the poison
+in 20 of 300 tries (6.7%; the other local minima cut through it): 10 restarts (scikit-learn's default; ART runs one)
+miss it about half the time, 100 about once in a thousand. 100 batched restarts take about 0.2 s for a class of 600
+on one (shared) CPU core.
 
 Score (continuous, for ROC curves): the record's margin towards the smaller cluster, (|z - c_big| - |z - c_small|)
 / |c_big - c_small| in [-1, 1], positive exactly in the smaller cluster; in a class that is not flagged it is
@@ -74,17 +76,22 @@ def two_means(z: Tensor, *, n_init: int, generator: torch.Generator, max_iter: i
     weights = torch.where(d0.sum(1, keepdim=True) > 0, d0, torch.ones_like(d0))
     c1 = z[torch.multinomial(weights, 1, generator=generator).squeeze(1)]  # the second, with probability ~ D^2
     second = sq_dist(c1) < d0  # (I, n): in cluster 1
+    total = z.sum(0)
+    active = torch.arange(n_init)  # the restarts whose labels still change
     for _ in range(max_iter):
-        w1 = second.to(z.dtype)
+        w1 = second[active].to(z.dtype)
         n1 = w1.sum(1, keepdim=True)
-        n0 = n - n1
-        c1 = torch.where(n1 > 0, (w1 @ z) / n1.clamp_min(1), c1)
-        c0 = torch.where(n0 > 0, ((1 - w1) @ z) / n0.clamp_min(1), c0)
+        s1 = w1 @ z
+        a1 = torch.where(n1 > 0, s1 / n1.clamp_min(1), c1[active])
+        a0 = torch.where(n - n1 > 0, (total - s1) / (n - n1).clamp_min(1), c0[active])
+        c0[active], c1[active] = a0, a1
         # |z - c1|^2 < |z - c0|^2  <=>  2 z.(c0 - c1) < |c0|^2 - |c1|^2: one product per step
-        new = 2 * (c0 - c1) @ z.T < (c0.square().sum(1) - c1.square().sum(1))[:, None]
-        if bool((new == second).all()):
+        new = 2 * (a0 - a1) @ z.T < (a0.square().sum(1) - a1.square().sum(1))[:, None]
+        changed = (new != second[active]).any(1)
+        second[active] = new
+        active = active[changed]
+        if active.numel() == 0:
             break
-        second = new
     best = int(torch.minimum(sq_dist(c0), sq_dist(c1)).sum(1).argmin())  # the lowest inertia
     return second[best].long(), torch.stack([c0[best], c1[best]])
 

@@ -189,12 +189,12 @@ class NeuralCleanse:
                 "Neural Cleanse optimises a trigger by gradient descent and needs a white-box model "
                 "(model.white_box True: logits differentiable w.r.t. the input); this model is black-box"
             )
+        validate_inputs(model, x, y)  # an adapter built without an input shape learns it here
         if len(model.input_shape) != 3:
             raise UsageError(
                 f"Neural Cleanse reverse-engineers image triggers: the model's inputs must be images (C, H, W), "
                 f"got input shape {tuple(model.input_shape)}"
             )
-        validate_inputs(model, x, y)
         if x.shape[0] < _MIN_INPUTS:
             raise UsageError(
                 f"Neural Cleanse needs at least {_MIN_INPUTS} clean inputs to measure a trigger's success "

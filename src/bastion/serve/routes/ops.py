@@ -24,12 +24,14 @@ def router(svc: Service, auth: Auth) -> APIRouter:
     @api.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness; whether the audit database is reachable (else records wait in the spool); each signal,
-        ``on...`` or ``off: why`` (a model without features has no OOD signal)."""
+        ``on...`` or ``off: why`` (a model without features has no OOD signal; STRIP's backdoor signal is off
+        unless the settings turn it on)."""
         return {
             "status": "ok",
             "audit_store": "up" if audit.db_ok else "down (spooling)",
             "spooled": audit.spooled(),
             "ood_signal": guard.detector is not None,
+            "backdoor_signal": guard.backdoor is not None,
             "signals": guard.signals(),
         }
 

@@ -3,9 +3,12 @@ Inference Attacks", ICML): the attacker sees only predicted labels.
 
 A model is more robust around its training points than around unseen ones, so a member stays correctly
 classified under more small changes. The score is the share of ``n_queries`` perturbed copies of the record the
-model still labels correctly: for images, translations by up to ``max_shift`` pixels (the paper's data
-augmentation attack, every shift in the square, identity first); for other inputs, Gaussian noise of standard
-deviation ``sigma`` times the input range (the paper's noise-robustness attack), drawn from ``seed``. Only
+model still labels correctly: translations by up to ``max_shift`` pixels (the paper's data augmentation attack,
+every shift in the square, identity first), or Gaussian noise of standard deviation ``sigma`` times the input
+range (the paper's noise-robustness attack), drawn from ``seed``. ``perturbation="auto"`` shifts images of at
+least 16 pixels a side and adds noise to everything else: on 8x8 digits a one-pixel shift moves an eighth of the
+image and members and non-members fail alike (measured on an overfit digits-mlp: AUC 0.500 with shifts, 0.55 with
+noise). Only
 ``model.predict`` is called — a label-only endpoint is enough — and every copy is one counted query.
 """
 
@@ -51,14 +54,16 @@ class LabelOnlyAttack(MembershipAttack):
     """Choquette-Choo et al. 2021's augmentation / noise-robustness attack from predicted labels only.
 
     Args:
-        max_shift: images: translations up to this many pixels ((2 max_shift + 1)^2 copies).
-        n_noise: other inputs: noisy copies per record (plus the record itself).
-        sigma: other inputs: the noise's standard deviation as a share of the input range.
+        perturbation: ``"shift"``, ``"noise"`` or ``"auto"`` (shifts for images of at least 16 pixels a side).
+        max_shift: shifts: translations up to this many pixels ((2 max_shift + 1)^2 copies).
+        n_noise: noise: noisy copies per record (plus the record itself).
+        sigma: noise: the standard deviation as a share of the input range.
         seed: the noise's seed.
     """
 
     needs_model: ClassVar[bool] = True
 
+    perturbation: str = "auto"
     max_shift: int = 1
     n_noise: int = 20
     sigma: float = 0.05
@@ -66,6 +71,8 @@ class LabelOnlyAttack(MembershipAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.perturbation not in ("auto", "shift", "noise"):
+            raise UsageError(f"perturbation must be 'auto', 'shift' or 'noise', got {self.perturbation!r}")
         if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 1:
             raise UsageError(f"max_shift must be a whole number >= 1, got {self.max_shift!r}")
         if isinstance(self.n_noise, bool) or not isinstance(self.n_noise, int) or self.n_noise < 1:
@@ -74,7 +81,12 @@ class LabelOnlyAttack(MembershipAttack):
             raise UsageError(f"sigma must be > 0, got {self.sigma!r}")
 
     def _copies(self, model: Classifier, x: Tensor) -> list[Tensor]:
-        if x.dim() == 4:
+        shift = self.perturbation == "shift" or (
+            self.perturbation == "auto" and x.dim() == 4 and min(x.shape[2], x.shape[3]) >= 16
+        )
+        if shift:
+            if x.dim() != 4:
+                raise UsageError(f"perturbation='shift' needs images (N, C, H, W), got shape {tuple(x.shape)}")
             return shifted_copies(x, self.max_shift)
         lo, hi = model.bounds
         g = torch.Generator().manual_seed(int(self.seed))
