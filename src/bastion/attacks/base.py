@@ -21,6 +21,7 @@ from .. import metrics
 from ..errors import UsageError
 from ..models.base import Classifier, validate_inputs
 from ..registry import Registry
+from ..seeding import make_generator
 from ..threat import ThreatModel, canonical_norm
 
 __all__ = [
@@ -248,14 +249,7 @@ class Attack:
             raise UsageError(f"{name} must be {kind} {'>=' if allow_zero else '>'} 0, got {value!r}")
 
     def _make_generator(self, device: torch.device) -> torch.Generator:
-        if self.generator is not None:
-            return self.generator
-        g = torch.Generator(device=device)
-        if self.seed is None:
-            g.seed()
-        else:
-            g.manual_seed(int(self.seed))
-        return g
+        return make_generator(self.seed, self.generator, device)
 
     def _attack(self, batch: AttackBatch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

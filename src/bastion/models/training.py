@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,9 @@ from ..data.dataset import Dataset
 from ..errors import UsageError
 from ..training import Trainer, accuracy
 from .architectures import build_architecture
+
+if TYPE_CHECKING:
+    from .torch import TorchClassifier
 
 __all__ = ["TRAIN_CONFIGS", "TrainConfig", "accuracy", "train_architecture", "train_module"]
 
@@ -105,3 +109,17 @@ def train_architecture(
         "history": history["epochs"],
     }
     return module, record
+
+
+def frozen_classifier(module: nn.Module, arch: str) -> TorchClassifier:
+    """``module`` (an instance of the registered architecture ``arch``) in eval mode with its parameters frozen,
+    wrapped with the architecture's bounds, classes and input shape; ``.arch`` names the architecture."""
+    from .torch import TorchClassifier
+
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    spec = build_architecture(arch)[1]
+    clf = TorchClassifier(module, bounds=spec.bounds, n_classes=spec.n_classes, input_shape=spec.input_shape)
+    clf.arch = arch
+    return clf

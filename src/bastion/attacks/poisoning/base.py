@@ -32,6 +32,7 @@ from ... import metrics
 from ...data.dataset import Dataset
 from ...errors import UsageError
 from ...registry import Registry
+from ...seeding import make_generator
 from .triggers import Trigger
 
 __all__ = [
@@ -232,14 +233,7 @@ class PoisoningAttack:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _make_generator(self) -> torch.Generator:
-        if self.generator is not None:
-            return self.generator
-        g = torch.Generator()
-        if self.seed is None:
-            g.seed()
-        else:
-            g.manual_seed(int(self.seed))
-        return g
+        return make_generator(self.seed, self.generator)
 
     @staticmethod
     def _check_target(target: int | None, n_classes: int) -> None:

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ...data.dataset import Dataset
 from ...models.torch import TorchClassifier
 from .base import PoisonedData, PoisoningAttack, evaluate_poisoning
@@ -30,25 +28,13 @@ def train_recipe(
 ) -> tuple[TorchClassifier, dict[str, Any]]:
     """Train the registered architecture ``arch`` on ``data``'s training split with its zoo recipe (``epochs`` and
     ``seed`` overridden when given); returns a frozen classifier and the training record."""
-    from ...models.training import TRAIN_CONFIGS, TrainConfig, train_architecture
+    from ...models.training import TRAIN_CONFIGS, TrainConfig, frozen_classifier, train_architecture
 
     config = TRAIN_CONFIGS.get(arch, TrainConfig())
     config = dataclasses.replace(config, seed=seed, **({"epochs": epochs} if epochs else {}))
     on_epoch = None if log is None else (lambda e, loss: log(f"  epoch {e + 1}/{config.epochs}  loss {loss:.4f}"))
     module, record = train_architecture(arch, data, config, on_epoch=on_epoch)
-    return _frozen(module, arch), record
-
-
-def _frozen(module: torch.nn.Module, arch: str) -> TorchClassifier:
-    from ...models.architectures import build_architecture
-
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    spec = build_architecture(arch)[1]
-    clf = TorchClassifier(module, bounds=spec.bounds, n_classes=spec.n_classes, input_shape=spec.input_shape)
-    clf.arch = arch
-    return clf
+    return frozen_classifier(module, arch), record
 
 
 def clean_reference(

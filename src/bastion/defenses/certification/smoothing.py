@@ -39,6 +39,7 @@ from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
 from ...models.torch import TorchClassifier
 from ...models.wrapped import WrappedClassifier
+from ...seeding import make_generator
 from .bounds import binomial_pvalue, certified_radius, clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "ACCELERATOR_BATCH", "CPU_BATCH", "SmoothedClassifier"]
@@ -216,12 +217,7 @@ class SmoothedClassifier(WrappedClassifier):
             return self.generator
         g = self._gens.get(device)
         if g is None:
-            g = torch.Generator(device=device)
-            if self.seed is None:
-                g.seed()
-            else:
-                g.manual_seed(int(self.seed))
-            self._gens[device] = g
+            g = self._gens[device] = make_generator(self.seed, None, device)
         return g
 
     def _noise(self, like: Tensor) -> Tensor:

@@ -60,6 +60,7 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier
+from ...seeding import make_generator
 from .base import Detector, register_detector
 
 __all__ = ["STRIP", "mean_entropy", "overlay_indices", "superimpose"]
@@ -175,13 +176,7 @@ class STRIP(Detector):
                 f"STRIP draws n_perturb={self.n_perturb} distinct clean images per input, but fit got "
                 f"{x.shape[0]}: pass at least {self.n_perturb} held-out clean images or a smaller n_perturb"
             )
-        g = self.generator
-        if g is None:
-            g = torch.Generator()
-            if self.seed is None:
-                g.seed()
-            else:
-                g.manual_seed(self.seed)
+        g = make_generator(self.seed, self.generator)
         self.key_ = bytes(torch.randint(0, 256, (16,), generator=g, dtype=torch.uint8, device=g.device).tolist())
         self.background_ = x.clone()
 

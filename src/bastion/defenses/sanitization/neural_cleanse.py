@@ -51,6 +51,7 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
+from ...seeding import make_generator
 from .reverse_trigger import EPS, CostSchedule, TriggerSearch, to_tanh
 from .scan_result import ScanResult, anomaly_index, flag_small_outliers
 
@@ -209,14 +210,7 @@ class NeuralCleanse:
         return classes
 
     def _make_generator(self) -> torch.Generator:
-        if self.generator is not None:
-            return self.generator
-        g = torch.Generator()
-        if self.seed is None:
-            g.seed()
-        else:
-            g.manual_seed(int(self.seed))
-        return g
+        return make_generator(self.seed, self.generator)
 
     def scan(
         self, model: Classifier, x: Tensor, y: Tensor | None = None, *, progress: Progress | None = None

@@ -74,11 +74,11 @@ class Recipe:
     def train(self, data: Dataset, seed: int) -> Classifier:
         """A model trained on ``data``'s training split with this recipe and ``seed``, frozen, in eval mode."""
         if self.arch is not None:
-            from ....models.training import train_architecture
+            from ....models.training import frozen_classifier, train_architecture
 
             config = dataclasses.replace(self.resolved_config(), seed=int(seed))
             module, _ = train_architecture(self.arch, data, config)
-            return _frozen(module, self.arch)
+            return frozen_classifier(module, self.arch)
         from ....models.loading import resolve_function
 
         fn = resolve_function(str(self.function), "training function")
@@ -97,18 +97,6 @@ class Recipe:
             f"training function {self.function!r} returned {type(obj).__name__}: it must return a trained "
             "torch.nn.Module or a bastion Classifier"
         )
-
-
-def _frozen(module: nn.Module, arch: str) -> TorchClassifier:
-    from ....models.architectures import build_architecture
-
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    spec = build_architecture(arch)[1]
-    clf = TorchClassifier(module, bounds=spec.bounds, n_classes=spec.n_classes, input_shape=spec.input_shape)
-    clf.arch = arch
-    return clf
 
 
 @torch.no_grad()
