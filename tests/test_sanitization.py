@@ -292,16 +292,49 @@ def test_unknown_method_and_bad_settings_are_refused():
     assert issubclass(ActivationClustering, Sanitizer)
 
 
-# -- retraining on what is kept (slow: one mnist-cnn training) ---------------------------------------------------
+# -- exclusionary reclassification and retraining on what is kept (slow: mnist-cnn trainings, cached) -----------
+@pytest.fixture(scope="module")
+def reclassified(badnets_mnist, mnist) -> SanitizationResult:
+    from poison_helpers import train_cached
+
+    poisoned, model = badnets_mnist
+
+    def train(x, y):
+        return train_cached(Dataset("kept", x, y, mnist.x_test, mnist.y_test, mnist.bounds, 10), "mnist-cnn")
+
+    return ActivationClustering(reclassify=train).sanitize(model, poisoned.data)
+
+
 @pytest.mark.slow
-def test_retraining_on_the_kept_data_removes_the_backdoor(badnets_mnist, clustered, mnist_cnn):
+def test_exclusionary_reclassification_keeps_natural_clusters_and_removes_the_poison(
+    badnets_mnist, clustered, reclassified
+):
+    poisoned, _ = badnets_mnist
+    truth = poisoned.is_poisoned
+
+    def scores(result):
+        removed = torch.zeros(truth.shape[0], dtype=torch.bool)
+        removed[result.removed] = True
+        return detection_scores(removed, truth)
+
+    before, after = scores(clustered), scores(reclassified)
+    assert len(clustered.details["flagged_classes"]) > 1 and before["removed_clean_rate"] > 0.01  # natural splits too
+    assert reclassified.details["flagged_classes"] == [0]
+    verdict = reclassified.details["reclassified"]["0"]
+    assert not verdict["legitimate"] and verdict["source"] != 0 and verdict["ratio"] < 0.2
+    assert all(v["legitimate"] for c, v in reclassified.details["reclassified"].items() if c != "0")
+    assert after["recall"] >= 0.9 and after["removed_clean_rate"] <= 0.005 and after["f1"] > before["f1"]
+
+
+@pytest.mark.slow
+def test_retraining_on_the_kept_data_removes_the_backdoor(badnets_mnist, reclassified, mnist_cnn):
     from bastion.attacks.poisoning import evaluate_poisoning
     from poison_helpers import train_cached
 
     poisoned, backdoored = badnets_mnist
     before = evaluate_poisoning(backdoored.predict, poisoned)
     assert before["attack_success_rate"] >= 0.9  # the backdoor is there to remove
-    retrained = train_cached(clustered.data, "mnist-cnn")
+    retrained = train_cached(reclassified.data, "mnist-cnn")
     after = evaluate_poisoning(retrained.predict, poisoned, clean_predict=mnist_cnn.predict)
     assert after["attack_success_rate"] <= 0.10
     assert abs(after["clean_accuracy"] - after["clean_model_accuracy"]) <= 0.01

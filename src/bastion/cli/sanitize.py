@@ -44,6 +44,15 @@ ExpectedRate = Annotated[
         help="spectral: the share of a poisoned class you expect poisoned; it removes 1.5x that share of every class.",
     ),
 ]
+Reclassify = Annotated[
+    str | None,
+    typer.Option(
+        "--reclassify",
+        help="clustering: exclusionary reclassification — retrain this registered architecture (its zoo recipe) "
+        "without each flagged class's suspicious cluster and keep the clusters that come back as their own label "
+        "(one training per flagged class).",
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
 
 
@@ -53,6 +62,7 @@ def sanitize(
     method: Method,
     out: Out,
     expected_rate: ExpectedRate = None,
+    reclassify: Reclassify = None,
     arch: Arch = None,
     input_shape: InputShape = None,
     n_classes: NClasses = None,
@@ -69,6 +79,15 @@ def sanitize(
         refuse(f"--out: the kept records are written as .npz, got {out!r}")
     check_output_file(out, "--out")
     kwargs: dict[str, Any] = {} if expected_rate is None else {"expected_rate": expected_rate}
+    if reclassify is not None:
+        from ..defenses.sanitization.clustering import recipe_trainer
+        from ..models.architectures import ARCHITECTURES
+
+        if method != "clustering":
+            refuse(f"--reclassify is a step of --method clustering, not {method!r}")
+        if reclassify not in ARCHITECTURES:
+            refuse(f"--reclassify: unknown architecture {reclassify!r}; choose one of {', '.join(ARCHITECTURES)}")
+        kwargs["reclassify"] = recipe_trainer(reclassify)
     sanitizer = get_sanitizer(method, **kwargs)
     say = None if as_json else _log
     clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=say)

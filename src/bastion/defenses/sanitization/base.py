@@ -239,7 +239,9 @@ class Sanitizer:
     def params(self) -> dict[str, Any]:
         """The constructor arguments, as given (for reports); a ``generator`` is left out."""
         return {
-            k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_") and k != "generator"
+            k: getattr(v, "__qualname__", repr(v)) if callable(v) else v
+            for k, v in vars(self).items()
+            if not k.startswith("_") and not k.endswith("_") and k != "generator"
         }
 
     def __repr__(self) -> str:
