@@ -138,8 +138,8 @@ def art_shadow_row(est, setup, eval_idx: np.ndarray, data, args) -> dict:
     # shadow data: records of the data outside the population
     xs = torch.cat([data.x_train, data.x_test]).numpy()
     ys = torch.cat([data.y_train, data.y_test]).numpy()
-    in_pop = {tuple(np.round(r.flatten()[:32], 5)) for r in pop.x_train.numpy()}
-    keep = np.array([tuple(np.round(r.flatten()[:32], 5)) not in in_pop for r in xs])
+    in_pop = {r.tobytes() for r in pop.x_train.numpy()}  # the population's records, byte for byte
+    keep = np.array([r.tobytes() not in in_pop for r in xs])
     xs, ys = xs[keep], ys[keep]
     torch.manual_seed(args.seed)
     module, _ = build_architecture(args.arch)
