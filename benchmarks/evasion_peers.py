@@ -142,7 +142,7 @@ def section_pgd(model, x, y, repeats: int, have: dict[str, bool]) -> None:
     if have["foolbox"]:
         import foolbox as fb
 
-        fmodel = fb.PyTorchModel(module, bounds=(0, 1))
+        fmodel = fb.PyTorchModel(module, bounds=(0, 1), device="cpu")  # foolbox moves the model to a GPU it sees
         fpgd = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True)
         runners["foolbox"] = lambda: fpgd(fmodel, x, y, epsilons=eps)[1]
     for _ in range(repeats):
@@ -341,7 +341,7 @@ def section_cw(model, x, y, repeats: int, have: dict[str, bool], n: int = 200) -
         a = fb.attacks.L2CarliniWagnerAttack(
             binary_search_steps=bss, steps=steps, stepsize=lr, confidence=0, initial_const=c0, abort_early=True
         )
-        fm = fb.PyTorchModel(model.module, bounds=(0, 1))
+        fm = fb.PyTorchModel(model.module, bounds=(0, 1), device="cpu")
         out, sec = timed(lambda a=a, fm=fm: a(fm, x, y, epsilons=None)[1])
         advs["foolbox"] = (out, sec)
     if have["art"]:
@@ -377,7 +377,7 @@ def section_deepfool(model, x, y, repeats: int, have: dict[str, bool], n: int = 
 
             cls = fb.attacks.L2DeepFoolAttack if norm == "l2" else fb.attacks.LinfDeepFoolAttack
             a = cls(steps=steps, candidates=cands, overshoot=overshoot)
-            fm = fb.PyTorchModel(model.module, bounds=(0, 1))
+            fm = fb.PyTorchModel(model.module, bounds=(0, 1), device="cpu")
             out, sec = timed(lambda a=a, fm=fm: a(fm, x, y, epsilons=None)[1])
             advs["foolbox"] = (out, sec)
         if have["art"] and norm == "l2":  # ART's DeepFool is L2 only

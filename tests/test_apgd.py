@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bastion.attacks.base import get_attack
-from bastion.attacks.evasion import apgd as apgd_module
+from bastion.attacks.evasion import gradient as gradient_module
 from bastion.attacks.evasion.apgd import APGD, APGDDLR, APGDT
 from bastion.attacks.evasion.pgd import PGD
 from bastion.errors import UsageError
@@ -136,7 +136,7 @@ def test_apgd_t_attacks_the_k_highest_wrong_classes(digits_mlp, digits_data, mon
     ok = z.argmax(dim=1) == y
     x, y, z = x[ok], y[ok], z[ok]
     calls: list[torch.Tensor] = []
-    real = apgd_module.get_loss
+    real = gradient_module.get_loss  # APGD's loss comes through GradientAttack
 
     def spy(name):
         fn = real(name)
@@ -147,7 +147,7 @@ def test_apgd_t_attacks_the_k_highest_wrong_classes(digits_mlp, digits_data, mon
 
         return loss
 
-    monkeypatch.setattr(apgd_module, "get_loss", spy)
+    monkeypatch.setattr(gradient_module, "get_loss", spy)
     steps, k = 4, 4
     r = APGDT(eps=0.0, steps=steps, n_target_classes=k)(digits_mlp, x, y)
     assert not bool(r.success.any())  # eps 0 breaks nothing, so every run sees every input, in order
