@@ -24,7 +24,15 @@ from .architectures import build_architecture
 if TYPE_CHECKING:
     from .torch import TorchClassifier
 
-__all__ = ["TRAIN_CONFIGS", "TrainConfig", "accuracy", "train_architecture", "train_module"]
+__all__ = [
+    "TRAIN_CONFIGS",
+    "TrainConfig",
+    "accuracy",
+    "frozen_classifier",
+    "train_architecture",
+    "train_module",
+    "train_recipe",
+]
 
 
 @dataclass(frozen=True)
@@ -123,3 +131,15 @@ def frozen_classifier(module: nn.Module, arch: str) -> TorchClassifier:
     clf = TorchClassifier(module, bounds=spec.bounds, n_classes=spec.n_classes, input_shape=spec.input_shape)
     clf.arch = arch
     return clf
+
+
+def train_recipe(
+    data: Dataset, arch: str, *, epochs: int | None = None, seed: int = 0, log: Callable[[str], None] | None = None
+) -> tuple[TorchClassifier, dict[str, object]]:
+    """Train the registered architecture ``arch`` on ``data``'s training split with its zoo recipe (``epochs`` and
+    ``seed`` overridden when given); returns a frozen classifier and the training record."""
+    config = TRAIN_CONFIGS.get(arch, TrainConfig())
+    config = dataclasses.replace(config, seed=seed, **({"epochs": epochs} if epochs else {}))
+    on_epoch = None if log is None else (lambda e, loss: log(f"  epoch {e + 1}/{config.epochs}  loss {loss:.4f}"))
+    module, record = train_architecture(arch, data, config, on_epoch=on_epoch)
+    return frozen_classifier(module, arch), record

@@ -10,7 +10,6 @@ twice).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,23 +17,10 @@ from typing import Any
 
 from ...data.dataset import Dataset
 from ...models.torch import TorchClassifier
+from ...models.training import train_recipe
 from .base import PoisonedData, PoisoningAttack, evaluate_poisoning
 
 __all__ = ["PoisoningRun", "clean_reference", "run_poisoning", "train_recipe"]
-
-
-def train_recipe(
-    data: Dataset, arch: str, *, epochs: int | None = None, seed: int = 0, log: Callable[[str], None] | None = None
-) -> tuple[TorchClassifier, dict[str, Any]]:
-    """Train the registered architecture ``arch`` on ``data``'s training split with its zoo recipe (``epochs`` and
-    ``seed`` overridden when given); returns a frozen classifier and the training record."""
-    from ...models.training import TRAIN_CONFIGS, TrainConfig, frozen_classifier, train_architecture
-
-    config = TRAIN_CONFIGS.get(arch, TrainConfig())
-    config = dataclasses.replace(config, seed=seed, **({"epochs": epochs} if epochs else {}))
-    on_epoch = None if log is None else (lambda e, loss: log(f"  epoch {e + 1}/{config.epochs}  loss {loss:.4f}"))
-    module, record = train_architecture(arch, data, config, on_epoch=on_epoch)
-    return frozen_classifier(module, arch), record
 
 
 def clean_reference(

@@ -97,25 +97,18 @@ class BackdoorProbe(Probe):
     def _plots(classes: list[int], rep: dict[str, Any]) -> list[Plot]:
         cats = [str(c) for c in classes]
         pos = [float(i) for i in range(len(classes))]
-        return [
-            Plot(
-                "backdoor-norms",
-                "Reversed trigger size per class (L1 of the mask)",
-                "bar",
-                "class",
-                "trigger L1",
-                [Series("trigger L1", pos, [float(v) for v in rep["norms"]])],
-                categories=cats,
-            ),
-            Plot(
+        panels = [
+            ("backdoor-norms", "Reversed trigger size per class (L1 of the mask)", "trigger L1", "norms"),
+            (
                 "backdoor-anomaly",
                 "Anomaly index per class (flagged above the threshold)",
-                "bar",
-                "class",
                 "anomaly index",
-                [Series("anomaly index", pos, [float(v) for v in rep["anomaly_index"]])],
-                categories=cats,
+                "anomaly_index",
             ),
+        ]
+        return [
+            Plot(pid, title, "bar", "class", axis, [Series(axis, pos, [float(v) for v in rep[key]])], categories=cats)
+            for pid, title, axis, key in panels
         ]
 
     def _triggers_work(self, classes: list[int], rep: dict[str, Any]) -> Check:

@@ -277,9 +277,9 @@ class ActivationClustering(Sanitizer):
 def recipe_trainer(arch: str, *, seed: int = 0) -> Callable[[Tensor, Tensor], Classifier]:
     """``train(x, y)`` for ``reclassify=``: the registered architecture ``arch`` trained on ``(x, y)`` with its zoo
     recipe (``bastion.models.training.TRAIN_CONFIGS``) and ``seed``, frozen."""
-    from ...attacks.poisoning.experiment import train_recipe
     from ...data.dataset import Dataset
     from ...models.architectures import build_architecture
+    from ...models.training import train_recipe
 
     spec = build_architecture(arch)[1]
 
