@@ -45,6 +45,7 @@ def test_adversarial_training_buys_robustness(digits_mlp, digits, defense, extra
     assert PGD(eps=EPS, steps=20)(digits_mlp, x, y).robust_accuracy == before.robust_accuracy
 
 
+@pytest.mark.slow
 def test_fast_at_prior_start_beats_the_random_start_on_mnist_at_eps_03(mnist_cnn, mnist):
     # The prior start (each example's perturbation carried over from its previous epoch) is what makes one FGSM
     # step per epoch work at eps 0.3: measured 0.31-0.34 worst-case robust accuracy against 0.05 for Wong's random

@@ -30,6 +30,7 @@ def checks_of(report: dict) -> dict[str, str]:
 
 
 # -- the quick audit of the undefended CNN -----------------------------------------------------------------
+@pytest.mark.slow
 def test_quick_audit_of_the_undefended_cnn(quick_audit):
     report, out = quick_audit
     assert {p.name for p in out.iterdir()} >= {"report.json", "index.html", "junit.xml", STATE_DIR}
@@ -74,6 +75,7 @@ def test_quick_audit_of_the_undefended_cnn(quick_audit):
     assert len(report["model"]["fingerprint"]) == 64 and len(report["data"]["fingerprint"]) == 64
 
 
+@pytest.mark.slow
 def test_audited_robust_accuracy_agrees_with_a_direct_attack(quick_audit, mnist_cnn, mnist):
     """The probe's PGD number is the library's PGD, run directly with the probe's recorded parameters."""
     report, _ = quick_audit
@@ -145,6 +147,7 @@ def test_a_randomised_model_is_flagged_and_attacked_through_eot(tmp_path, digits
 
 
 # -- other model kinds ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_black_box_and_tabular_models_skip_what_does_not_apply(tmp_path):
     cancer = load_dataset("breast-cancer")
     report = run_audit(load_zoo("cancer-gbt"), cancer, tmp_path / "gbt", profile="quick", write=False)

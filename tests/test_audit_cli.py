@@ -104,6 +104,7 @@ def test_a_torchscript_model_is_audited_with_input_shape(tmp_path, torchscript_c
     assert out["n_inputs"] == 50 and out["metrics"]["clean_accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "run"
     argv = [

@@ -150,6 +150,7 @@ def test_black_box_attack_with_query_budget_on_a_tree_model():
     assert p.returncode == 2 and "--max-queries" in p.stderr
 
 
+@pytest.mark.slow
 def test_patch_attack_writes_its_png(tmp_path):
     from PIL import Image
 
@@ -308,6 +309,7 @@ def torchscript_cnn(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_a_torchscript_model_takes_input_shape_from_the_flag(torchscript_cnn):
     base = ["attack", "--model", str(torchscript_cnn), "--data", "mnist5k", "--attack", "fgsm", "--n", "20"]
     err = one_line_error(run(*base, "--json"))

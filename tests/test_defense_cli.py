@@ -68,6 +68,7 @@ def test_sanitize_refuses_a_model_that_does_not_fit_the_data(poisoned_files, tmp
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_scan_finds_a_small_trigger_for_the_backdoor_target(poisoned_files):
     """Two classes of the BadNets mnist-cnn (target 0, and 3) on 200 clean inputs: the target's reversed trigger is
     a fraction of the other's (the full 10-class scans and their anomaly index are in test_neural_cleanse)."""

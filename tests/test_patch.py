@@ -39,6 +39,7 @@ def test_patch_sizes_respect_the_area():
         patch_side((30,), 0.1)
 
 
+@pytest.mark.slow
 def test_targeted_patch_transfers_to_held_out_images(mnist_cnn, split, tmp_path):
     torch.set_num_threads(1)
     x_tr, y_tr, x_te, y_te = split

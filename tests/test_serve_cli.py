@@ -144,6 +144,7 @@ def _stop(proc: subprocess.Popen) -> tuple[str, str]:
     return out, err
 
 
+@pytest.mark.slow
 def test_serve_answers_and_refuses_bad_settings(tmp_path, mnist):
     env = {**os.environ, "BASTION_HOME": os.environ.get("BASTION_HOME", str(tmp_path))}
     db = f"sqlite:///{tmp_path / 's.db'}"

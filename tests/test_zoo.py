@@ -7,7 +7,13 @@ from bastion.models.zoo import ZOO, load_zoo
 
 
 @pytest.mark.parametrize(
-    "name,floor", [("digits-mlp", 0.95), ("mnist-cnn", 0.96), ("cancer-mlp", 0.95), ("cancer-gbt", 0.95)]
+    "name,floor",
+    [
+        ("digits-mlp", 0.95),
+        pytest.param("mnist-cnn", 0.96, marks=pytest.mark.slow),
+        ("cancer-mlp", 0.95),
+        ("cancer-gbt", 0.95),
+    ],
 )
 def test_zoo_models_train_from_scratch_to_accuracy(tmp_path, monkeypatch, name, floor):
     monkeypatch.setenv("BASTION_HOME", str(tmp_path))
