@@ -41,7 +41,8 @@ class BlackBoxTorch(TorchClassifier):
 
 
 class ProbaHandler(BaseHTTPRequestHandler):
-    """POST {"inputs": [...]} -> {"probabilities": [...]} from ``server.model``; counts requests."""
+    """POST {"inputs": [...]} -> {"probabilities": [...]} from ``server.model`` ({"labels": [...]} when
+    ``server.labels_only``); counts requests."""
 
     def log_message(self, *args: object) -> None:
         pass
@@ -50,7 +51,9 @@ class ProbaHandler(BaseHTTPRequestHandler):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         x = np.asarray(payload["inputs"], dtype=np.float64).reshape(len(payload["inputs"]), -1)
         self.server.requests += 1  # type: ignore[attr-defined]
-        data = json.dumps({"probabilities": self.server.model.predict_proba(x).tolist()}).encode()  # type: ignore[attr-defined]
+        p = self.server.model.predict_proba(x)  # type: ignore[attr-defined]
+        body = {"labels": p.argmax(1).tolist()} if self.server.labels_only else {"probabilities": p.tolist()}  # type: ignore[attr-defined]
+        data = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -59,8 +62,9 @@ class ProbaHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def digits_endpoint():
-    """A real HTTP server on loopback serving a LogisticRegression trained on sklearn digits."""
+def digits_endpoint(labels_only: bool = False):
+    """A real HTTP server on loopback serving a LogisticRegression trained on sklearn digits (its probabilities, or
+    only its labels)."""
     from sklearn.linear_model import LogisticRegression
 
     from bastion.data import load_dataset
@@ -70,7 +74,7 @@ def digits_endpoint():
         digits.x_train.reshape(len(digits.x_train), -1).numpy(), digits.y_train.numpy()
     )
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), ProbaHandler)
-    httpd.model, httpd.requests = est, 0  # type: ignore[attr-defined]
+    httpd.model, httpd.requests, httpd.labels_only = est, 0, labels_only  # type: ignore[attr-defined]
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         yield httpd, digits

@@ -13,6 +13,8 @@ from bastion.models.zoo import ZOO, load_zoo
         pytest.param("mnist-cnn", 0.96, marks=pytest.mark.slow),
         ("cancer-mlp", 0.95),
         ("cancer-gbt", 0.95),
+        ("cancer-logreg", 0.97),
+        ("digits-logreg", 0.95),
     ],
 )
 def test_zoo_models_train_from_scratch_to_accuracy(tmp_path, monkeypatch, name, floor):
@@ -21,7 +23,7 @@ def test_zoo_models_train_from_scratch_to_accuracy(tmp_path, monkeypatch, name, 
     data = load_dataset(ZOO[name].dataset)
     acc = float((model.predict(data.x_test) == data.y_test).float().mean())
     assert acc >= floor
-    if ZOO[name].kind == "torch":
+    if ZOO[name].kind in ("torch", "logreg"):
         path = tmp_path / "zoo" / f"{name}.safetensors"
         with safe_open(str(path), "pt") as f:
             assert f.metadata()["bastion_arch"] == name

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
 Every command has ``--json``; the library never prints, this package decides what is shown. One module per
-command (``attack``, ``audit``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``train``, ``zoo``, ``serve``, ``keys``); the library never imports
+command (``attack``, ``audit``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``steal``, ``train``, ``zoo``, ``serve``, ``keys``); the library never imports
 this package.
 """
 
@@ -23,6 +23,7 @@ from .privacy import privacy
 from .sanitize import sanitize
 from .scan import scan
 from .serve import serve
+from .steal import steal
 from .train import train
 from .zoo import zoo
 
@@ -43,6 +44,7 @@ app.command()(poison)
 app.command()(privacy)
 app.command()(sanitize)
 app.command()(scan)
+app.command()(steal)
 app.add_typer(keys_app, name="keys")
 app.command()(serve)
 

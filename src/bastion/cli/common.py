@@ -25,6 +25,7 @@ __all__ = [
     "NClasses",
     "check_output_file",
     "fail",
+    "finite",
     "flagged",
     "json_default",
     "load_data_option",
@@ -90,6 +91,11 @@ def flagged(message: str) -> str:
 
 def log(message: str) -> None:
     typer.echo(message, err=True)
+
+
+def finite(v: Any) -> Any:
+    """``v``, or ``None`` for a float that is not finite (JSON has no nan or infinity)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def json_default(o: Any) -> Any:

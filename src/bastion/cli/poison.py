@@ -9,13 +9,12 @@ run_poisoning`).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import fields
 from typing import Annotated, Any
 
 import typer
 
-from .common import LabelColumn, check_output_file, load_data_option, refuse
+from .common import LabelColumn, check_output_file, finite, load_data_option, refuse
 from .common import log as _log
 
 JSON_KEYS = ("attack", "n_poisoned", "rate", "out", "record")
@@ -127,10 +126,6 @@ def _check_outputs(out: str, train_arch: str | None, model_out: str | None) -> N
         ARCHITECTURES.get(train_arch)
 
 
-def _finite(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
 def poison(
     data: Data,
     attack: AttackName,
@@ -179,7 +174,7 @@ def poison(
     ds = load_data_option(data, label_column=label_column, log=say)
     result = _run(atk, ds, out, train_arch, model_out, epochs, seed, say)
     if as_json:
-        typer.echo(json.dumps({k: _finite(v) for k, v in result.items()}))
+        typer.echo(json.dumps({k: finite(v) for k, v in result.items()}))
     else:
         _print(result)
 

@@ -1,7 +1,8 @@
 """Registered architectures: names that a safetensors weights file can be loaded into.
 
-Each entry builds an ``nn.Module`` mapping inputs in [0, 1] to logits; any normalisation is a layer
-inside the module, so eps stays in input space. Users add their own with :func:`register_architecture`.
+Each entry builds an ``nn.Module`` mapping inputs in [0, 1] to logits (the logistic-regression entries
+``cancer-logreg`` and ``digits-logreg``: to probabilities, :class:`~bastion.models.linear.LogisticModel`); any
+normalisation is a layer inside the module, so eps stays in input space. Users add their own with :func:`register_architecture`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
+from .linear import LogisticModel
 
 __all__ = ["ARCHITECTURES", "Architecture", "build_architecture", "register_architecture"]
 
@@ -79,3 +81,5 @@ def _cancer_mlp() -> nn.Module:
 register_architecture("digits-mlp", _digits_mlp, input_shape=(1, 8, 8), n_classes=10)
 register_architecture("mnist-cnn", _mnist_cnn, input_shape=(1, 28, 28), n_classes=10)
 register_architecture("cancer-mlp", _cancer_mlp, input_shape=(30,), n_classes=2)
+register_architecture("cancer-logreg", lambda: LogisticModel((30,), 2), input_shape=(30,), n_classes=2)
+register_architecture("digits-logreg", lambda: LogisticModel((1, 8, 8), 10), input_shape=(1, 8, 8), n_classes=10)

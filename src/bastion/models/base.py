@@ -100,10 +100,15 @@ def validate_inputs(
 
 
 class BaseClassifier:
-    """Shared plumbing for adapters: attributes, query counting, ``predict`` and ``proba``."""
+    """Shared plumbing for adapters: attributes, query counting, ``predict`` and ``proba``.
+
+    ``label_only`` is True for a model that answers with labels only (its scores are one-hot rows: a remote API
+    that sends ``labels``): attacks that need probabilities (equation-solving extraction) refuse it.
+    """
 
     output: Output = "logits"
     white_box: bool = False
+    label_only: bool = False
 
     def __init__(
         self,

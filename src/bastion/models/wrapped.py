@@ -81,6 +81,10 @@ class WrappedClassifier(BaseClassifier):
     def output(self) -> Output:  # type: ignore[override]
         return self._own_output if self._own_output is not None else self._wrapped.output
 
+    @property
+    def label_only(self) -> bool:  # type: ignore[override]
+        return isinstance(self._wrapped, BaseClassifier) and bool(self._wrapped.label_only)
+
     def learn_input_shape(self, shape: tuple[int, ...]) -> None:
         """Passed to the wrapped model (a torch adapter built without an input shape learns it here)."""
         if isinstance(self._wrapped, BaseClassifier):

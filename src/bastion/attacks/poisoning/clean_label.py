@@ -94,11 +94,11 @@ def train_surrogate(arch: str, data: Dataset) -> Classifier:
 
 
 def _natural_arch(data: Dataset) -> str:
-    from ...models.zoo import ZOO
+    from ...models.zoo import recipe_arch
 
-    for entry in ZOO.values():
-        if entry.kind == "torch" and entry.dataset == data.name:
-            return entry.name
+    arch = recipe_arch(data.name)
+    if arch is not None:
+        return arch
     raise UsageError(
         f"no built-in architecture is known for the dataset {data.name!r}: pass surrogate_arch='NAME' (a registered "
         "architecture) or surrogate= (a trained white-box classifier) for the PGD perturbation"
