@@ -205,7 +205,7 @@ def test_health_says_which_signals_run(service):
     assert health["status"] == "ok" and health["audit_store"] == "up"
     assert health["ood_signal"] is True and health["signals"]["ood"].startswith("on: ActivationDetector"), health
     assert health["signals"]["drift"] == "mmd on penultimate features", health
-    assert set(health["signals"]) == {"confidence", "ood", "backdoor", "drift", "extraction"}
+    assert set(health["signals"]) == {"confidence", "ood", "backdoor", "drift", "extraction", "output"}
     assert health["backdoor_signal"] is False and health["signals"]["backdoor"] == (
         "off: [backdoor] enabled = false (STRIP costs n_perturb=32 forward passes per input)"
     )

@@ -208,6 +208,6 @@ def test_migrations_upgrade_an_old_database_in_place(tmp_path):
         )
     engine.dispose()
     store = Store(url)
-    assert store.version == MIGRATIONS[-1][0] == 2
-    assert store.count_audit() == 1 and "client_status" in store.audit.c
-    assert Store(url).version == 2  # idempotent
+    assert store.version == MIGRATIONS[-1][0] == 3
+    assert store.count_audit() == 1 and {"client_status", "output_policy"} <= set(store.audit.c.keys())
+    assert Store(url).version == 3  # idempotent

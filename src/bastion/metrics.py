@@ -13,6 +13,7 @@ nothing), never a ``ZeroDivisionError``.
 - :func:`wilson_interval` — the Wilson score interval of a binomial proportion (scipy's normal quantile);
 - :func:`roc_auc`, :func:`tpr_at_fpr`, :func:`roc_curve` — membership-inference and detection quality from
   per-record scores (higher = "member" / "attack"), with ties handled like scikit-learn;
+- :func:`expected_calibration_error` — how far confidence is from accuracy, bin by bin (Guo et al. 2017);
 - :func:`detection_scores` — how well a set of flagged records (a sanitiser's removals) matches the true ones:
   precision, recall, F1 and the share of clean records flagged.
 
@@ -39,6 +40,7 @@ __all__ = [
     "attack_success_rate",
     "backdoor_success_rate",
     "detection_scores",
+    "expected_calibration_error",
     "fidelity",
     "robust_accuracy",
     "roc_auc",
@@ -229,3 +231,29 @@ def detection_scores(removed: ArrayLike, poisoned: ArrayLike) -> dict[str, float
         "removed_clean_rate": ratio(fp, n_clean),
         "n_removed": tp + fp,
     }
+
+
+def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
+    """Expected calibration error (Guo, Pleiss, Sun & Weinberger 2017, "On Calibration of Modern Neural
+    Networks"): the records' ``confidence`` (N,) in [0, 1] (the probability given to the predicted class) put in
+    ``n_bins`` equal-width bins, and the mean over records of |accuracy of the bin - mean confidence of the bin|,
+    ``correct`` (N,) bool saying whether each prediction was right. ``nan`` when N = 0.
+
+    >>> expected_calibration_error([0.9, 0.9, 0.6, 0.6], [True, False, True, True], n_bins=10)
+    0.4
+    """
+    c, ok = _pair(confidence, correct, "confidence", "correct")
+    c = c.astype(np.float64)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise UsageError(f"n_bins must be a whole number >= 1, got {n_bins!r}")
+    if not (np.isfinite(c).all() and (c >= 0).all() and (c <= 1 + 1e-9).all()):
+        raise UsageError("confidence must hold probabilities in [0, 1]")
+    if not c.size:
+        return math.nan
+    ok = ok.astype(np.float64)
+    bins = np.minimum((c * n_bins).astype(np.int64), n_bins - 1)  # [0, 1/n), ..., [(n-1)/n, 1]
+    gap = 0.0
+    for b in np.unique(bins):
+        sel = bins == b
+        gap += abs(float(ok[sel].mean()) - float(c[sel].mean())) * int(sel.sum())
+    return gap / c.size

@@ -29,6 +29,7 @@ __all__ = [
     "GuardConfig",
     "LimitsConfig",
     "OodConfig",
+    "OutputConfig",
     "load_config",
     "render_config",
 ]
@@ -171,6 +172,62 @@ class ExtractionConfig(_Section):
     )
 
 
+OutputPolicyName = Literal["none", "round", "top-k", "label-only", "reverse-sigmoid", "prediction-poisoning"]
+# the keys each policy reads ([output] policy itself aside); another policy's key set off its default is refused
+OUTPUT_KEYS = {
+    "none": (),
+    "round": ("decimals",),
+    "top-k": ("k", "renormalize"),
+    "label-only": (),
+    "reverse-sigmoid": ("beta", "gamma"),
+    "prediction-poisoning": ("epsilon", "surrogate", "surrogate_layers"),
+}
+
+
+class OutputConfig(_Section):
+    """What the answers reveal beyond the label, against model extraction (bastion.defenses.extraction): the
+    probabilities are passed through the policy after inference, the label is kept, and each audit record names
+    the policy. The confidence score shown is then the top returned probability."""
+
+    section: ClassVar[str] = "output"
+    policy: OutputPolicyName = Field(
+        default="none",
+        description="none (the probabilities as they are), round (to decimals), top-k (the k largest, the others "
+        "zeroed), label-only (the label alone, no probabilities), reverse-sigmoid (Lee et al. 2019's deceptive "
+        "perturbation) or prediction-poisoning (MAD-argmax, Orekondy et al. 2020: within epsilon in L1, turned "
+        "against a surrogate thief's training gradient).",
+    )
+    decimals: int = Field(default=2, ge=0, le=6, description="round: decimals kept.")
+    k: int = Field(default=1, ge=1, description="top-k: probabilities kept.")
+    renormalize: bool = Field(default=True, description="top-k: rescale the kept probabilities to sum to 1.")
+    beta: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="reverse-sigmoid: magnitude.")
+    gamma: float = Field(default=0.1, gt=0, allow_inf_nan=False, description="reverse-sigmoid: convergence.")
+    epsilon: float = Field(
+        default=0.5, gt=0, le=2, allow_inf_nan=False, description="prediction-poisoning: L1 budget of the change."
+    )
+    surrogate: str = Field(
+        default="",
+        description="prediction-poisoning: the torch model standing for the thief's (a --model spec, e.g. "
+        "zoo:mnist-cnn or a weights file; not the served model itself, whose own gradient on its answers is 0); "
+        "empty: the served network's architecture freshly initialised (the thief's model as its training starts).",
+    )
+    surrogate_layers: Literal["last", "all"] = Field(
+        default="last",
+        description="prediction-poisoning: the surrogate's parameters the gradient is taken on: last (its final "
+        "linear layer, as the authors' code) or all (slower).",
+    )
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        for key in sorted(self.model_fields_set - {"policy"}):  # the rendered file sets every key to its default
+            if key not in OUTPUT_KEYS[self.policy] and getattr(self, key) != type(self).model_fields[key].default:
+                users = [p for p, keys in OUTPUT_KEYS.items() if key in keys]
+                raise UsageError(
+                    f"[output] {key} applies to policy = {json.dumps(users[0])} only, but policy = "
+                    f"{json.dumps(self.policy)}: remove it or change the policy"
+                )
+
+
 class LimitsConfig(_Section):
     """Request limits, per API key."""
 
@@ -197,6 +254,7 @@ class GuardConfig(_Section):
     backdoor: BackdoorConfig = Field(default_factory=BackdoorConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,12 +340,17 @@ def _expected(section: str, key: str) -> str:
         return "true or false"
     if _choices(section, key):
         return "one of " + ", ".join(_choices(section, key))
+    if field.annotation is str:
+        return "a string"
     gt = next((m.gt for m in field.metadata if isinstance(m, annotated_types.Gt)), None)
     ge = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
     lt = next((m.lt for m in field.metadata if isinstance(m, annotated_types.Lt)), None)
+    le = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
     kind = "a whole number" if field.annotation is int else "a number"
     if gt is not None and lt is not None:
         return f"{kind} strictly between {gt:g} and {lt:g}"
+    if le is not None:
+        return f"{kind} {'> ' + format(gt, 'g') if gt is not None else '>= ' + format(ge, 'g')} and <= {le:g}"
     if ge is not None:
         return f"{kind} >= {ge:g}"
     return f"{kind} > {gt:g}" if gt is not None else kind

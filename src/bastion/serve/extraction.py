@@ -54,6 +54,7 @@ Shapes: ``x`` (n, *input_shape) float; ``labels`` (n,) integer predicted classes
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,7 @@ from torch import Tensor
 
 from ..errors import UsageError
 
-__all__ = ["OUTLIER_SIGMAS", "ExtractionMonitor", "shapiro_w"]
+__all__ = ["OUTLIER_SIGMAS", "ExtractionMonitor", "queries_until_flagged", "shapiro_w"]
 
 OUTLIER_SIGMAS = 3.0
 """Distances farther than this many standard deviations from the mean of D are left out of the test."""
@@ -327,3 +328,42 @@ class ExtractionMonitor:
             self._clients.clear()
         else:
             self._clients.pop(client, None)
+
+
+def queries_until_flagged(
+    monitor_config: Any,
+    query_stream_x: Tensor,
+    predict_fn: Callable[[Tensor], Tensor],
+    *,
+    batch_size: int = 64,
+) -> int | None:
+    """Replay ``query_stream_x`` (n, *input_shape), in order, as one client's queries through a fresh monitor and
+    return the number of queries after which the client is first flagged (PRADA, not the budget), or None.
+
+    ``monitor_config``: a ``guard.toml`` :class:`~bastion.serve.config.ExtractionConfig` (its ``delta``) or a
+    mapping of :class:`ExtractionMonitor` keyword arguments. ``predict_fn`` maps a batch to its predicted labels
+    (a Classifier's ``predict``, the defended model's if the thief is answered through an output policy). The
+    requests are ``batch_size`` queries each; the count is the same for any batch size (the monitor's batched
+    processing matches a query-by-query replay), a multiple of ``check_every`` (W is tested every 10 queries by
+    default), and None when the stream ends unflagged.
+    """
+    from .config import ExtractionConfig
+
+    if isinstance(monitor_config, ExtractionConfig):
+        kwargs: dict[str, Any] = {"delta": monitor_config.delta}
+    elif isinstance(monitor_config, Mapping):
+        kwargs = {k: v for k, v in monitor_config.items() if k != "budget"}
+    else:
+        raise UsageError(
+            f"monitor_config must be an ExtractionConfig or a mapping of ExtractionMonitor arguments, "
+            f"got {type(monitor_config).__name__}"
+        )
+    step = _check_int("batch_size", batch_size, 1)
+    monitor = ExtractionMonitor(**kwargs)
+    for i in range(0, int(query_stream_x.shape[0]), step):
+        xb = query_stream_x[i : i + step]
+        labels = torch.as_tensor(predict_fn(xb)).reshape(-1).long()
+        status = monitor.observe("replay", xb, labels)
+        if status["flagged"]:
+            return int(status["flagged_at"])
+    return None

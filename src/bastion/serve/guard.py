@@ -22,6 +22,11 @@ Per stream: **drift** (:class:`~bastion.serve.drift.DriftMonitor`: MMD on featur
 KS for tabular inputs, over tumbling windows) and per client **extraction**
 (:class:`~bastion.serve.extraction.ExtractionMonitor`, PRADA).
 
+**Output policy** (``[output]``, :mod:`bastion.defenses.extraction`): after inference the probabilities go
+through rounding, top-k, label-only, reverse sigmoid or MAD prediction poisoning before they are answered; the
+label is the model's (every policy keeps it on top), the confidence score shown is the top returned probability,
+and each audit record names the policy (:attr:`Guard.output_description`).
+
 Each signal's policy: ``answer`` (score only), ``flag`` (answer, with the reason), ``abstain`` (label
 null). A client flagged as extracting is flagged, throttled or blocked (``extraction.action``):
 :meth:`Guard.client_policy` decides it (:mod:`bastion.serve.policy`), the HTTP layer only applies it.
@@ -114,6 +119,7 @@ class Guard:
         ext = self.config.extraction
         self.extraction = ExtractionMonitor(delta=ext.delta, budget=ext.budget or None)
         self._ext_lock = threading.Lock()  # the worker updates it while request handlers read it
+        self.output_policy, self.output_description = self._output_policy(seed)
         self.calibration = {
             "reference": getattr(reference, "name", "?"),
             "fit_inputs": int(reference.x_train.shape[0]),
@@ -168,6 +174,39 @@ class Guard:
         except UsageError as exc:
             raise UsageError(f"[backdoor] {exc}") from None
         return det
+
+    def _output_policy(self, seed: int) -> tuple[Any, str]:
+        """The ``[output]`` policy and its description for the audit log, e.g. ``round(decimals=2)``."""
+        from ..defenses.extraction import get_output_policy
+        from .config import OUTPUT_KEYS
+
+        cfg = self.config.output
+        keys = OUTPUT_KEYS[cfg.policy]
+        described = {k: getattr(cfg, k) for k in keys}
+        params = {"layers" if k == "surrogate_layers" else k: v for k, v in described.items()}
+        if cfg.policy == "prediction-poisoning":
+            params["surrogate"] = self._surrogate(cfg.surrogate, seed)
+            described["surrogate"] = cfg.surrogate or "served architecture, initialised afresh"
+        text = cfg.policy + ("(" + ", ".join(f"{k}={v!r}" for k, v in described.items()) + ")" if keys else "")
+        return get_output_policy(cfg.policy, **params), text
+
+    def _surrogate(self, spec: str, seed: int) -> Any:
+        """MAD's surrogate: the model ``spec`` names, or a freshly initialised copy of the served model's network;
+        a torch model either way."""
+        from ..defenses.extraction import initialised_like
+        from ..models.loading import load_model
+        from ..models.torch import TorchClassifier
+
+        model = load_model(spec) if spec else self.model
+        if not isinstance(model, TorchClassifier):
+            what = f"{spec!r} is" if spec else "the served model is"
+            raise UsageError(
+                f"[output] surrogate: prediction-poisoning differentiates a torch surrogate, and {what} "
+                f'{type(model).__name__}: name a torch model (e.g. surrogate = "zoo:mnist-cnn")'
+            )
+        if model.n_classes != self.n_classes:
+            raise UsageError(f"[output] surrogate has {model.n_classes} classes, the served model {self.n_classes}")
+        return model if spec else initialised_like(model, seed)
 
     def _drift_monitor(self, x_ref: Tensor, seed: int) -> tuple[DriftMonitor, int]:
         """The drift monitor on 2,000 reference training inputs (penultimate features for mmd, raw rows for ks)."""
@@ -312,6 +351,9 @@ class Guard:
         logits, feats, ood = self.forward(x)
         probs = torch.softmax(logits.double(), dim=1)
         conf, labels = probs.max(dim=1)
+        returned = self.output_policy(probs, x)  # the label stays the model's: every policy keeps it on top
+        shown = returned.max(dim=1).values
+        send = self.output_policy.returns_probabilities
         with torch.no_grad():
             backdoor = self.backdoor.score(x).float() if self.backdoor is not None else None
         try:  # under overload the drift windows sample the traffic rather than queue without bound
@@ -329,16 +371,23 @@ class Guard:
             with self._ext_lock:
                 status = self.extraction.observe(j.client, j.x, labels[sl])
             results = [
-                decide(int(labels[i]), [round(v, 6) for v in probs[i].tolist()], self._readings(i, conf, ood, backdoor))
+                decide(
+                    int(labels[i]),
+                    [round(v, 6) for v in returned[i].tolist()] if send else None,
+                    self._readings(i, conf, shown, ood, backdoor),
+                )
                 for i in range(sl.start, sl.stop)
             ]
             j.future.set_result((results, status))
 
-    def _readings(self, i: int, conf: Tensor, ood: Tensor | None, backdoor: Tensor | None) -> list[Reading]:
-        """Input ``i``'s readings: confidence, then the OOD and backdoor scores where those signals are on."""
+    def _readings(
+        self, i: int, conf: Tensor, shown: Tensor, ood: Tensor | None, backdoor: Tensor | None
+    ) -> list[Reading]:
+        """Input ``i``'s readings: confidence (decided on the model's ``conf``, shown as the top returned probability
+        ``shown``: the output policy's), then the OOD and backdoor scores where those signals are on."""
         cfg, c = self.config, float(conf[i])
         low = "low_confidence" if c < self.risk_coverage.threshold else None
-        out = [Reading("confidence", round(c, 6), low, cfg.confidence.action)]
+        out = [Reading("confidence", round(float(shown[i]), 6), low, cfg.confidence.action)]
         for key, det, scores, action in (
             ("ood", self.detector, ood, cfg.ood.action),
             ("backdoor", self.backdoor, backdoor, cfg.backdoor.action),
@@ -370,6 +419,9 @@ class Guard:
             "backdoor": backdoor,
             "drift": f"{self.drift_test} on {on}",
             "extraction": f"on: PRADA per key, {cfg.extraction.action} when flagged{budget}",
+            "output": "off: [output] policy = none"
+            if cfg.output.policy == "none"
+            else f"on: {self.output_description}, the label kept",
         }
 
     def describe(self) -> dict[str, Any]:

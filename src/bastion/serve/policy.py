@@ -42,15 +42,16 @@ class Reading:
     action: Action
 
 
-def decide(label: int, probabilities: list[float], readings: list[Reading]) -> dict[str, Any]:
-    """One input's answer: label (``None`` when a fired signal abstains), probabilities, the reasons of the fired
-    signals whose action is not ``answer``, every score, and the action taken (``abstain``, ``flag``, ``answer``)."""
+def decide(label: int, probabilities: list[float] | None, readings: list[Reading]) -> dict[str, Any]:
+    """One input's answer: label (``None`` when a fired signal abstains), probabilities (left out when ``None``: a
+    label-only output policy), the reasons of the fired signals whose action is not ``answer``, every score, and the
+    action taken (``abstain``, ``flag``, ``answer``)."""
     fired = [r for r in readings if r.reason is not None]
     abstain = any(r.action == "abstain" for r in fired)
     reasons = [str(r.reason) for r in fired if r.action != "answer"]
     return {
         "label": None if abstain else label,
-        "probabilities": probabilities,
+        **({} if probabilities is None else {"probabilities": probabilities}),
         "abstain": abstain,
         "reasons": reasons,
         "scores": {r.key: r.score for r in readings},

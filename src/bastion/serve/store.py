@@ -9,7 +9,8 @@ Tables:
 - ``api_keys``: key id, salt, SHA-256 of salt + secret (never the key), role, label, created/revoked.
 - ``audit_records``: one row per answered request — request id (unique: a record replayed from the spool
   is inserted at most once), time, key id, input fingerprint (SHA-256 of the float32 bytes), number of
-  inputs, labels, abstentions, actions, reasons and scores (JSON), latency.
+  inputs, labels, abstentions, actions, reasons and scores (JSON), latency, the client's status and the output
+  policy the answers went through (``[output]``: which, with its parameters; never the raw probabilities).
 - ``events``: drift alarms, clients flagged as extracting, store outages (time, kind, JSON detail).
 """
 
@@ -80,9 +81,17 @@ def _v2(conn: Any, meta: Any) -> None:
     conn.execute(sa.text("ALTER TABLE audit_records ADD COLUMN client_status VARCHAR(16) NOT NULL DEFAULT 'ok'"))
 
 
+def _v3(conn: Any, meta: Any) -> None:
+    """Version 3: the output policy the answers went through (``[output]``), e.g. ``round(decimals=2)``."""
+    import sqlalchemy as sa
+
+    conn.execute(sa.text("ALTER TABLE audit_records ADD COLUMN output_policy VARCHAR(200) NOT NULL DEFAULT 'none'"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Any, Any], None]]] = [
     (1, "api keys, audit records, events", _v1),
     (2, "audit_records.client_status", _v2),
+    (3, "audit_records.output_policy", _v3),
 ]
 
 AUDIT_COLUMNS = (
@@ -98,7 +107,10 @@ AUDIT_COLUMNS = (
     "scores",
     "latency_ms",
     "client_status",
+    "output_policy",
 )
+# what a record spooled by an older version lacks
+_AUDIT_DEFAULTS = {"output_policy": "none"}
 
 
 def _sqlite_file(url: str, create: bool) -> None:
@@ -205,7 +217,7 @@ class Store:
         """Insert records in one transaction, skipping request ids already stored; return how many are new."""
         if not records:
             return 0
-        rows = [{c: r[c] for c in AUDIT_COLUMNS} for r in records]
+        rows = [{c: r[c] if c in r else _AUDIT_DEFAULTS[c] for c in AUDIT_COLUMNS} for r in records]
         dialect = self.engine.dialect.name
         stmt: Any
         if dialect == "postgresql":
@@ -246,6 +258,7 @@ class Store:
             self.audit.c.reasons,
             self.audit.c.scores,
             self.audit.c.latency_ms,
+            self.audit.c.output_policy,
         ]
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(*cols).where(self.audit.c.ts >= since).order_by(self.audit.c.ts))

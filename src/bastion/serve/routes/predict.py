@@ -38,7 +38,9 @@ class PredictRequest(BaseModel):
 
 class Result(BaseModel):
     label: int | None
-    probabilities: list[float]
+    probabilities: list[float] | None = Field(
+        default=None, description="Absent when the output policy is label-only ([output] policy)."
+    )
     abstain: bool
     reasons: list[str]
     scores: dict[str, float]
@@ -98,8 +100,10 @@ def audit_record(
     results: Sequence[Mapping[str, Any]],
     latency: float,
     client_status: str,
+    output_policy: str = "none",
 ) -> dict[str, Any]:
-    """The audit log's row for one answered request (the inputs as a SHA-256 fingerprint of their float32 bytes)."""
+    """The audit log's row for one answered request (the inputs as a SHA-256 fingerprint of their float32 bytes;
+    ``output_policy`` names the policy the probabilities went through, not the probabilities)."""
     return {
         "request_id": request_id,
         "ts": time.time(),
@@ -109,6 +113,7 @@ def audit_record(
         **{col: _dumps([r[field] for r in results]) for col, field in _RECORD_COLUMNS.items()},
         "latency_ms": round(latency * 1000, 3),
         "client_status": client_status,
+        "output_policy": output_policy,
     }
 
 
@@ -133,7 +138,8 @@ def router(svc: Service, auth: Auth) -> APIRouter:
             await asyncio.to_thread(svc.events.add, "extraction", {"key_id": key.id, **status})
         request_id = uuid.uuid4().hex
         client_status = guard.client_policy(key.id, status).status
-        record = audit_record(request_id, key.id, x, results, time.perf_counter() - t0, client_status)
+        latency = time.perf_counter() - t0
+        record = audit_record(request_id, key.id, x, results, latency, client_status, guard.output_description)
         try:
             await asyncio.wrap_future(svc.audit.submit(record))
         except RuntimeError:
