@@ -95,9 +95,9 @@ def equation() -> None:
 
 
 def _knockoff(victim: Classifier, data, labels_only: bool, budget: int = 4000, epochs: int = 10):
-    return KnockoffNets(
-        pool=data.x_train, copy="mnist-cnn", labels_only=labels_only, epochs=epochs, seed=0
-    ).extract(victim, budget, eval_x=data.x_test, eval_y=data.y_test)
+    return KnockoffNets(pool=data.x_train, copy="mnist-cnn", labels_only=labels_only, epochs=epochs, seed=0).extract(
+        victim, budget, eval_x=data.x_test, eval_y=data.y_test
+    )
 
 
 def jacobian(victim: Classifier, data) -> None:
