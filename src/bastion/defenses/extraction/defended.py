@@ -28,7 +28,7 @@ class PolicyClassifier(WrappedClassifier):
         self.policy = policy
 
     @property
-    def label_only(self) -> bool:
+    def label_only(self) -> bool:  # type: ignore[override]
         return not self.policy.returns_probabilities
 
     def _scores(self, x: Tensor) -> Tensor:
