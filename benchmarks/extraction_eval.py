@@ -15,7 +15,8 @@ Sections (``--only`` picks some; one JSON line per measurement, ``--out FILE`` a
 - ``transfer``: PGD (Linf, 40 steps) crafted on a Knockoff copy (4,000 queries) against the victim, at eps 0.1 /
   0.2 / 0.3 on the 1,000 test images, beside uniform sign noise of the same size.
 - ``defences``: every output policy of the guard (``[output]`` in guard.toml) in front of mnist-cnn, Knockoff at
-  4,000 queries (the pool's size) with probabilities and with labels only: fidelity and accuracy of the copy, and
+  250 / 1,000 / 4,000 queries (``--defence-budgets``; 4,000 is the pool's size) with probabilities and with labels
+  only: fidelity at each budget and accuracy of the copy, and
   the policy's utility cost on the test images (label agreement, mean L1 change, ECE and NLL change). The
   prediction-poisoning surrogate is a freshly initialised mnist-cnn (the defender does not know the thief's).
 
@@ -94,10 +95,9 @@ def equation() -> None:
         )
 
 
-def _knockoff(victim: Classifier, data, labels_only: bool, budget: int = 4000, epochs: int = 10):
-    return KnockoffNets(pool=data.x_train, copy="mnist-cnn", labels_only=labels_only, epochs=epochs, seed=0).extract(
-        victim, budget, eval_x=data.x_test, eval_y=data.y_test
-    )
+def _knockoff(victim: Classifier, data, labels_only: bool, budget: int = 4000, epochs: int = 10, checkpoints=None):
+    attack = KnockoffNets(pool=data.x_train, copy="mnist-cnn", labels_only=labels_only, epochs=epochs, seed=0)
+    return attack.extract(victim, budget, eval_x=data.x_test, eval_y=data.y_test, checkpoints=checkpoints)
 
 
 def jacobian(victim: Classifier, data) -> None:
@@ -150,7 +150,7 @@ def _policies(seed: int = 0) -> list[tuple[str, dict]]:
     ]
 
 
-def defences(victim: Classifier, data) -> None:
+def defences(victim: Classifier, data, budgets: list[int]) -> None:
     probs = victim.logits(data.x_test).softmax(1)
     for name, params in _policies():
         policy = get_output_policy(name, **params)
@@ -162,9 +162,10 @@ def defences(victim: Classifier, data) -> None:
             if labels_only is False and not policy.returns_probabilities:
                 continue  # a label-only answer: only the label-only thief applies
             start = time.perf_counter()
-            r = _knockoff(defended, data, labels_only=labels_only)
+            r = _knockoff(defended, data, labels_only=labels_only, budget=budgets[-1], checkpoints=budgets)
             mode = "labels" if labels_only else "probabilities"
-            row[mode] = {"fidelity": r.fidelity, "accuracy": r.accuracy, "seconds": round(time.perf_counter() - start)}
+            row[mode] = {f"fidelity@{p.queries}": p.fidelity for p in r.curve}
+            row[mode] |= {"accuracy": r.accuracy, "seconds": round(time.perf_counter() - start)}
         emit(row)
 
 
@@ -172,6 +173,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="equation,jacobian,transfer,defences")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--defence-budgets", default="250,1000,4000", help="the defences' Knockoff checkpoints")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -180,9 +182,12 @@ def main() -> None:
         equation()
     victim, data = load_zoo("mnist-cnn"), load_dataset("mnist5k")
     emit({"victim": "zoo:mnist-cnn", "victim_accuracy": metrics.accuracy(victim.predict(data.x_test), data.y_test)})
-    for section, run in (("jacobian", jacobian), ("transfer", transfer), ("defences", defences)):
-        if section in only:
-            run(victim, data)
+    if "jacobian" in only:
+        jacobian(victim, data)
+    if "transfer" in only:
+        transfer(victim, data)
+    if "defences" in only:
+        defences(victim, data, [int(b) for b in args.defence_budgets.split(",")])
     if args.out:
         with open(args.out, "a") as f:
             f.write("\n".join(OUT) + "\n")
