@@ -68,7 +68,7 @@ METRIC_BASES = {
 }
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RE = re.compile(
-    r"^\s*(?P<base>[a-z_]+)(?P<qual>\[[^\]\s]+\])?"
+    r"^\s*(?P<base>[a-z_][a-z0-9_]*)(?P<qual>\[[^\]\s]+\])?"
     r"(?:@eps=(?P<eps>[0-9.eE+-]+)|@(?P<at>r|rate|fpr|queries)=(?P<r>[0-9.eE+-]+))?\s*"
     r"(?P<op>>=|<=|>|<)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$"
 )
