@@ -119,6 +119,8 @@ def test_a_logistic_model_falls_to_equation_solving_at_d_plus_1_queries(tmp_path
     assert m["extraction_equation_queries"] == 8 * 8 + 1 and m["extraction_equation_fidelity"] == 1.0
     assert probe["risk"] == "high" and probe["summary"].startswith("equation solving reaches 90% fidelity with 65")
     assert probe["plots"][0]["series"][-1] == {"name": "fidelity (equation solving)", "x": [65.0], "y": [1.0]}
+    (check,) = probe["checks"]
+    assert check["status"] == "pass" and check["evidence"]["queries"] == 65  # the most faithful copy is judged
 
 
 def test_a_label_only_model_is_stolen_from_its_labels_without_equation_solving(tmp_path, digits):

@@ -26,7 +26,7 @@ probabilities, or on labels for a label-only model), ``extraction_fidelity`` at 
 same with ``[labels]`` for the label-only run; ``extraction_equation_queries`` and ``extraction_equation_fidelity``
 (logistic models); ``extraction_victim_accuracy`` (the model on the audited inputs).
 
-Check ``copy-beats-chance``: the copy's fidelity at the largest budget closes at least ``min_gap_closed`` of the
+Check ``copy-beats-chance``: the copy's fidelity at the largest budget (or the equation-solving copy's) closes at least ``min_gap_closed`` of the
 gap between the majority-class rate (a copy answering the model's most frequent prediction) and 1 — otherwise
 nothing was stolen, and the low risk comes from a failed attack or answers with no information in them.
 
@@ -101,6 +101,12 @@ class Outcome:
     @property
     def main(self) -> ExtractionResult:
         return next(iter(self.runs.values()))
+
+    @property
+    def best(self) -> ExtractionResult:
+        """The main knockoff copy, or the equation-solving one when it is more faithful."""
+        eq = self.equation
+        return eq if eq is not None and eq.fidelity > self.main.fidelity else self.main
 
 
 @register_probe
@@ -223,7 +229,7 @@ class ExtractionProbe(Probe):
             params={**self.params, "budgets": out.points, "copy": out.copy},
             metrics=metrics,
             plots=[self._plot(out)],
-            checks=[self._beats_chance(ctx, out.main)],
+            checks=[self._beats_chance(ctx, out.best)],
             artifacts={
                 "notes": out.notes,
                 "copy_arch": out.copy,
