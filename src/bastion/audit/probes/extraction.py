@@ -89,13 +89,15 @@ def is_logistic(model: Any) -> bool:
 @dataclass
 class Outcome:
     """What the probe's attacks returned: the knockoff ``runs`` by mode (the first is the main one), the equation
-    solving result (logistic models), transferability by eps, the copy's architecture, the budgets measured, notes."""
+    solving result (logistic models), transferability by eps, the copy's architecture, the budgets measured, the
+    share of the audited inputs in the model's most frequent answer (a constant copy's fidelity), notes."""
 
     runs: dict[str, ExtractionResult]
     equation: ExtractionResult | None
     transfer: dict[float, dict[str, float]]
     copy: str | None
     points: list[int]
+    majority: float
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -156,6 +158,9 @@ class ExtractionProbe(Probe):
         pool = ctx.data.x_train
         points = self.checkpoints(int(pool.shape[0]))
         copy = p["copy"] or default_copy_arch(ctx.model, ctx.data.name)
+        with torch.no_grad():  # before the label-only test: a remote API says what it sends with its first answer
+            pred = ctx.model.predict(ctx.x)
+        majority = float(torch.bincount(pred, minlength=ctx.model.n_classes).max()) / max(int(pred.numel()), 1)
         label_only = is_label_only(ctx.model)
         modes = ["labels"] if label_only else ["probabilities", "labels"] if p["labels_only_too"] else ["probabilities"]
         extra: dict[str, Any] = {} if p["epochs"] is None else {"epochs": int(p["epochs"])}
@@ -171,7 +176,7 @@ class ExtractionProbe(Probe):
         ctx.report(self.name, 0.85, "transferability")
         transfer = self._transfer(ctx, runs[modes[0]], notes)
         ctx.report(self.name, 1.0, "done")
-        return self._result(ctx, Outcome(runs, equation, transfer, copy, points, notes))
+        return self._result(ctx, Outcome(runs, equation, transfer, copy, points, majority, notes))
 
     def _equation_solving(self, ctx: AuditContext, notes: list[str]) -> ExtractionResult | None:
         if not self.params["equation_solving"] or not is_logistic(ctx.model):
@@ -229,7 +234,7 @@ class ExtractionProbe(Probe):
             params={**self.params, "budgets": out.points, "copy": out.copy},
             metrics=metrics,
             plots=[self._plot(out)],
-            checks=[self._beats_chance(ctx, out.best)],
+            checks=[self._beats_chance(out)],
             artifacts={
                 "notes": out.notes,
                 "copy_arch": out.copy,
@@ -291,11 +296,9 @@ class ExtractionProbe(Probe):
             x_log=True,
         )
 
-    def _beats_chance(self, ctx: AuditContext, run: ExtractionResult) -> Check:
+    def _beats_chance(self, out: Outcome) -> Check:
         title = "The copy beats a constant answer"
-        with torch.no_grad():
-            pred = ctx.model.predict(ctx.x)
-        chance = float(torch.bincount(pred, minlength=ctx.model.n_classes).max()) / max(int(pred.numel()), 1)
+        run, chance = out.best, out.majority
         share = float(self.params["min_gap_closed"])
         floor = chance + share * (1.0 - chance)
         fid = run.fidelity
