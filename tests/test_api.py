@@ -73,6 +73,7 @@ def test_audit_surface_is_pinned():
         "backdoor",
         "membership",
         "inversion",
+        "extraction",
     ]
     assert set(bastion.audit.PROBES) >= set(bastion.audit.PROFILES["standard"].probes)
 

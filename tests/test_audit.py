@@ -47,6 +47,7 @@ def test_quick_audit_of_the_undefended_cnn(quick_audit):
         "detection",
         "membership",
         "inversion",
+        "extraction",
     ]
     status = {p["probe"]: p["status"] for p in report["probes"]}
     assert status.pop("certification") == status.pop("detection") == "skipped"  # no smoothing, no detector here

@@ -7,7 +7,8 @@ qualifier in brackets and an optional ``@eps=VALUE``, e.g. ``clean_accuracy``,
 ``robust_accuracy@eps=0.3`` (the per-input worst case over every evasion probe),
 ``robust_accuracy[square]@eps=0.1``, ``patch_success[untargeted]``, ``certified_accuracy@r=0.5``,
 ``attack_success_rate[badnets]@rate=0.05`` (poisoning), ``max_anomaly_index<=2`` (backdoor scan),
-``max_membership_tpr@fpr=0.001<=0.005`` (membership inference).
+``max_membership_tpr@fpr=0.001<=0.005`` (membership inference), ``extraction_fidelity@queries=1000<=0.5``
+(model extraction).
 
 Expressions are checked before the audit runs (syntax, base name, eps among the audited ones); a
 gate whose metric was not measured (its probe was skipped or failed) fails, and says why.
@@ -56,11 +57,19 @@ METRIC_BASES = {
     "membership_balanced_accuracy",
     "membership_tpr",
     "max_membership_tpr",
+    "extraction_fidelity",
+    "extraction_accuracy",
+    "extraction_budget_for_90pct",
+    "extraction_equation_fidelity",
+    "extraction_equation_queries",
+    "extraction_transfer_rate",
+    "extraction_noise_rate",
+    "extraction_victim_accuracy",
 }
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RE = re.compile(
-    r"^\s*(?P<base>[a-z_]+)(?P<qual>\[[^\]\s]+\])?"
-    r"(?:@eps=(?P<eps>[0-9.eE+-]+)|@(?P<at>r|rate|fpr)=(?P<r>[0-9.eE+-]+))?\s*"
+    r"^\s*(?P<base>[a-z_][a-z0-9_]*)(?P<qual>\[[^\]\s]+\])?"
+    r"(?:@eps=(?P<eps>[0-9.eE+-]+)|@(?P<at>r|rate|fpr|queries)=(?P<r>[0-9.eE+-]+))?\s*"
     r"(?P<op>>=|<=|>|<)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*$"
 )
 
@@ -115,7 +124,7 @@ def parse_gate(expression: str, eps_values: list[float] | None = None) -> Gate:
             "e.g. 'robust_accuracy@eps=0.1>=0.5' (OP: >=, <=, >, <)"
         )
     base, qual, eps_s, op, value = m["base"], m["qual"] or "", m["eps"], m["op"], float(m["value"])
-    if m["r"] is not None:  # a certified radius, a poison rate or an FPR: any value the probe measured
+    if m["r"] is not None:  # a certified radius, a poison rate, an FPR or a query budget: any value measured
         try:
             r = float(m["r"])
         except ValueError:
@@ -125,7 +134,8 @@ def parse_gate(expression: str, eps_values: list[float] | None = None) -> Gate:
                 f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of "
                 f"{', '.join(sorted(METRIC_BASES))}"
             )
-        return Gate(expression.strip(), f"{base}{qual}@{m['at']}={r:g}", op, value, None)
+        at = f"{int(r)}" if m["at"] == "queries" and r.is_integer() else f"{r:g}"  # budgets are whole numbers
+        return Gate(expression.strip(), f"{base}{qual}@{m['at']}={at}", op, value, None)
     if base not in METRIC_BASES:
         raise UsageError(
             f"--fail-under: unknown metric {base!r} in {expression!r}: choose one of {', '.join(sorted(METRIC_BASES))}"

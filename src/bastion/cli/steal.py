@@ -78,9 +78,8 @@ def _checkpoints(text: str | None, budget: int) -> list[int] | None:
 
 def _copy_arch(attack: str, model: Any, data: Any, copy_arch: str | None) -> str:
     """The registered architecture the copy is built as (and saved under)."""
-    from ..attacks.extraction import logistic_arch
+    from ..attacks.extraction import default_copy_arch, logistic_arch
     from ..models.architectures import ARCHITECTURES
-    from ..models.zoo import recipe_arch
 
     if attack == "equation-solving":
         arch = logistic_arch(tuple(model.input_shape), model.n_classes)
@@ -93,9 +92,12 @@ def _copy_arch(attack: str, model: Any, data: Any, copy_arch: str | None) -> str
                 "digits-logreg): register one, or use knockoff"
             )
         return arch
-    arch = copy_arch or recipe_arch(data.name)
+    arch = copy_arch or default_copy_arch(model, data.name, own=False)
     if arch is None:
-        refuse(f"no zoo architecture is known for --data {data.name!r}: pass --copy-arch (a registered architecture)")
+        refuse(
+            f"no zoo architecture for the model's inputs is known for --data {data.name!r}: pass --copy-arch "
+            "(a registered architecture)"
+        )
     ARCHITECTURES.get(arch)
     return arch
 

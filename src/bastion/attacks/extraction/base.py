@@ -43,7 +43,9 @@ __all__ = [
     "ExtractionResult",
     "SoftTargets",
     "build_copy",
+    "default_copy_arch",
     "get_extraction_attack",
+    "is_label_only",
     "query_victim",
     "register_extraction",
     "train_copy",
@@ -169,6 +171,26 @@ def check_copy_arch(copy: object) -> None:
         ARCHITECTURES.get(copy)
     elif copy is not None and not callable(copy):
         raise UsageError(f"copy must be an architecture name, a module factory or None, got {type(copy).__name__}")
+
+
+def default_copy_arch(victim: Classifier, dataset: str | None = None, *, own: bool = True) -> str | None:
+    """The copy architecture an attacker takes when told none: the victim's own registered architecture (``own``: a
+    torch model's ``arch``, under any wrappers), else the zoo's network for the built-in ``dataset``
+    (:func:`~bastion.models.zoo.recipe_arch`) — the first that takes the victim's input shape and classes; ``None``
+    when neither does (:func:`build_copy` then builds an MLP)."""
+    from ...models.architectures import ARCHITECTURES
+    from ...models.wrapped import unwrap
+    from ...models.zoo import recipe_arch
+
+    inner = unwrap(victim)
+    candidates = [inner.arch if own and isinstance(inner, TorchClassifier) else None]
+    candidates.append(recipe_arch(dataset) if dataset is not None else None)
+    for name in candidates:
+        if name is not None and name in ARCHITECTURES:
+            arch = ARCHITECTURES.get(name)
+            if arch.input_shape == tuple(victim.input_shape) and arch.n_classes == victim.n_classes:
+                return name
+    return None
 
 
 def build_copy(copy: CopyArch, victim: Classifier, seed: int) -> tuple[nn.Module, str | None]:
