@@ -56,7 +56,10 @@ INPUT_SHAPE_HELP = (
 )
 N_CLASSES_HELP = "Number of classes, for models that do not record it (http(s):// endpoints)."
 LABEL_COLUMN_HELP = "With a .csv --data file: the column holding the labels (default: 'label', else the last column)."
-MODEL_HELP = "zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL."
+MODEL_HELP = (
+    "zoo:NAME, a .safetensors/.pt2/TorchScript/.onnx file, module:function, or an http(s):// URL "
+    "(its bearer key from $BASTION_API_KEY)."
+)
 DATA_HELP = (
     "digits, mnist5k, breast-cancer, or a .npz/.csv file or image folder (no test split: 80/20, said on stderr)."
 )

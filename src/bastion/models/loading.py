@@ -3,7 +3,8 @@
 Sources, tried in this order:
 
 - ``zoo:NAME`` — a built-in model (:mod:`bastion.models.zoo`).
-- ``http://…`` / ``https://…`` — a served model (:class:`RemoteClassifier`; needs input_shape, n_classes).
+- ``http://…`` / ``https://…`` — a served model (:class:`RemoteClassifier`; needs input_shape, n_classes; the
+  environment's ``BASTION_API_KEY``, when set, is sent as its bearer key).
 - ``weights.safetensors`` — weights for a registered architecture (``arch=`` or the file's
   ``bastion_arch`` metadata, as written by :func:`save_model` and the zoo).
 - ``model.onnx`` — :class:`OnnxClassifier` (black-box).
@@ -355,7 +356,8 @@ def load_model(
 
         if shape is None or n_classes is None:
             raise UsageError("a model URL needs input_shape= and n_classes= (--input-shape, --n-classes)")
-        return RemoteClassifier(s, input_shape=shape, n_classes=n_classes, bounds=bounds or (0.0, 1.0))
+        key = os.environ.get("BASTION_API_KEY") or None  # the bearer key of a guarded endpoint (bastion serve)
+        return RemoteClassifier(s, input_shape=shape, n_classes=n_classes, bounds=bounds or (0.0, 1.0), api_key=key)
     path = Path(s)
     if not path.exists() and ":" in s and not s.startswith(":"):
         return _factory(s, bounds, n_classes, shape)
