@@ -22,10 +22,8 @@ Per stream: **drift** (:class:`~bastion.serve.drift.DriftMonitor`: MMD on featur
 KS for tabular inputs, over tumbling windows) and per client **extraction**
 (:class:`~bastion.serve.extraction.ExtractionMonitor`, PRADA).
 
-**Output policy** (``[output]``, :mod:`bastion.defenses.extraction`): after inference the probabilities go
-through rounding, top-k, label-only, reverse sigmoid or MAD prediction poisoning before they are answered; the
-label is the model's (every policy keeps it on top), the confidence score shown is the top returned probability,
-and each audit record names the policy (:attr:`Guard.output_description`).
+**Output policy** (``[output]``, :mod:`bastion.serve.output`): the probabilities answered go through it; the label
+is the model's, the confidence shown the top returned probability, and each audit record names the policy.
 
 Each signal's policy: ``answer`` (score only), ``flag`` (answer, with the reason), ``abstain`` (label
 null). A client flagged as extracting is flagged, throttled or blocked (``extraction.action``):
@@ -50,9 +48,11 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
+from .calibration import fit_backdoor
 from .config import GuardConfig
 from .drift import DriftMonitor
 from .extraction import ExtractionMonitor
+from .output import output_policy
 from .policy import ClientPolicy, Reading, client_policy, decide
 from .risk import RiskCoverage, risk_coverage
 
@@ -110,7 +110,7 @@ class Guard:
         self.white_box = isinstance(model, HasFeatures)  # features to read: the OOD signal and feature drift
         t0 = time.perf_counter()
         self.detector = self._fit_detector(detector, reference, x_cal)
-        self.backdoor = self._fit_backdoor(reference, x_cal, seed)
+        self.backdoor = fit_backdoor(self.config.backdoor, model, reference, x_cal, seed)
         logits, _, _ = self.forward(x_cal)
         conf, pred = torch.softmax(logits.double(), dim=1).max(dim=1)
         self.risk_coverage = risk_coverage(conf, pred == y_cal, self.config.confidence.target_risk)
@@ -119,7 +119,7 @@ class Guard:
         ext = self.config.extraction
         self.extraction = ExtractionMonitor(delta=ext.delta, budget=ext.budget or None)
         self._ext_lock = threading.Lock()  # the worker updates it while request handlers read it
-        self.output_policy, self.output_description = self._output_policy(seed)
+        self.output_policy, self.output_description = output_policy(self.config.output, model, seed)
         self.calibration = {
             "reference": getattr(reference, "name", "?"),
             "fit_inputs": int(reference.x_train.shape[0]),
@@ -156,57 +156,6 @@ class Guard:
             det.fit(self.model, reference.x_train, reference.y_train)
         det.calibrate(x_cal, fpr=self.config.ood.fpr)
         return det
-
-    def _fit_backdoor(self, reference: Any, x_cal: Tensor, seed: int) -> Any:
-        """STRIP with up to 2,000 of the reference's training inputs as its clean overlays, calibrated on ``x_cal``;
-        None when ``[backdoor]`` is off."""
-        cfg = self.config.backdoor
-        if not cfg.enabled:
-            return None
-        from ..defenses.detection import get_detector
-
-        g = torch.Generator().manual_seed(seed)
-        pool = torch.randperm(int(reference.x_train.shape[0]), generator=g)[:2000]
-        det = get_detector(cfg.detector, n_perturb=cfg.n_perturb, seed=seed)
-        try:
-            det.fit(self.model, reference.x_train[pool], reference.y_train[pool])
-            det.calibrate(x_cal, fpr=cfg.fpr)
-        except UsageError as exc:
-            raise UsageError(f"[backdoor] {exc}") from None
-        return det
-
-    def _output_policy(self, seed: int) -> tuple[Any, str]:
-        """The ``[output]`` policy and its description for the audit log, e.g. ``round(decimals=2)``."""
-        from ..defenses.extraction import get_output_policy
-        from .config import OUTPUT_KEYS
-
-        cfg = self.config.output
-        keys = OUTPUT_KEYS[cfg.policy]
-        described = {k: getattr(cfg, k) for k in keys}
-        params = {"layers" if k == "surrogate_layers" else k: v for k, v in described.items()}
-        if cfg.policy == "prediction-poisoning":
-            params["surrogate"] = self._surrogate(cfg.surrogate, seed)
-            described["surrogate"] = cfg.surrogate or "served architecture, initialised afresh"
-        text = cfg.policy + ("(" + ", ".join(f"{k}={v!r}" for k, v in described.items()) + ")" if keys else "")
-        return get_output_policy(cfg.policy, **params), text
-
-    def _surrogate(self, spec: str, seed: int) -> Any:
-        """MAD's surrogate: the model ``spec`` names, or a freshly initialised copy of the served model's network;
-        a torch model either way."""
-        from ..defenses.extraction import initialised_like
-        from ..models.loading import load_model
-        from ..models.torch import TorchClassifier
-
-        model = load_model(spec) if spec else self.model
-        if not isinstance(model, TorchClassifier):
-            what = f"{spec!r} is" if spec else "the served model is"
-            raise UsageError(
-                f"[output] surrogate: prediction-poisoning differentiates a torch surrogate, and {what} "
-                f'{type(model).__name__}: name a torch model (e.g. surrogate = "zoo:mnist-cnn")'
-            )
-        if model.n_classes != self.n_classes:
-            raise UsageError(f"[output] surrogate has {model.n_classes} classes, the served model {self.n_classes}")
-        return model if spec else initialised_like(model, seed)
 
     def _drift_monitor(self, x_ref: Tensor, seed: int) -> tuple[DriftMonitor, int]:
         """The drift monitor on 2,000 reference training inputs (penultimate features for mmd, raw rows for ks)."""

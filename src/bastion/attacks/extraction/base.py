@@ -1,19 +1,17 @@
 """The extraction contract: ``attack.extract(victim, budget) -> ExtractionResult``.
 
-An extraction attack steals a copy of a classifier it can only query. The victim is touched through
-:meth:`~bastion.models.Classifier.logits` / ``predict`` (and ``n_classes``, ``input_shape``, ``bounds``,
-``output`` and a remote model's ``label_only``), never through its weights or gradients, so a local model, a
-served one (:class:`~bastion.models.RemoteClassifier`) and a label-only API are attacked alike.
+An extraction attack steals a copy of a classifier it can only query: through ``logits`` / ``predict`` (and its
+shape, classes, bounds, ``output``, ``label_only``), never its weights or gradients — a local model, a served one
+(:class:`~bastion.models.RemoteClassifier`) and a label-only API are attacked alike.
 
 ``queries`` in the result is exact: the victim's own ``n_queries`` counter before and after the attack (inputs
-sent, not requests), and never more than ``budget``. With held-out ``eval_x`` (and ``eval_y``) the result's
-``curve`` has one :class:`CurvePoint` per checkpoint: the queries spent, the copy's **fidelity** (agreement of
-its argmax with the victim's, :func:`bastion.metrics.fidelity`, Jagielski et al. 2020) and its accuracy. The
-victim's answers on the held-out inputs are asked once, before the attack, and are not part of ``queries``
-(``extra["eval_queries"]``); with labels, ``extra["victim_accuracy"]`` is the victim's accuracy on them.
+sent, not requests), and never more than ``budget``. With held-out ``eval_x`` (and ``eval_y``) ``curve`` has one
+:class:`CurvePoint` per checkpoint: queries spent, the copy's **fidelity** (argmax agreement with the victim,
+:func:`bastion.metrics.fidelity`, Jagielski et al. 2020) and accuracy. The victim's answers on the held-out inputs
+are asked once, before the attack, outside ``queries`` (``extra["eval_queries"]``, ``extra["victim_accuracy"]``).
 
-Randomness comes from one ``torch.Generator`` (``generator=``, or one seeded with ``seed``); the global RNG is
-neither used nor seeded. Attacks are registered by their CLI name in :data:`EXTRACTION_ATTACKS`.
+Randomness comes from one ``torch.Generator`` (``generator=``, or one seeded with ``seed``), never the global RNG.
+Attacks are registered by their CLI name in :data:`EXTRACTION_ATTACKS`.
 """
 
 from __future__ import annotations
