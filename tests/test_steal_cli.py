@@ -29,20 +29,7 @@ def bastion(*args: str) -> subprocess.CompletedProcess:
 
 def test_steal_equation_solving_reports_and_saves_an_exact_copy(tmp_path):
     out = tmp_path / "copy.safetensors"
-    r = bastion(
-        "steal",
-        "-m",
-        "zoo:digits-logreg",
-        "-d",
-        "digits",
-        "-a",
-        "equation-solving",
-        "-b",
-        "100",
-        "-o",
-        str(out),
-        "--json",
-    )
+    r = bastion(*"steal -m zoo:digits-logreg -d digits -a equation-solving -b 100 --json -o".split(), str(out))
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert KEYS <= set(res) and res["queries"] == 65 and res["fidelity"] == 1.0
@@ -94,22 +81,7 @@ def test_steal_bad_input_exits_2_with_one_line(tmp_path, capsys):
 def test_steal_refuses_equation_solving_on_a_label_only_api(tmp_path):
     with digits_endpoint(labels_only=True) as (httpd, _):
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        r = bastion(
-            "steal",
-            "-m",
-            url,
-            "--input-shape",
-            "1,8,8",
-            "--n-classes",
-            "10",
-            "-d",
-            "digits",
-            "-a",
-            "equation-solving",
-            "-b",
-            "100",
-            "-o",
-            str(tmp_path / "c.safetensors"),
-        )
+        opts = "--input-shape 1,8,8 --n-classes 10 -d digits -a equation-solving -b 100 -o".split()
+        r = bastion("steal", "-m", url, *opts, str(tmp_path / "c.safetensors"))
     assert r.returncode == 2
     assert "answers with labels only" in r.stderr and "--attack knockoff --labels-only" in r.stderr
