@@ -41,6 +41,13 @@ def _few_threads():
     yield
 
 
+@pytest.fixture
+def one_thread(_few_threads):
+    """Torch at one thread: small models train faster so, and do not fight a second process for the cores."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def quick_audit(tmp_path_factory, mnist_cnn, mnist):
     """A real quick-profile audit of zoo:mnist-cnn on 200 mnist5k test images: (report dict, output dir)."""

@@ -72,6 +72,7 @@ def test_audit_surface_is_pinned():
         "poisoning",
         "backdoor",
         "membership",
+        "privacy",
         "inversion",
         "extraction",
     ]

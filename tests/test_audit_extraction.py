@@ -20,13 +20,7 @@ from bastion.errors import UsageError
 from bastion.models import WrappedClassifier
 from bastion.models.zoo import load_zoo
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster, and two under contention far slower
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _audit(model, data, out, gates=(), **params):

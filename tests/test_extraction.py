@@ -28,13 +28,7 @@ from bastion.models import RemoteClassifier, WrappedClassifier, load_model, save
 from bastion.models.zoo import load_zoo
 from blackbox_helpers import digits_endpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the victims and copies are tiny: one thread is faster (as in test_training)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _relative_to_class_0(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

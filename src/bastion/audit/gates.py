@@ -8,7 +8,7 @@ qualifier in brackets and an optional ``@eps=VALUE``, e.g. ``clean_accuracy``,
 ``robust_accuracy[square]@eps=0.1``, ``patch_success[untargeted]``, ``certified_accuracy@r=0.5``,
 ``attack_success_rate[badnets]@rate=0.05`` (poisoning), ``max_anomaly_index<=2`` (backdoor scan),
 ``max_membership_tpr@fpr=0.001<=0.005`` (membership inference), ``extraction_fidelity@queries=1000<=0.5``
-(model extraction).
+(model extraction), ``privacy_epsilon_lower_bound<=1`` (the canary audit of the training recipe).
 
 Expressions are checked before the audit runs (syntax, base name, eps among the audited ones); a
 gate whose metric was not measured (its probe was skipped or failed) fails, and says why.
@@ -65,6 +65,13 @@ METRIC_BASES = {
     "extraction_transfer_rate",
     "extraction_noise_rate",
     "extraction_victim_accuracy",
+    "privacy_epsilon",
+    "privacy_delta",
+    "privacy_epsilon_lower_bound",
+    "privacy_test_accuracy",
+    "privacy_canary_auc",
+    "privacy_canary_tpr",
+    "privacy_natural_auc",
 }
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RE = re.compile(

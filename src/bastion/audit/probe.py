@@ -141,6 +141,40 @@ class Probe:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
 
 
+class RetrainingProbe(Probe):
+    """A probe that retrains the model's registered architecture (the ``arch`` parameter, else the model's own):
+    it applies to such models and data with a training split that fits. ``retrains`` finishes the sentence "the
+    model's architecture is not known, so ..."."""
+
+    retrains: ClassVar[str] = "it cannot be retrained"
+
+    def _arch(self, ctx: AuditContext) -> str | None:
+        from ..models.torch import TorchClassifier
+
+        arch = self.params["arch"]
+        if arch is None and isinstance(ctx.model, TorchClassifier):
+            arch = ctx.model.arch
+        return arch
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        from ..models.architectures import ARCHITECTURES
+
+        arch = self._arch(ctx)
+        if arch is None:
+            return (
+                f"the model's architecture is not known, so {self.retrains}: audit a zoo: or .safetensors model, "
+                "or give the probe an arch (register yours with register_architecture)"
+            )
+        if arch not in ARCHITECTURES:
+            return f"architecture {arch!r} is not registered (register it with register_architecture)"
+        spec = ARCHITECTURES.get(arch)
+        if ctx.data.x_train.shape[0] < 10:
+            return f"the dataset has no training split, so {self.retrains}"
+        if tuple(ctx.data.input_shape) != spec.input_shape or ctx.data.n_classes > spec.n_classes:
+            return f"the data (inputs {ctx.data.input_shape}) do not fit architecture {arch!r} ({spec.input_shape})"
+        return None
+
+
 PROBES: Registry[type[Probe]] = Registry("probe")
 """Audit probes by name (``"whitebox"``, ``"blackbox"``, ...), the names profiles and ``--probes`` use."""
 

@@ -11,7 +11,11 @@ skipped with the reason. ``poisoning`` retrains the model's architecture once pe
 (Neural Cleanse reverses a trigger for every class: minutes for mnist-cnn on 2 CPU cores). ``extraction`` trains a
 copy of the model at every query budget: ``quick`` steals with budgets up to 500 on probabilities only, with 15
 epochs (about 5 s for digits-mlp, 25 s for mnist-cnn, at one thread), ``standard`` up to 2,000 queries (capped by the
-training split, the attacker's pool) on probabilities and on labels alone, ``thorough`` up to 10,000.
+training split, the attacker's pool) on probabilities and on labels alone, ``thorough`` up to 10,000. ``privacy``
+retrains the model's architecture with canaries (its recorded DP-SGD recipe, or the standard one without DP) to
+bound epsilon from below: ``standard`` with 500 canaries and one training, ``thorough`` 1,000 and two (both capped
+at half the training split); it is not in ``quick``, as a training adds 25-40 s for mnist-cnn on mnist5k at one
+thread (``{"canaries": 200, "runs": 1}`` is its quick setting in a custom profile).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ PROFILES: dict[str, Profile] = {
             "poisoning": {"attacks": {"badnets": [0.005, 0.01, 0.02, 0.05], "label-flip": [0.05, 0.2]}},
             "backdoor": {"n": 500},
             "membership": {"attacks": ["loss", "modified-entropy", "lira", "rmia"], "references": 8},
+            "privacy": {"canaries": 500, "runs": 1},
             "inversion": {},
             "extraction": {"budgets": [100, 250, 500, 1000, 2000]},
         },
@@ -110,6 +115,7 @@ PROFILES: dict[str, Profile] = {
                 "attacks": ["loss", "modified-entropy", "lira", "lira-offline", "rmia", "shadow"],
                 "references": 16,
             },
+            "privacy": {"canaries": 1000, "runs": 2},
             "inversion": {"steps": 2000},
             "extraction": {"budgets": [100, 250, 500, 1000, 2000, 5000, 10_000], "n_transfer": 1000},
         },

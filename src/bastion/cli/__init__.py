@@ -20,6 +20,7 @@ from .harden import harden
 from .keys import keys_app
 from .poison import poison
 from .privacy import privacy
+from .privacy_audit import privacy_audit
 from .sanitize import sanitize
 from .scan import scan
 from .serve import serve
@@ -41,7 +42,11 @@ app.command()(zoo)
 app.command()(train)
 app.command()(harden)
 app.command()(poison)
-app.command()(privacy)
+# `bastion privacy` measures membership leakage itself; `bastion privacy audit` audits differential privacy
+privacy_app = typer.Typer(name="privacy", add_completion=False, pretty_exceptions_enable=False)
+privacy_app.callback(invoke_without_command=True)(privacy)
+privacy_app.command("audit")(privacy_audit)
+app.add_typer(privacy_app, name="privacy")
 app.command()(sanitize)
 app.command()(scan)
 app.command()(steal)

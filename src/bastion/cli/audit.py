@@ -25,7 +25,8 @@ from .common import json_default as _json_default
 from .common import log as _log
 
 _PROBES_HELP = (
-    "Comma-separated subset of probes: model, whitebox, minimum-norm, blackbox, noise, patch, certification, detection."
+    "Comma-separated subset of the profile's probes: model, whitebox, minimum-norm, blackbox, noise, patch, "
+    "certification, detection, poisoning, backdoor, membership, privacy, inversion, extraction."
 )
 _DETECTOR_HELP = (
     "Audit the model behind an adversarial-input detector (mahalanobis, activations, squeeze), fitted on the "

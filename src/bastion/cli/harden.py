@@ -1,7 +1,8 @@
-"""``bastion harden``: adversarial training and Gaussian-noise training from the command line (registered by
-:mod:`bastion.cli`). The work is the library's (:func:`bastion.defenses.training.adversarial_train`,
-:func:`bastion.defenses.certification.gaussian_harden`, :func:`bastion.training.save_trained`); this module
-checks the options, shows progress and prints the result."""
+"""``bastion harden``: adversarial training, Gaussian-noise training and DP-SGD from the command line (registered
+by :mod:`bastion.cli`). The work is the library's (:func:`bastion.defenses.training.adversarial_train`,
+:func:`bastion.defenses.certification.gaussian_harden`, :func:`bastion.defenses.privacy.dp_train` through
+:mod:`.harden_dp`, :func:`bastion.training.save_trained`); this module checks the options, shows progress and
+prints the result."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from .common import refuse as _fail
 
 # the options, named once: the command's signature stays one line per option
 MODEL = typer.Option(
-    ..., "--model", "-m", help="The torch model to harden: zoo:NAME, a .safetensors file, or module:function."
+    None,
+    "--model",
+    "-m",
+    help="The torch model to harden: zoo:NAME, a .safetensors file, or module:function (dp-sgd: omit it and give --arch to train from scratch).",
 )
 DATA = typer.Option(
     ..., "--data", "-d", help="Built-in dataset name or a .npz/.csv file or image folder (its training split is used)."
@@ -27,15 +31,27 @@ DATA = typer.Option(
 DEFENSE = typer.Option(
     ...,
     "--defense",
-    help="pgd-at (Madry et al.), trades (Zhang et al.), fast-at (one FGSM step per epoch; see --fast-init), or gaussian (noise training for randomized smoothing, Cohen et al.).",
+    help="pgd-at (Madry et al.), trades (Zhang et al.), fast-at (one FGSM step per epoch; see --fast-init), gaussian (noise training for randomized smoothing, Cohen et al.), or dp-sgd (differential privacy through Opacus, Abadi et al.; see --epsilon).",
 )
 SIGMA = typer.Option(None, "--sigma", help="With --defense gaussian: the noise level (input units).")
 OUT = typer.Option(..., "--out", "-o", help="Output .safetensors file; loads back with --model OUT anywhere.")
 EPS = typer.Option(0.3, "--eps", help="Perturbation budget trained against (input units).")
 NORM = typer.Option("linf", "--norm", help="linf or l2.")
-EPOCHS = typer.Option(10, "--epochs", help="Training epochs.")
-BATCH_SIZE = typer.Option(128, "--batch-size", help="Training batch size.")
-LR = typer.Option(1e-3, "--lr", help="Learning rate (Adam).")
+EPOCHS = typer.Option(None, "--epochs", help="Training epochs (default 10; dp-sgd: the architecture's DP recipe).")
+BATCH_SIZE = typer.Option(
+    None, "--batch-size", help="Training batch size (default 128; dp-sgd: the expected Poisson batch of its recipe)."
+)
+LR = typer.Option(None, "--lr", help="Learning rate (default 1e-3 with Adam; dp-sgd: SGD at its recipe's rate).")
+EPSILON = typer.Option(None, "--epsilon", help="dp-sgd: the target epsilon over the run (default 3).")
+DELTA = typer.Option(None, "--delta", help="dp-sgd: the target delta, below 1/N (default 1e-5).")
+MAX_GRAD_NORM = typer.Option(None, "--max-grad-norm", help="dp-sgd: the per-example clipping norm (default 1.0).")
+NOISE_MULTIPLIER = typer.Option(
+    None, "--noise-multiplier", help="dp-sgd: a fixed noise multiplier instead of --epsilon (0: no noise, no privacy)."
+)
+ACCOUNTANT = typer.Option(None, "--accountant", help="dp-sgd: prv (default), rdp or gdp.")
+SECURE = typer.Option(
+    False, "--secure", help="dp-sgd: cryptographically strong noise and sampling (Opacus' secure mode, or os.urandom)."
+)
 STEPS = typer.Option(10, "--steps", help="Inner attack steps (pgd-at, trades).")
 STEP_SIZE = typer.Option(
     None,
@@ -86,7 +102,7 @@ def _check_options(
     from ..defenses.training import FAST_INITS, LR_SCHEDULES, adversarial_defenses
     from ..training import TRAINING_STEPS
 
-    choices = (*adversarial_defenses(), "gaussian")
+    choices = (*adversarial_defenses(), "gaussian", "dp-sgd")
     name = TRAINING_STEPS.canonical(defense)
     if name not in choices:
         close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
@@ -207,16 +223,16 @@ def _summary(rec: dict[str, Any], out: str, rec_path: Path) -> str:
 
 
 def harden(
-    model: str = MODEL,
+    model: str | None = MODEL,
     data: str = DATA,
     defense: str = DEFENSE,
     sigma: float | None = SIGMA,
     out: str = OUT,
     eps: float = EPS,
     norm: str = NORM,
-    epochs: int = EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
+    epochs: int | None = EPOCHS,
+    batch_size: int | None = BATCH_SIZE,
+    lr: float | None = LR,
     steps: int = STEPS,
     step_size: float | None = STEP_SIZE,
     lr_schedule: str = LR_SCHEDULE,
@@ -232,20 +248,33 @@ def harden(
     n_classes: int | None = N_CLASSES,
     label_column: str | None = LABEL_COLUMN,
     seed: int = SEED,
+    epsilon: float | None = EPSILON,
+    delta: float | None = DELTA,
+    max_grad_norm: float | None = MAX_GRAD_NORM,
+    noise_multiplier: float | None = NOISE_MULTIPLIER,
+    accountant: str | None = ACCOUNTANT,
+    secure: bool = SECURE,
     as_json: bool = JSON_OUT,
 ) -> None:
-    """Adversarially train a torch model and write it as safetensors plus a JSON training record.
-
-    The output file's metadata names the architecture and the training parameters, so `--model OUT`
-    loads it back for `bastion attack` and `bastion audit`. Per epoch: clean and PGD accuracy on
-    held-out training inputs. fast-at stops (restoring the best epoch) when PGD accuracy collapses
-    (catastrophic overfitting).
-    """
+    """Harden a torch model; write it as safetensors (its metadata names the architecture and the training, so
+    `--model OUT` loads it anywhere) plus a JSON record. Adversarial training shows clean and PGD accuracy per epoch
+    (fast-at stops at catastrophic overfitting); dp-sgd the epsilon spent, and records epsilon, delta, noise
+    multiplier, clipping norm, sampling rate and accountant."""
     from ..defenses.certification import gaussian_harden
     from ..defenses.training import AdversarialTrainingConfig
     from ..training import save_trained
+    from .harden_dp import DPOptions, dp_harden
 
     name = _check_options(defense, sigma, out, {"--record": record, "--checkpoint": checkpoint}, lr_schedule, fast_init)
+    dp = DPOptions(epsilon, delta, max_grad_norm, noise_multiplier, accountant, secure, epochs, batch_size, lr, seed)
+    if name == "dp-sgd":
+        paths = {"out": out, "checkpoint": checkpoint, "record": record}
+        loading = {"input_shape": input_shape, "n_classes": n_classes}
+        return dp_harden(model, arch, data, dp, paths, loading, label_column, as_json)
+    dp.refuse_given()
+    if model is None:
+        _fail(f"--defense {name} needs --model (the torch model to harden)")
+    epochs, batch_size, lr = epochs or 10, batch_size or 128, lr if lr is not None else 1e-3
     config = AdversarialTrainingConfig(  # validates the numbers (for gaussian too: epochs, batch size, lr)
         defense="pgd-at" if name == "gaussian" else name,
         eps=eps,

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import (
-    Data,
+    DATA_HELP,
     InputShape,
     LabelColumn,
     NClasses,
@@ -29,6 +29,7 @@ from .common import log as _log
 
 JSON_KEYS = ("mode", "attacks", "target", "references", "n_inputs")
 
+OptionalData = Annotated[str | None, typer.Option("--data", "-d", help=DATA_HELP)]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="Audit mode: the model to measure (its training split = members).")
 ]
@@ -116,7 +117,8 @@ def _rich_bar() -> Any:
 
 
 def privacy(
-    data: Data,
+    ctx: typer.Context,
+    data: OptionalData = None,
     model: ModelOpt = None,
     arch: ArchOpt = None,
     train_function: TrainFunction = None,
@@ -135,8 +137,16 @@ def privacy(
     Game mode (--arch A or --train-function F, --train-size N): a target trained on a random half of 2N records,
     K reference models on other halves, every record scored. Audit mode (--model M): the model's training split
     are the members, its test split the non-members. Reports ROC AUC, balanced accuracy and the true-positive rate
-    at 0.1% and 1% false positives for each attack."""
+    at 0.1% and 1% false positives for each attack.
+
+    `bastion privacy audit` (its own --help) audits a training recipe's differential privacy instead: claimed
+    epsilon beside an empirical lower bound from canaries."""
     from ..attacks.inference.membership import membership_audit, membership_game, run_membership_attacks
+
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is None:
+        refuse("--data is required (membership inference); or run `bastion privacy audit --help`")
 
     recipe = _recipe(arch, train_function, epochs)
     atks = _attacks(attacks, references)

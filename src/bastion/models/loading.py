@@ -137,7 +137,10 @@ def _safetensors(path: Path, arch: str | None, bounds: tuple[float, float] | Non
             f"{path} holds weights without an architecture name: pass arch= (one of "
             f"{', '.join(sorted(ARCHITECTURES))}) or register yours with register_architecture"
         )
-    return _load_into(name, state, path, bounds)
+    clf = _load_into(name, state, path, bounds)
+    if isinstance(clf, TorchClassifier):
+        clf.metadata = dict(meta)  # the training record (DP-SGD's epsilon, a defence's settings) travels with it
+    return clf
 
 
 def _zip_kind(path: Path) -> str | None:

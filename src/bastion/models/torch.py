@@ -41,6 +41,7 @@ class TorchClassifier(BaseClassifier, HasFeatures):
 
     white_box = True
     arch: str | None = None  # the registered architecture the module was built from, when known (zoo, safetensors)
+    metadata: dict[str, str] | None = None  # a safetensors file's metadata (its training record), when loaded from one
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from . import (
     noise,
     patch,
     poisoning,
+    privacy,
     whitebox,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "noise",
     "patch",
     "poisoning",
+    "privacy",
     "whitebox",
 ]

@@ -28,9 +28,7 @@ import torch
 
 from ...attacks.poisoning import POISONING_ATTACKS, PoisoningRun, clean_reference, run_poisoning
 from ...errors import UsageError
-from ...models.architectures import ARCHITECTURES
-from ...models.torch import TorchClassifier
-from ..probe import AuditContext, Probe, register_probe
+from ..probe import AuditContext, RetrainingProbe, register_probe
 from ..result import Check, Example, Plot, ProbeResult, Series
 
 _RISK = {"high": 2, "medium": 1, "low": 0}
@@ -42,10 +40,11 @@ def rate_key(rate: float) -> str:
 
 
 @register_probe
-class PoisoningProbe(Probe):
+class PoisoningProbe(RetrainingProbe):
     name = "poisoning"
     title = "Training-data poisoning"
     threat = "poisoning / training data"
+    retrains = "it cannot be retrained on poisoned data"
     defaults: ClassVar[dict[str, Any]] = {
         "attacks": {"badnets": [0.005, 0.01, 0.02, 0.05], "label-flip": [0.05, 0.2]},
         "target": 0,
@@ -64,28 +63,6 @@ class PoisoningProbe(Probe):
             POISONING_ATTACKS.get(name)  # an unknown name fails here, before any probe runs
             if not isinstance(rates, (list, tuple)) or not rates or not all(0 < float(r) < 1 for r in rates):
                 raise UsageError(f"probe 'poisoning': the rates of {name!r} must be a list of numbers in (0, 1)")
-
-    def _arch(self, ctx: AuditContext) -> str | None:
-        arch = self.params["arch"]
-        if arch is None and isinstance(ctx.model, TorchClassifier):
-            arch = ctx.model.arch
-        return arch
-
-    def skip_reason(self, ctx: AuditContext) -> str | None:
-        arch = self._arch(ctx)
-        if arch is None:
-            return (
-                "the model's architecture is not known, so it cannot be retrained on poisoned data: audit a "
-                "zoo: or .safetensors model, or give the probe an arch (register yours with register_architecture)"
-            )
-        if arch not in ARCHITECTURES:
-            return f"architecture {arch!r} is not registered (register it with register_architecture)"
-        spec = ARCHITECTURES.get(arch)
-        if ctx.data.x_train.shape[0] < 10:
-            return "the dataset has no training split to poison"
-        if tuple(ctx.data.input_shape) != spec.input_shape or ctx.data.n_classes > spec.n_classes:
-            return f"the data (inputs {ctx.data.input_shape}) do not fit architecture {arch!r} ({spec.input_shape})"
-        return None
 
     def _attack(self, name: str, rate: float, ctx: AuditContext) -> Any:
         cls = POISONING_ATTACKS.get(name)

@@ -1,0 +1,125 @@
+"""``bastion privacy audit``: the empirical privacy audit of a training recipe — claimed epsilon (the accountant's)
+beside an empirical lower bound (canaries; :func:`bastion.defenses.privacy.canary_audit`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from .common import Data, LabelColumn, load_data_option, refuse
+from .common import log as _log
+
+JSON_KEYS = ("epsilon", "epsilon_lower_bound", "confidence", "test_accuracy", "violation", "baseline")
+
+ArchOpt = Annotated[str, typer.Option("--arch", help="The registered architecture the recipe trains (from scratch).")]
+Defense = Annotated[str, typer.Option("--defense", help="dp-sgd (audit DP-SGD) or none (the standard recipe).")]
+Epsilon = Annotated[float | None, typer.Option("--epsilon", help="dp-sgd: the target epsilon (default 3).")]
+Delta = Annotated[float | None, typer.Option("--delta", help="dp-sgd: the target delta, below 1/N (default 1e-5).")]
+MaxGradNorm = Annotated[float | None, typer.Option("--max-grad-norm", help="dp-sgd: the clipping norm (default 1).")]
+Epochs = Annotated[int | None, typer.Option("--epochs", help="dp-sgd: epochs (default: the architecture's recipe).")]
+Canaries = Annotated[int, typer.Option("--canaries", help="Canaries m, each inserted with probability 1/2 (<= N/2).")]
+Kind = Annotated[
+    str, typer.Option("--canary-kind", help="ood (noise inputs, random labels) or mislabel (records, wrong label).")
+]
+Score = Annotated[str, typer.Option("--score", help="The membership signal: loss, confidence or logit (LiRA's).")]
+Runs = Annotated[int, typer.Option("--runs", help="Training runs (>= 2 adds the Clopper-Pearson bound across runs).")]
+Confidence = Annotated[float, typer.Option("--confidence", help="Confidence level of the lower bound.")]
+Baseline = Annotated[
+    bool, typer.Option("--baseline/--no-baseline", help="dp-sgd: audit the standard non-DP recipe too (default on).")
+]
+FailOnViolation = Annotated[
+    bool, typer.Option("--fail-on-violation", help="Exit 1 when the empirical bound exceeds the claimed epsilon.")
+]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the canaries, their inclusion and the training.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object with at least: " + ", ".join(JSON_KEYS))]
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    claimed = "none (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.3f}"
+    mem = r["membership"]["canaries"]
+    return (
+        f"{name:<10} {claimed:>14} {r['epsilon_lower_bound']:>14.3f} {r['test_accuracy']:>9.3f} "
+        f"{mem['auc']:>6.3f} {mem['tpr_at_fpr']['0.001']:>12.4f}"
+    )
+
+
+def _print(report: dict[str, Any]) -> None:
+    conf = report["confidence"]
+    typer.echo(
+        f"privacy audit of {report['arch']} on {report['data']}: {report['canaries']['m']} "
+        f"{report['canaries']['kind']} canaries x {report['canaries']['runs']} run(s), {report['canaries']['score']} "
+        f"scores, bound at {conf:.0%} confidence (Steinke, Nasr & Jagielski 2023)"
+    )
+    typer.echo(
+        f"{'model':<10} {'claimed eps':>14} {'empirical eps':>14} {'test acc':>9} {'AUC':>6} {'TPR@0.1%FPR':>12}"
+    )
+    typer.echo(_row(report["defense"], report))
+    if report.get("baseline"):
+        typer.echo(_row("none", report["baseline"]))
+    if report["violation"]:
+        typer.secho(
+            f"VIOLATION: the empirical lower bound {report['epsilon_lower_bound']:.3f} exceeds the claimed epsilon "
+            f"{report['epsilon']:.3f}: the training or its accounting is broken",
+            fg="red",
+            err=True,
+        )
+    elif report["epsilon"] is not None:
+        typer.echo("ok: the empirical bound stays below the claimed epsilon")
+
+
+def privacy_audit(
+    data: Data,
+    arch: ArchOpt,
+    defense: Defense = "dp-sgd",
+    epsilon: Epsilon = None,
+    delta: Delta = None,
+    max_grad_norm: MaxGradNorm = None,
+    epochs: Epochs = None,
+    canaries: Canaries = 500,
+    canary_kind: Kind = "ood",
+    score: Score = "loss",
+    runs: Runs = 1,
+    confidence: Confidence = 0.95,
+    baseline: Baseline = True,
+    fail_on_violation: FailOnViolation = False,
+    seed: Seed = 0,
+    label_column: LabelColumn = None,
+    as_json: AsJson = False,
+) -> None:
+    """Empirical privacy audit: claimed epsilon (the accountant's) beside a measured lower bound.
+
+    Trains the recipe once per run with --canaries records made unusual (mislabelled or noise) and inserted at
+    random with probability 1/2, scores every canary with a membership attack and turns the guesses into a lower
+    bound on epsilon that holds at --confidence. A DP model whose bound exceeds its claimed epsilon is a violation
+    (red; exit 1 with --fail-on-violation). With --baseline the standard non-DP recipe is audited beside it."""
+    from ..defenses.privacy import canary_audit, dp_config_for
+    from ..models.architectures import ARCHITECTURES
+
+    if defense not in ("dp-sgd", "none"):
+        refuse(f"--defense: choose dp-sgd or none, got {defense!r}")
+    if not 0 < confidence < 1:
+        refuse(f"--confidence must be in (0, 1), got {confidence}")
+    spec = ARCHITECTURES.get(arch)
+    say = None if as_json else _log
+    ds = load_data_option(data, label_column=label_column, log=say)
+    if tuple(ds.input_shape) != tuple(spec.input_shape):
+        refuse(f"--data: {data} has inputs of shape {tuple(ds.input_shape)} but {arch} takes {spec.input_shape}")
+    config = None
+    if defense == "dp-sgd":
+        config = dp_config_for(arch, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, epochs=epochs)
+    else:
+        given = [k for k, v in {"--epsilon": epsilon, "--delta": delta, "--max-grad-norm": max_grad_norm}.items() if v]
+        if given:
+            refuse(f"{', '.join(given)}: only with --defense dp-sgd")
+    common: dict[str, Any] = {"canaries": canaries, "kind": canary_kind, "score": score, "runs": runs}
+    common |= {"confidence": confidence, "seed": seed, "log": say}
+    report = canary_audit(arch, ds, config, **common)
+    report["baseline"] = canary_audit(arch, ds, None, **common) if baseline and config is not None else None
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        _print(report)
+    if fail_on_violation and report["violation"]:
+        raise typer.Exit(1)
