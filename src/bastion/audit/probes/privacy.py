@@ -6,8 +6,8 @@ learning rate, accountant, ...) and ``bastion_record`` (what the accountant spen
 ``noise_multiplier``, ``max_grad_norm``, ``sample_rate``, ``steps``, ``accountant``, ``secure_rng``). The probe
 reads them — from the ``model_file`` parameter (a ``.safetensors`` path) or from a ``metadata`` mapping on the
 classifier (the raw safetensors metadata, as a loader may attach it) — shows them in the report, and audits the
-recipe empirically (:func:`bastion.defenses.privacy.audit.canary_audit`): ``canaries`` mislabelled training records
-(``kind``), each inserted with probability 1/2, one training of the model's architecture with the recorded DP
+recipe empirically (:func:`bastion.defenses.privacy.audit.canary_audit`): ``canaries`` canaries (``kind``: noise
+inputs with random labels by default, or mislabelled training records), each inserted with probability 1/2, one training of the model's architecture with the recorded DP
 recipe (a model without DP: the architecture's standard recipe, no noise), a membership score per canary
 (``score``), and a lower bound on epsilon that holds at ``confidence`` (Steinke, Nasr & Jagielski 2023's one-run
 bound; with ``runs >= 2`` also Jagielski, Ullman & Oprea 2020's across runs). ``canaries`` is capped at half the
