@@ -58,6 +58,15 @@ def test_noise_free_recipe_bound_is_clearly_above_the_dp_models_which_stays_belo
     assert dp["test_accuracy"] > 0.6 and none["test_accuracy"] > 0.9
 
 
+def test_online_lira_with_references_finds_members_at_low_false_positive_rates(digits):
+    """LiRA (reference models each on a random half of the canaries) against the loss attack, same canaries."""
+    loss = canary_audit("digits-mlp", digits, None, canaries=500)
+    lira = canary_audit("digits-mlp", digits, None, canaries=500, score="lira", references=4)
+    assert lira["canaries"]["references"] == 4 and lira["epsilon_lower_bound"] > 1.5
+    low = lira["membership"]["canaries"]["tpr_at_fpr"]["0.001"]
+    assert low > 0.1 and low > 3 * loss["membership"]["canaries"]["tpr_at_fpr"]["0.001"]
+
+
 def test_broken_dp_training_is_a_violation(digits, noise_removed):
     out = canary_audit("digits-mlp", digits, dp_config_for("digits-mlp", epsilon=1.0, accountant="rdp"), canaries=500)
     assert out["epsilon"] == pytest.approx(1.0, abs=0.02)  # the accountant does not know the noise is gone
@@ -89,6 +98,7 @@ def test_cli_fails_on_violation_in_red_and_prints_json(digits, noise_removed, ca
         (["--defense", "none", "--epsilon", "2"], "only with --defense dp-sgd"),
         (["--delta", "0.1"], "below 1/N"),
         (["--canary-kind", "rainbow"], "canary-kind"),
+        (["--score", "lira"], "--references"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(extra, message, capsys):

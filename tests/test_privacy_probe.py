@@ -149,7 +149,10 @@ def test_wiring_profiles_parameters_and_gates(tmp_path):
     with pytest.raises(UsageError, match="not a file"):
         PrivacyProbe(model_file=str(tmp_path / "missing.safetensors"))
     with pytest.raises(UsageError, match="unknown parameters"):
-        PrivacyProbe(references=3)
+        PrivacyProbe(shadows=3)
+    with pytest.raises(UsageError, match="lira"):
+        PrivacyProbe(references=3)  # references are for the lira score only
+    assert PrivacyProbe(score="lira", references=3).params["references"] == 3
     assert parse_gate("privacy_epsilon_lower_bound<=1").metric == "privacy_epsilon_lower_bound"
     assert parse_gate("privacy_canary_tpr@fpr=0.001<=0.05").metric == "privacy_canary_tpr@fpr=0.001"
     assert parse_gate("privacy_epsilon<=8").metric == "privacy_epsilon"

@@ -23,7 +23,12 @@ Canaries = Annotated[int, typer.Option("--canaries", help="Canaries m, each inse
 Kind = Annotated[
     str, typer.Option("--canary-kind", help="ood (noise inputs, random labels) or mislabel (records, wrong label).")
 ]
-Score = Annotated[str, typer.Option("--score", help="The membership signal: loss, confidence or logit (LiRA's).")]
+Score = Annotated[
+    str, typer.Option("--score", help="The membership signal: loss, confidence, logit (LiRA's), or lira (offline).")
+]
+References = Annotated[
+    int, typer.Option("--references", help="--score lira: reference models per run, trained without canaries (>= 2).")
+]
 Runs = Annotated[int, typer.Option("--runs", help="Training runs (>= 2 adds the Clopper-Pearson bound across runs).")]
 Confidence = Annotated[float, typer.Option("--confidence", help="Confidence level of the lower bound.")]
 Baseline = Annotated[
@@ -80,6 +85,7 @@ def privacy_audit(
     canaries: Canaries = 500,
     canary_kind: Kind = "ood",
     score: Score = "loss",
+    references: References = 0,
     runs: Runs = 1,
     confidence: Confidence = 0.95,
     baseline: Baseline = True,
@@ -114,6 +120,7 @@ def privacy_audit(
         if given:
             refuse(f"{', '.join(given)}: only with --defense dp-sgd")
     common: dict[str, Any] = {"canaries": canaries, "kind": canary_kind, "score": score, "runs": runs}
+    common["references"] = references
     common |= {"confidence": confidence, "seed": seed, "log": say}
     report = canary_audit(arch, ds, config, **common)
     report["baseline"] = canary_audit(arch, ds, None, **common) if baseline and config is not None else None

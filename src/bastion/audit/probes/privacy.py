@@ -120,6 +120,7 @@ class PrivacyProbe(RetrainingProbe):
         "runs": 1,
         "kind": "ood",
         "score": "loss",
+        "references": 0,
         "confidence": 0.95,
         "arch": None,
         "model_file": None,
@@ -139,6 +140,8 @@ class PrivacyProbe(RetrainingProbe):
             raise UsageError(f"probe 'privacy': kind must be one of {', '.join(CANARY_KINDS)}, got {p['kind']!r}")
         if p["score"] not in CANARY_SCORES:
             raise UsageError(f"probe 'privacy': score must be one of {', '.join(CANARY_SCORES)}, got {p['score']!r}")
+        if (p["score"] == "lira") != (isinstance(p["references"], int) and p["references"] >= 2):
+            raise UsageError("probe 'privacy': score 'lira' needs references >= 2, and only lira uses them")
         if not 0 < float(p["confidence"]) < 1:
             raise UsageError(f"probe 'privacy': confidence must lie in (0, 1), got {p['confidence']!r}")
         if p["model_file"] is not None and not Path(p["model_file"]).is_file():
@@ -170,6 +173,7 @@ class PrivacyProbe(RetrainingProbe):
             canaries=m,
             kind=p["kind"],
             score=p["score"],
+            references=int(p["references"]),
             runs=runs,
             confidence=float(p["confidence"]),
             seed=ctx.seed_for(self.name),

@@ -8,7 +8,9 @@ wrong sampling rate leaves it unchanged. The audit measures what the training ac
    the training set independently with probability 1/2; the other training records are always in;
 2. the model is trained once with the recipe under audit (:func:`bastion.defenses.privacy.dp_train`);
 3. every canary is scored by a membership attack on the trained model (``loss``: the negated cross-entropy on
-   the canary's label, Yeom et al. 2018; ``confidence``; ``logit``: LiRA's logit-scaled confidence);
+   the canary's label, Yeom et al. 2018; ``confidence``; ``logit``: LiRA's logit-scaled confidence; ``lira``:
+   online LiRA, Carlini et al. 2022 — that statistic against reference models each trained on its own random
+   half of the canaries);
 4. the guesses become a lower bound on epsilon that holds at ``confidence``: Steinke, Nasr & Jagielski 2023's
    one-run bound, and with ``runs >= 2`` the Clopper-Pearson bound of Jagielski, Ullman & Oprea 2020 across
    runs as well (:mod:`.epsilon`). Canaries of several runs are pooled for the one-run bound: each canary
@@ -42,7 +44,7 @@ from .dpsgd import DPConfig, dp_train_architecture
 __all__ = ["CANARY_KINDS", "CANARY_SCORES", "CanarySet", "canary_audit", "make_canaries", "score_canaries"]
 
 CANARY_KINDS = ("mislabel", "ood")
-CANARY_SCORES = ("loss", "confidence", "logit")
+CANARY_SCORES = ("loss", "confidence", "logit", "lira")
 
 
 @dataclass
@@ -92,7 +94,8 @@ def make_canaries(data: Dataset, m: int, *, kind: str = "mislabel", seed: int = 
 
 @torch.no_grad()
 def score_canaries(module: nn.Module, x: Tensor, y: Tensor, score: str = "loss") -> Tensor:
-    """Membership scores (m,) float64 of the canaries ``(x, y)`` on ``module`` (higher = more likely in)."""
+    """Membership scores (m,) float64 of the canaries ``(x, y)`` on ``module`` (higher = more likely in); ``lira``
+    is the ``logit`` statistic here, calibrated per canary by reference models in :func:`canary_audit`."""
     if score not in CANARY_SCORES:
         raise UsageError(f"--score: choose one of {', '.join(CANARY_SCORES)}, got {score!r}")
     module.eval()
@@ -119,22 +122,78 @@ def _membership(scores: Tensor, member: Tensor) -> dict[str, Any]:
     }
 
 
+def _train(arch: str, x: Tensor, y: Tensor, data: Dataset, config: DPConfig | None, seed: int, log: Any) -> Any:
+    """The recipe trained on ``(x, y)``: DP-SGD by ``config``, or the architecture's standard recipe; (module, record)."""
+    if config is not None:
+        trained = dp_train_architecture(arch, x, y, replace(config, seed=seed), log=log)
+        return trained.module, trained.record
+    from ...models.training import TRAIN_CONFIGS, TrainConfig, train_architecture
+
+    plain = replace(TRAIN_CONFIGS.get(arch, TrainConfig()), seed=seed)
+    part = Dataset(data.name, x, y, data.x_test[:0], data.y_test[:0], data.bounds, data.n_classes)
+    return train_architecture(arch, part, plain)
+
+
+def _lira(target: Tensor, references: Tensor, keep: Tensor) -> Tensor:
+    """Online LiRA (Carlini et al. 2022): per canary, the log-likelihood ratio of the target's logit statistic under
+    the Gaussian of the references that trained on it (``keep``) against those that did not, with one variance per
+    side pooled over canaries (the paper's advice for few references); higher = more likely in.
+    ``references`` (K, m) statistics, ``keep`` (K, m) bool."""
+    k = keep.double()
+    n_in, n_out = k.sum(0), (1 - k).sum(0)
+    mu_in = (references * k).sum(0) / n_in.clamp(min=1)
+    mu_out = (references * (1 - k)).sum(0) / n_out.clamp(min=1)
+    mu_in = torch.where(n_in > 0, mu_in, references.max(0).values)  # no reference trained on it: the best seen
+    mu_out = torch.where(n_out > 0, mu_out, references.min(0).values)
+    var_in = float(((references - mu_in) ** 2 * k).sum() / k.sum().clamp(min=1)) + 1e-6
+    var_out = float(((references - mu_out) ** 2 * (1 - k)).sum() / (1 - k).sum().clamp(min=1)) + 1e-6
+    ll_in = -((target - mu_in) ** 2) / (2 * var_in) - 0.5 * math.log(var_in)
+    ll_out = -((target - mu_out) ** 2) / (2 * var_out) - 0.5 * math.log(var_out)
+    return ll_in - ll_out
+
+
+def _references(
+    arch: str, data: Dataset, config: DPConfig | None, cs: CanarySet, seed: int, k: int, log: Any
+) -> tuple[Tensor, Tensor]:
+    """``k`` reference models, each on the base records plus its own random half of the canaries (drawn
+    independently of the target's, so the one-run bound still holds): their logit statistics (k, m) and
+    who trained on which canary (k, m)."""
+    n_base = int(cs.x.shape[0]) - int(cs.included.sum())
+    g = torch.Generator().manual_seed(int(seed) + 7919)
+    stats, keep = [], []
+    for j in range(k):
+        mask = torch.rand(cs.canary_x.shape[0], generator=g) < 0.5
+        x = torch.cat([cs.x[:n_base], cs.canary_x[mask]])
+        y = torch.cat([cs.y[:n_base], cs.canary_y[mask]])
+        module = _train(arch, x, y, data, config, seed + 1 + j, log)[0]
+        stats.append(score_canaries(module, cs.canary_x, cs.canary_y, "logit"))
+        keep.append(mask)
+    return torch.stack(stats), torch.stack(keep)
+
+
 def _one_run(
-    arch: str, data: Dataset, config: DPConfig | None, canaries: int, kind: str, score: str, seed: int, log: Any
+    arch: str,
+    data: Dataset,
+    config: DPConfig | None,
+    canaries: int,
+    kind: str,
+    score: str,
+    seed: int,
+    log: Any,
+    references: int = 0,
 ) -> dict[str, Any]:
     """Train one model with canaries; its canary scores, inclusion, accuracy, natural-record membership."""
     cs = make_canaries(data, canaries, kind=kind, seed=seed)
     start = time.perf_counter()
-    if config is not None:
-        trained = dp_train_architecture(arch, cs.x, cs.y, replace(config, seed=seed), log=log)
-        module, record = trained.module, trained.record
+    module, record = _train(arch, cs.x, cs.y, data, config, seed, log)
+    if score == "lira":
+        s_canary = _lira(
+            score_canaries(module, cs.canary_x, cs.canary_y, "logit"),
+            *_references(arch, data, config, cs, seed, references, log),
+        )
+        score = "logit"  # what the natural records are scored with (they have no references)
     else:
-        from ...models.training import TRAIN_CONFIGS, TrainConfig, train_architecture
-
-        plain = replace(TRAIN_CONFIGS.get(arch, TrainConfig()), seed=seed)
-        part = Dataset(data.name, cs.x, cs.y, data.x_test[:0], data.y_test[:0], data.bounds, data.n_classes)
-        module, record = train_architecture(arch, part, plain)
-    s_canary = score_canaries(module, cs.canary_x, cs.canary_y, score)
+        s_canary = score_canaries(module, cs.canary_x, cs.canary_y, score)
     # natural records: the training records that are not canaries (members) against the test split
     n_nat = min(int(data.x_test.shape[0]), int(cs.x.shape[0]) - int(cs.included.sum()))
     nat_x = torch.cat([cs.x[:n_nat], data.x_test[:n_nat]])
@@ -170,10 +229,12 @@ def canary_audit(
     runs: int = 1,
     confidence: float = 0.95,
     seed: int = 0,
+    references: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Audit the DP-SGD recipe ``config`` on the registered architecture ``arch`` and ``data`` (``config=None``:
-    the architecture's recipe without noise). Returns a JSON-ready dict:
+    the architecture's standard non-private recipe). ``score="lira"`` with ``references`` >= 2: online LiRA, each
+    run also training that many reference models on its base records and a random half of the canaries. Returns a JSON-ready dict:
 
     ``defense``, ``epsilon`` (the accountant's, spent; ``None`` without DP), ``delta``, ``epsilon_lower_bound``
     and ``confidence`` (the one-run bound over every canary of every run), ``one_run`` and ``multi_run`` (the
@@ -187,6 +248,8 @@ def canary_audit(
         raise UsageError(f"--runs must be a whole number >= 1, got {runs!r}")
     if score not in CANARY_SCORES:
         raise UsageError(f"--score: choose one of {', '.join(CANARY_SCORES)}, got {score!r}")
+    if (score == "lira") != (references >= 2):
+        raise UsageError("--score lira needs --references K >= 2 (reference models), and only lira uses them")
     defense = "none" if config is None else "dp-sgd"
     make_canaries(data, canaries, kind=kind, seed=seed)  # refuses bad canary settings before any training
     delta = config.delta if config is not None else DPConfig().delta
@@ -197,7 +260,7 @@ def canary_audit(
     for r in range(runs):
         if log is not None:
             log(f"run {r + 1}/{runs}: training {arch} ({defense}) with {canaries} {kind} canaries")
-        results.append(_one_run(arch, data, config, canaries, kind, score, seed + 1000 * r, log))
+        results.append(_one_run(arch, data, config, canaries, kind, score, seed + 1000 * r, log, references))
     scores = torch.cat([res["scores"] for res in results])
     included = torch.cat([res["included"] for res in results])
     one = one_run_audit(scores.numpy(), included.numpy(), delta=delta, confidence=confidence)
@@ -227,7 +290,8 @@ def canary_audit(
         "one_run": one,
         "multi_run": multi,
         "test_accuracy": float(np.mean([res["test_accuracy"] for res in results])),
-        "canaries": {"m": canaries, "kind": kind, "score": score, "runs": runs, "included": int(included.sum())},
+        "canaries": {"m": canaries, "kind": kind, "score": score, "runs": runs, "included": int(included.sum())}
+        | {"references": references},
         "membership": {
             "attack": score,
             "canaries": _membership(scores, included),
