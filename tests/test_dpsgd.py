@@ -27,6 +27,7 @@ from bastion.defenses.privacy.sampling import urandom_normal
 from bastion.errors import UsageError
 from bastion.training import accuracy
 
+# opacus is the optional `dp` extra (in `test`, so CI runs these); without it the module is skipped, not failed
 pytest.importorskip("opacus")
 
 

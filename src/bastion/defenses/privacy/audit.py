@@ -218,6 +218,36 @@ def _training_summary(rec: dict[str, Any], config: DPConfig | None) -> dict[str,
     return {"recipe": "dp-sgd", **{k: rec[k] for k in keys}, "epochs": config.epochs, "batch_size": config.batch_size}
 
 
+def _checked(
+    arch: str, data: Dataset, config: DPConfig | None, canaries: int, kind: str, score: str, runs: int, references: int
+) -> float:
+    """Refuse bad audit settings before any training; the delta the bounds use."""
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise UsageError(f"--runs must be a whole number >= 1, got {runs!r}")
+    if score not in CANARY_SCORES:
+        raise UsageError(f"--score: choose one of {', '.join(CANARY_SCORES)}, got {score!r}")
+    if (score == "lira") != (references >= 2):
+        raise UsageError("--score lira needs --references K >= 2 (reference models), and only lira uses them")
+    make_canaries(data, canaries, kind=kind, seed=0)  # refuses bad canary settings
+    delta = config.delta if config is not None else DPConfig().delta
+    if delta >= 1.0 / max(1, data.x_train.shape[0] - canaries):
+        raise UsageError(f"--delta {delta:g} is not below 1/N for {data.name}; choose a smaller delta")
+    return delta
+
+
+def _bounds(results: list[dict[str, Any]], delta: float, confidence: float) -> tuple[Tensor, Tensor, Any, Any]:
+    """Every run's canaries pooled: (scores, inclusion, the one-run bound, the across-runs bound or None)."""
+    from .epsilon import multi_run_audit, one_run_audit
+
+    scores = torch.cat([res["scores"] for res in results])
+    included = torch.cat([res["included"] for res in results])
+    one = one_run_audit(scores.numpy(), included.numpy(), delta=delta, confidence=confidence)
+    if len(results) < 2:
+        return scores, included, one, None
+    per_run = ([res["scores"].numpy() for res in results], [res["included"].numpy() for res in results])
+    return scores, included, one, multi_run_audit(*per_run, delta=delta, confidence=confidence)
+
+
 def canary_audit(
     arch: str,
     data: Dataset,
@@ -242,38 +272,15 @@ def canary_audit(
     epsilon), ``test_accuracy`` (mean over runs), ``membership`` (the attack's AUC and TPR at low FPR on the
     canaries and on natural records: non-canary training records against the test split), ``training`` (noise
     multiplier, sampling rate, clipping norm, steps, accountant) and ``seconds``."""
-    from .epsilon import multi_run_audit, one_run_audit
-
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise UsageError(f"--runs must be a whole number >= 1, got {runs!r}")
-    if score not in CANARY_SCORES:
-        raise UsageError(f"--score: choose one of {', '.join(CANARY_SCORES)}, got {score!r}")
-    if (score == "lira") != (references >= 2):
-        raise UsageError("--score lira needs --references K >= 2 (reference models), and only lira uses them")
     defense = "none" if config is None else "dp-sgd"
-    make_canaries(data, canaries, kind=kind, seed=seed)  # refuses bad canary settings before any training
-    delta = config.delta if config is not None else DPConfig().delta
-    if delta >= 1.0 / max(1, data.x_train.shape[0] - canaries):
-        raise UsageError(f"--delta {delta:g} is not below 1/N for {data.name}; choose a smaller delta")
+    delta = _checked(arch, data, config, canaries, kind, score, runs, references)
     start = time.perf_counter()
     results = []
     for r in range(runs):
         if log is not None:
             log(f"run {r + 1}/{runs}: training {arch} ({defense}) with {canaries} {kind} canaries")
         results.append(_one_run(arch, data, config, canaries, kind, score, seed + 1000 * r, log, references))
-    scores = torch.cat([res["scores"] for res in results])
-    included = torch.cat([res["included"] for res in results])
-    one = one_run_audit(scores.numpy(), included.numpy(), delta=delta, confidence=confidence)
-    multi = (
-        multi_run_audit(
-            [res["scores"].numpy() for res in results],
-            [res["included"].numpy() for res in results],
-            delta=delta,
-            confidence=confidence,
-        )
-        if runs >= 2
-        else None
-    )
+    scores, included, one, multi = _bounds(results, delta, confidence)
     rec = results[0]["record"]
     claimed = rec["epsilon"] if defense == "dp-sgd" else None
     bound = float(one["epsilon_lower_bound"])  # the primary bound; multi_run's holds at its own confidence
