@@ -1,0 +1,174 @@
+"""A federated client's side, in plain torch: its share of the data, its local training on bastion's one
+:class:`~bastion.training.Trainer`, the data attacks, and the global model's evaluation.
+
+Data attacks run where the data is, in the malicious client:
+
+- **label flipping** (Biggio et al. 2012; Fang et al. 2020's setting): the client trains on ``y -> C - 1 - y``;
+- **model replacement** (Bagdasaryan et al. 2020, "How To Backdoor Federated Learning"): the client trains
+  on its data with a share ``fraction`` of it stamped with a BadNets trigger (Gu et al. 2017, the patch of
+  :mod:`bastion.attacks.poisoning.triggers`) and relabelled ``target``, then submits
+  ``G + boost * (L - G)``: with ``boost = clients / malicious`` the malicious clients together replace the
+  FedAvg average with their backdoored model.
+
+Update attacks (sign flipping, Gaussian, ALIE, IPM, min-max, min-sum) act on the submitted updates and
+live in :mod:`bastion.federated.attacks`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..attacks.poisoning.triggers import Trigger
+from ..data import Dataset, load_dataset
+from ..errors import UsageError
+from ..models.architectures import build_architecture
+from ..training import Trainer, accuracy
+from .partition import partition
+from .spec import FLSpec, LocalRecipe
+
+__all__ = [
+    "BACKDOOR_DEFAULTS",
+    "backdoor_asr",
+    "backdoor_trigger",
+    "check_attack_params",
+    "client_data",
+    "client_update",
+    "evaluate_global",
+    "initial_module",
+    "train_local",
+]
+
+BACKDOOR_DEFAULTS: dict[str, Any] = {"target": 0, "fraction": 0.5, "boost": None, "size": 3}
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str) -> Dataset:
+    return load_dataset(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _parts(name: str, clients: int, alpha: float | None, seed: int) -> tuple[np.ndarray, ...]:
+    return tuple(partition(_dataset(name).y_train.numpy(), clients, alpha, seed))
+
+
+def client_data(spec: FLSpec, pid: int) -> tuple[Tensor, Tensor]:
+    """Client ``pid``'s records (x, y): its part of the training split (the same in every process)."""
+    if not 0 <= pid < spec.clients:
+        raise UsageError(f"partition-id {pid} is outside the federation's {spec.clients} clients")
+    d = _dataset(spec.data)
+    idx = torch.from_numpy(_parts(spec.data, spec.clients, spec.alpha, spec.seed)[pid])
+    return d.x_train[idx], d.y_train[idx]
+
+
+def initial_module(spec: FLSpec) -> nn.Module:
+    """The global model of round 0: the architecture, initialised from the run's seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        module, arch = build_architecture(spec.arch)
+    d = _dataset(spec.data)
+    if tuple(d.input_shape) != arch.input_shape or d.n_classes > arch.n_classes:
+        raise UsageError(
+            f"architecture {spec.arch!r} takes {arch.input_shape} inputs and {arch.n_classes} classes; "
+            f"dataset {spec.data!r} has {d.input_shape} and {d.n_classes}"
+        )
+    return module
+
+
+def train_local(module: nn.Module, x: Tensor, y: Tensor, recipe: LocalRecipe, seed: int) -> nn.Module:
+    """``recipe.epochs`` of SGD with momentum on (x, y), in place, shuffled by a generator seeded with ``seed``."""
+    lr, momentum = recipe.lr, recipe.momentum
+    Trainer(
+        module,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        optimizer=lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum),
+        seed=seed,
+    ).fit(x, y)
+    return module
+
+
+def backdoor_trigger(spec: FLSpec) -> Trigger:
+    """The BadNets patch of a backdoor run (``attack_params['size']`` pixels, bottom-right corner)."""
+    d = _dataset(spec.data)
+    size = int(spec.attack_params.get("size", BACKDOOR_DEFAULTS["size"]))
+    return Trigger.patch(d.input_shape, size=size, bounds=d.bounds)
+
+
+def _backdoor_params(spec: FLSpec) -> dict[str, Any]:
+    params = {**BACKDOOR_DEFAULTS, **spec.attack_params}
+    unknown = sorted(set(params) - set(BACKDOOR_DEFAULTS))
+    if unknown:
+        raise UsageError(f"unknown backdoor options {unknown}: choose from {sorted(BACKDOOR_DEFAULTS)}")
+    if params["boost"] is None:
+        params["boost"] = spec.clients / max(spec.n_malicious, 1)
+    return params
+
+
+def check_attack_params(spec: FLSpec) -> None:
+    """Refuse options a data attack does not take (before a simulation starts); update attacks check their own."""
+    if spec.attack == "backdoor":
+        p = _backdoor_params(spec)
+        if not 0 < float(p["fraction"]) <= 1 or float(p["boost"]) <= 0:
+            raise UsageError(
+                f"backdoor: fraction must be in (0, 1] and boost > 0, got {p['fraction']} and {p['boost']}"
+            )
+        backdoor_trigger(spec)
+    elif spec.attack == "label-flip" and spec.attack_params:
+        raise UsageError(f"label-flip takes no options, got {sorted(spec.attack_params)}")
+
+
+def _poisoned(spec: FLSpec, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    if spec.attack == "label-flip":
+        return x, (_dataset(spec.data).n_classes - 1 - y)
+    p = _backdoor_params(spec)
+    n = round(float(p["fraction"]) * x.shape[0])
+    pick = torch.randperm(x.shape[0], generator=gen)[:n]
+    x, y = x.clone(), y.clone()
+    x[pick] = backdoor_trigger(spec).apply(x[pick])
+    y[pick] = int(p["target"])
+    return x, y
+
+
+def client_update(
+    spec: FLSpec, pid: int, global_state: Mapping[str, Tensor], server_round: int
+) -> tuple[dict[str, Tensor], int, bool]:
+    """One client's round: load the global weights, train (poisoned if it runs a data attack), return
+    (weights to submit, number of records, malicious?)."""
+    torch.set_num_threads(1)
+    x, y = client_data(spec, pid)
+    malicious = pid < spec.n_malicious
+    seed = (spec.seed * 1_000_003 + server_round) * 10_007 + pid
+    if malicious and spec.attack in ("label-flip", "backdoor"):
+        x, y = _poisoned(spec, x, y, torch.Generator().manual_seed(seed))
+    module = initial_module(spec)
+    module.load_state_dict(global_state)
+    train_local(module, x, y, spec.recipe, seed)
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if malicious and spec.attack == "backdoor":
+        boost = float(_backdoor_params(spec)["boost"])
+        state = {k: global_state[k] + boost * (v - global_state[k]) for k, v in state.items()}
+    return state, int(x.shape[0]), malicious
+
+
+def backdoor_asr(spec: FLSpec, module: nn.Module) -> float:
+    """Share of the test inputs not of the target class that the trigger sends to the target class."""
+    d = _dataset(spec.data)
+    target = int(_backdoor_params(spec)["target"])
+    keep = d.y_test != target
+    x = backdoor_trigger(spec).apply(d.x_test[keep])
+    return accuracy(module, x, torch.full((x.shape[0],), target, dtype=torch.int64))
+
+
+def evaluate_global(spec: FLSpec, module: nn.Module) -> dict[str, float]:
+    """The global model's test accuracy (and backdoor attack success rate in a backdoor run)."""
+    d = _dataset(spec.data)
+    out = {"accuracy": accuracy(module, d.x_test, d.y_test)}
+    if spec.attack == "backdoor":
+        out["backdoor_asr"] = backdoor_asr(spec, module)
+    return out
