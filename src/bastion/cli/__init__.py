@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
 Every command has ``--json``; the library never prints, this package decides what is shown. One module per
-command (``attack``, ``audit``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``steal``, ``train``, ``zoo``, ``serve``, ``keys``); the library never imports
+command (``attack``, ``audit``, ``fl``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``steal``, ``train``, ``zoo``, ``serve``, ``keys``); the library never imports
 this package.
 """
 
@@ -16,6 +16,7 @@ from ..errors import BastionError, UsageError
 from .attack import attack
 from .audit import audit
 from .common import flagged
+from .fl import fl_matrix, fl_simulate
 from .harden import harden
 from .keys import keys_app
 from .poison import poison
@@ -28,13 +29,14 @@ from .steal import steal
 from .train import train
 from .zoo import zoo
 
-app = typer.Typer(
-    name="bastion",
-    help="Security testing and hardening for machine-learning models: attack, audit, harden, protect.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+def _typer(name: str, help: str | None = None, *, no_args_is_help: bool = True) -> typer.Typer:
+    return typer.Typer(
+        name=name, help=help, no_args_is_help=no_args_is_help, add_completion=False, pretty_exceptions_enable=False
+    )
+
+
+app = _typer("bastion", "Security testing and hardening for machine-learning models: attack, audit, harden, protect.")
 
 app.command()(attack)
 app.command()(audit)
@@ -43,10 +45,15 @@ app.command()(train)
 app.command()(harden)
 app.command()(poison)
 # `bastion privacy` measures membership leakage itself; `bastion privacy audit` audits differential privacy
-privacy_app = typer.Typer(name="privacy", add_completion=False, pretty_exceptions_enable=False)
+privacy_app = _typer("privacy", no_args_is_help=False)
 privacy_app.callback(invoke_without_command=True)(privacy)
 privacy_app.command("audit")(privacy_audit)
 app.add_typer(privacy_app, name="privacy")
+# `bastion fl`: federated learning under attack (Flower's simulation engine)
+fl_app = _typer("fl", "Federated learning under attack, on Flower.")
+fl_app.command("simulate")(fl_simulate)
+fl_app.command("matrix")(fl_matrix)
+app.add_typer(fl_app, name="fl")
 app.command()(sanitize)
 app.command()(scan)
 app.command()(steal)
