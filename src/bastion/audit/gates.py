@@ -72,6 +72,11 @@ METRIC_BASES = {
     "privacy_canary_auc",
     "privacy_canary_tpr",
     "privacy_natural_auc",
+    "fl_clean_accuracy",
+    "fl_accuracy",
+    "fl_drop",
+    "fl_backdoor_asr",
+    "fl_worst_drop",
 }
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _RE = re.compile(

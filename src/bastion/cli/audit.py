@@ -26,7 +26,7 @@ from .common import log as _log
 
 _PROBES_HELP = (
     "Comma-separated subset of the profile's probes: model, whitebox, minimum-norm, blackbox, noise, patch, "
-    "certification, detection, poisoning, backdoor, membership, privacy, inversion, extraction."
+    "certification, detection, poisoning, backdoor, membership, privacy, inversion, extraction, federated."
 )
 _DETECTOR_HELP = (
     "Audit the model behind an adversarial-input detector (mahalanobis, activations, squeeze), fitted on the "
