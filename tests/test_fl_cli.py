@@ -12,6 +12,7 @@ import pytest
 
 from bastion.cli import main
 
+# flwr is the optional `federated` extra (in `test`, so CI runs these); without it the module is skipped, not failed
 pytest.importorskip("flwr")
 
 BASTION = str(Path(sys.executable).parent / "bastion")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+# flwr is the optional `federated` extra (in `test`, so CI runs these); without it the module is skipped, not failed
 pytest.importorskip("flwr")
 
 from bastion.errors import UsageError

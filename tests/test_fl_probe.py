@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+# flwr is the optional `federated` extra (in `test`, so CI runs these); without it the module is skipped, not failed
 pytest.importorskip("flwr")
 
 from bastion.audit import PROBES, run_audit

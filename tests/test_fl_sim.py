@@ -76,7 +76,7 @@ def test_spec_round_trips_through_json() -> None:
 # -- the simulation ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs() -> dict[tuple[str, str], dict]:
-    pytest.importorskip("flwr")
+    pytest.importorskip("flwr")  # the optional `federated` extra (in `test`, so CI runs it); the split tests need none
     from bastion.federated.simulate import simulate
 
     specs = [BASE.replace(attack=a, aggregator=g) for a, g in CELLS] + [BASE]  # the last: a repeat of the first
@@ -122,7 +122,7 @@ def test_model_replacement_backdoors_fedavg_and_clipping_or_fltrust_stop_it(runs
 
 
 def test_bad_options_are_refused_before_the_simulation_starts() -> None:
-    pytest.importorskip("flwr")
+    pytest.importorskip("flwr")  # the optional `federated` extra (in `test`, so CI runs it); the split tests need none
     from bastion.federated.simulate import simulate
 
     with pytest.raises(UsageError, match="did you mean"):

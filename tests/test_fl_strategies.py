@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+# flwr is the optional `federated` extra (in `test`, so CI runs these); without it the module is skipped, not failed
 flwr = pytest.importorskip("flwr")
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
