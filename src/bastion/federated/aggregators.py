@@ -147,6 +147,7 @@ def norm_clip(
     scales[over] = bound / norms[over]
     aggregate = (w * scales) @ g64
     if sigma > 0:
-        assert rng is not None  # checked above
+        if rng is None:  # checked above; this narrows the type without an assert (stripped under -O)
+            raise UsageError("sigma > 0 needs an rng: pass rng=np.random.default_rng(seed)")
         aggregate = aggregate + rng.normal(0.0, sigma, size=aggregate.shape)
     return aggregate.astype(g.dtype, copy=False), scales

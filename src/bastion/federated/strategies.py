@@ -124,7 +124,8 @@ class FLTrustStrategy(_UpdateAggregator):
         self.root_size = root_size
 
     def _combine(self, server_round: int, updates: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self._global is not None
+        if self._global is None:  # aggregate_train only calls this after configure_train set it
+            raise RuntimeError("FLTrust aggregated before the round was configured")
         module = initial_module(self.spec)
         module.load_state_dict(self._global.to_torch_state_dict())
         train_local(module, *self.root, self.spec.recipe, seed=self.spec.seed * 31 + server_round)
