@@ -58,6 +58,6 @@ def _replace(module: nn.Module) -> None:
         if isinstance(child, _RELU_LIKE):
             setattr(module, name, PolyAct())
         elif isinstance(child, nn.MaxPool2d):
-            setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))  # type: ignore[arg-type]
+            setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
         else:
             _replace(child)
