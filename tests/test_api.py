@@ -75,6 +75,7 @@ def test_audit_surface_is_pinned():
         "privacy",
         "inversion",
         "extraction",
+        "encrypted",
     ]
     assert set(bastion.audit.PROBES) >= set(bastion.audit.PROFILES["standard"].probes)
 

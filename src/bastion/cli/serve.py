@@ -47,6 +47,12 @@ def serve(
     input_shape: str | None = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
     n_classes: int | None = typer.Option(None, "--n-classes", help=N_CLASSES_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration split and the monitors."),
+    encrypted: bool = typer.Option(
+        False,
+        "--encrypted",
+        help="Also serve private inference on CKKS ciphertexts (GET /v1/encrypted/spec, POST /v1/predict-encrypted; "
+        "needs the he extra and an HE-friendly model: affine layers and polynomial activations).",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the start-up record (calibration, signals, URL) as one JSON object on stdout."
     ),
@@ -54,7 +60,8 @@ def serve(
     """Serve a model behind the guard: abstention, OOD and extraction signals, drift alerts, audit log.
 
     Needs an API key (bastion keys create --role client|admin --db SAME_URL). Endpoints: POST /v1/predict,
-    GET /health, /metrics (admin), /dashboard (admin), /v1/admin/* (admin), /docs and /openapi.json.
+    GET /health, /metrics (admin), /dashboard (admin), /v1/admin/* (admin), /docs and /openapi.json; with
+    --encrypted also GET /v1/encrypted/spec and POST /v1/predict-encrypted.
     """
     if print_config:
         from ..serve.config import render_config
@@ -65,7 +72,7 @@ def serve(
         _fail("--model is needed: the model to serve (zoo:NAME, a model file, module:function)")
     uvicorn = _service_extra()
     from ..serve.config import load_config
-    from ..serve.server import bind, build_app
+    from ..serve.server import bind, build_app, encrypted_program
     from ..serve.store import Store
 
     # the quick checks first (settings, reference, port, database), then the slow work (model, calibration)
@@ -76,7 +83,10 @@ def serve(
     try:
         store = Store(db)
         clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=_log)
-        application, info = build_app(model=clf, reference=ref, config=cfg, store=store, spool=spool, seed=seed)
+        program = encrypted_program(clf, arch) if encrypted else None  # refused before the slow calibration
+        application, info = build_app(
+            model=clf, reference=ref, config=cfg, store=store, spool=spool, seed=seed, encrypted=program
+        )
     except BaseException:
         sock.close()
         raise
@@ -121,6 +131,14 @@ def _announce(info: dict[str, Any], host: str, as_json: bool) -> None:
     else:
         _log(f"warning: the OOD signal is {signals['ood']}; drift runs on raw inputs ({signals['drift']})")
     _log("signals: " + "; ".join(f"{name} {text}" for name, text in signals.items() if name != "ood"))
+    if info.get("encrypted"):
+        he = info["encrypted"]
+        p = he["params"]
+        _log(
+            f"encrypted inference: CKKS N={p['poly_modulus_degree']}, primes {p['coeff_mod_bit_sizes']} bits, "
+            f"{he['security_bits']}-bit security, depth {he['depth']}, {he['slots']} samples per ciphertext "
+            "(POST /v1/predict-encrypted, evaluated in a child process)"
+        )
     if host not in ("127.0.0.1", "localhost", "::1"):
         _log(f"warning: binding {host}: the service is reachable from other machines (keys are still required)")
     _log(f"serving on {info['url']} (docs at {info['url']}/docs)")

@@ -57,8 +57,11 @@ def last_linear_input(module: nn.Module) -> str:
 
 
 def relu_outputs(module: nn.Module) -> list[str]:
-    """The output of every ``nn.ReLU`` module, in registration order."""
-    names = [name for name, m in module.named_modules() if isinstance(m, nn.ReLU)]
+    """The output of every ``nn.ReLU`` module — or, in an HE-friendly network, of every polynomial activation
+    (:class:`~bastion.models.he.PolyAct`, which stands where the ReLUs were) — in registration order."""
+    from .he import PolyAct
+
+    names = [name for name, m in module.named_modules() if isinstance(m, (nn.ReLU, PolyAct))]
     if not names:
         raise UsageError(
             "the model has no nn.ReLU module (activations applied functionally are invisible to "

@@ -5,6 +5,8 @@ requirement; docs at ``/docs``):
 
 - ``POST /v1/predict`` (client or admin key): ``{"inputs": [...]}`` — one input or a batch, nested lists
   in the model's input shape — answered with ``{"results": [...], "request_id": ..., "client": {...}}``.
+- ``GET /v1/encrypted/spec`` (client or admin key) and ``POST /v1/predict-encrypted`` (client or admin key), with
+  ``bastion serve --encrypted`` only: private inference on CKKS ciphertexts (:mod:`.routes.encrypted`).
 - ``GET /health`` (no key): liveness, whether the audit store is reachable, and which signals are on.
 - ``GET /metrics`` (admin): Prometheus text format.
 - ``GET /dashboard`` (admin): an HTML page of traffic, abstentions, flags, drift, detector scores and
@@ -36,10 +38,18 @@ _DESCRIPTION = (
 
 
 def create_app(
-    guard: Any, store: Any, *, spool: str, title: str = "bastion guard", clock: Callable[[], float] = time.monotonic
+    guard: Any,
+    store: Any,
+    *,
+    spool: str,
+    title: str = "bastion guard",
+    clock: Callable[[], float] = time.monotonic,
+    he: Any = None,
 ) -> Any:
     """The FastAPI application around a calibrated :class:`~bastion.serve.guard.Guard` and a
     :class:`~bastion.serve.store.Store`; ``clock`` (monotonic seconds) times the key cache and the rate limits.
+    ``he``: the encrypted evaluator (:class:`~bastion.defenses.encrypted.isolation.IsolatedHEServer`) behind the
+    encrypted endpoints, None for none (the app closes it when it shuts down).
 
     Raises:
         UsageError: the ``service`` extra (FastAPI, prometheus-client) is not installed.
@@ -50,19 +60,22 @@ def create_app(
         from .auth import Auth
         from .http_errors import install_error_handlers
         from .plumbing import BodyLimit
-        from .routes import admin, ops, predict
+        from .routes import admin, encrypted, ops, predict
         from .service import Service
     except ImportError as exc:  # pragma: no cover - the service extra is missing
         raise UsageError(
             f"bastion serve needs the service extra ({exc.name} is missing): pip install 'bastion[service]'"
         ) from None
 
-    svc = Service.build(guard, store, spool=spool, clock=clock)
+    svc = Service.build(guard, store, spool=spool, clock=clock, he=he)
     auth = Auth(svc)
     app = FastAPI(title=title, version="1", lifespan=svc.lifespan, description=_DESCRIPTION)
     install_error_handlers(app, svc.telemetry.count)
-    app.add_middleware(BodyLimit, max_bytes=guard.config.limits.max_body_bytes)
-    for module in (predict, ops, admin):
+    limits = guard.config.limits
+    app.add_middleware(
+        BodyLimit, max_bytes=limits.max_body_bytes, paths={encrypted.PREDICT_PATH: limits.max_encrypted_body_bytes}
+    )
+    for module in (predict, ops, admin) + ((encrypted,) if he is not None else ()):
         app.include_router(module.router(svc, auth))
     app.state.service = svc
     app.state.guard, app.state.store, app.state.audit = guard, store, svc.audit

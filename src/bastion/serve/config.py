@@ -234,6 +234,13 @@ class LimitsConfig(_Section):
     section: ClassVar[str] = "limits"
     max_batch: int = Field(default=64, ge=1, description="Inputs per request (more: 413).")
     max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Bytes per request body (more: 413).")
+    max_encrypted_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes per POST /v1/predict-encrypted body (bastion serve --encrypted): the client's public "
+        "CKKS context and its ciphertexts, which are far larger than plain inputs; more: 413. max_body_bytes "
+        "applies to every other endpoint.",
+    )
     rate: float = Field(
         default=200.0,
         gt=0,

@@ -240,6 +240,21 @@ class ExtractionMonitor:
                     state.flagged, state.flagged_at = True, state.queries
         return self.status(client)
 
+    def count(self, client: str, n: int, dim: int) -> dict:
+        """Record ``n`` queries of ``client`` whose inputs (``dim`` values each) the service cannot see — encrypted
+        ones (``bastion serve --encrypted``): they count against the budget, but give PRADA no distance to test.
+
+        Returns the client's status after the request (see :meth:`status`).
+        """
+        if not isinstance(client, str) or not client:
+            raise UsageError(f"client must be a non-empty string, got {client!r}")
+        n, dim = _check_int("n", n, 0), _check_int("dim", dim, 1)
+        state = self._clients.get(client)
+        if state is None:
+            state = self._clients[client] = _Client(self.max_distances, dim)
+        state.queries += n
+        return self.status(client)
+
     def _grow(self, state: _Client, c: int, xc: Tensor) -> np.ndarray:
         """Algorithm 1 for the queries ``xc`` (m, d) of class ``c``, in order: their d_min (NaN for none)."""
         gs = state.sets.get(c)

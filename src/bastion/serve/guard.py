@@ -227,6 +227,11 @@ class Guard:
         with self._ext_lock:
             return self.extraction.status(client)
 
+    def count_queries(self, client: str, n: int) -> dict[str, Any]:
+        """Count ``n`` encrypted queries of ``client`` against its budget (the guard cannot read them); its status."""
+        with self._ext_lock:
+            return self.extraction.count(client, n, int(np.prod(self.input_shape)))
+
     def client_policy(self, client: str, status: dict[str, Any] | None = None) -> ClientPolicy:
         """How ``client`` is treated now (:func:`~bastion.serve.policy.client_policy`), from its extraction
         ``status`` (default: the monitor's current one)."""
@@ -388,12 +393,8 @@ class Guard:
         }
 
     def ood_histogram(self, bins: int = 30) -> dict[str, Any]:
+        threshold = getattr(self.detector, "threshold_", None)
         if not self.ood_scores:
-            return {"edges": [], "counts": [], "threshold": getattr(self.detector, "threshold_", None)}
-        s = np.asarray(self.ood_scores)
-        counts, edges = np.histogram(s, bins=bins)
-        return {
-            "edges": edges.tolist(),
-            "counts": counts.tolist(),
-            "threshold": getattr(self.detector, "threshold_", None),
-        }
+            return {"edges": [], "counts": [], "threshold": threshold}
+        counts, edges = np.histogram(np.asarray(self.ood_scores), bins=bins)
+        return {"edges": edges.tolist(), "counts": counts.tolist(), "threshold": threshold}

@@ -8,7 +8,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["BodyLimit", "Events", "Series", "TokenBucket"]
@@ -62,16 +62,19 @@ class Series:
 
 class BodyLimit:
     """Pure ASGI middleware: 413 for a request body over ``max_bytes`` — by its Content-Length, or while a
-    body without one streams in."""
+    body without one streams in. ``paths`` maps a path to a limit of its own (the encrypted endpoint's bodies
+    carry ciphertexts, far larger than plain inputs)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, paths: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = int(max_bytes)
+        self.paths = {path: int(limit) for path, limit in (paths or {}).items()}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope.get("path", ""), self.max_bytes)
         length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
         if length is not None:
             try:
@@ -79,9 +82,9 @@ class BodyLimit:
             except ValueError:
                 await _send_json(send, 400, {"detail": "invalid Content-Length header"})
                 return
-            if size > self.max_bytes:
+            if size > limit:
                 await _send_json(
-                    send, 413, {"detail": f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"}
+                    send, 413, {"detail": f"request body of {size} bytes exceeds the limit of {limit} bytes"}
                 )
                 return
             await self.app(scope, receive, send)
@@ -93,10 +96,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # an HTTPException: FastAPI's body reader re-raises it as it is
+                if seen > limit:  # an HTTPException: FastAPI's body reader (and Request.body) re-raises it as it is
                     from starlette.exceptions import HTTPException
 
-                    raise HTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
+                    raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
             return message
 
         await self.app(scope, counting_receive, send)

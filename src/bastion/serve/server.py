@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, require
 
-__all__ = ["bind", "build_app", "default_reference"]
+__all__ = ["bind", "build_app", "default_reference", "encrypted_program"]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -47,6 +47,30 @@ def default_reference(model: str | Any) -> str:
     return ZOO[name].dataset
 
 
+def encrypted_program(clf: Any, arch: str | None = None) -> Any:
+    """The served model compiled for CKKS (:func:`~bastion.defenses.encrypted.compile_model`), for
+    ``bastion serve --encrypted``: checked before the guard is calibrated, so a model that cannot run encrypted is
+    refused at once.
+
+    Raises:
+        UsageError: the model is not a torch network, or has a layer CKKS cannot evaluate (named).
+        MissingExtraError: TenSEAL (the ``he`` extra) is not installed.
+    """
+    from torch import nn
+
+    from ..defenses.encrypted import compile_model
+
+    require("tenseal", "he")  # the evaluator needs it: say so before the calibration, not after
+
+    module = getattr(clf, "module", None)
+    if not isinstance(module, nn.Module):
+        raise UsageError(
+            f"--encrypted needs a torch model (affine layers and polynomial activations) to compile for CKKS; "
+            f"{type(clf).__name__} has no torch module"
+        )
+    return compile_model(module, tuple(clf.input_shape), arch=arch or getattr(clf, "arch", None))
+
+
 def build_app(
     *,
     model: str | Any,
@@ -58,11 +82,15 @@ def build_app(
     seed: int = 0,
     store: Any = None,
     clock: Callable[[], float] = time.monotonic,
+    encrypted: Any = False,
 ) -> tuple[Any, dict[str, Any]]:
     """``(app, info)``: load the model (a spec for :func:`~bastion.models.loading.load_model`, or a Classifier)
     and the reference data (default: a zoo model's dataset), calibrate the guard, open the store. ``info`` holds
     the reference's name, the calibration, the guard's signals (:meth:`~bastion.serve.guard.Guard.signals`), the
-    spool path and the database URL (password hidden); ``clock`` times the key cache and the rate limits."""
+    spool path and the database URL (password hidden); ``clock`` times the key cache and the rate limits.
+    ``encrypted``: True (compile the model, :func:`encrypted_program`) or an already compiled
+    :class:`~bastion.defenses.encrypted.HEProgram` adds the encrypted endpoints, evaluated in a child process
+    (:class:`~bastion.defenses.encrypted.isolation.IsolatedHEServer`); ``info["encrypted"]`` then describes them."""
     from ..data import load_dataset
     from ..models.loading import load_model
     from .app import create_app
@@ -71,13 +99,20 @@ def build_app(
     from .store import Store
 
     clf = load_model(model, arch=arch) if isinstance(model, str) else model
+    program = encrypted_program(clf, arch) if encrypted is True else (encrypted or None)
     reference = default_reference(model) if reference is None else reference
     ref = load_dataset(reference) if isinstance(reference, (str, Path)) else reference
     cfg = config if isinstance(config, GuardConfig) else load_config(config)
     guard = Guard(clf, ref, cfg, seed=seed)
     store = store or Store(db)
     spool = spool or _default_spool(store.url)
-    app = create_app(guard, store, spool=spool, clock=clock)
+    he = _isolated_server(program, clf, arch) if program is not None else None
+    try:
+        app = create_app(guard, store, spool=spool, clock=clock, he=he)
+    except BaseException:
+        if he is not None:
+            he.close()
+        raise
     return app, {
         "reference": getattr(ref, "name", str(reference)),
         "calibration": guard.calibration,
@@ -86,7 +121,22 @@ def build_app(
         "detector": cfg.ood.detector if guard.detector is not None else None,
         "spool": spool,
         "db": store._safe_url(),
+        "encrypted": _describe_encrypted(he),
     }
+
+
+def _isolated_server(program: Any, clf: Any, arch: str | None) -> Any:
+    from ..defenses.encrypted.isolation import IsolatedHEServer
+
+    return IsolatedHEServer(program, model=arch or getattr(clf, "arch", None) or type(clf).__name__)
+
+
+def _describe_encrypted(he: Any) -> dict[str, Any] | None:
+    """What the start-up record says of the encrypted endpoints: the CKKS parameters and the model's depth."""
+    if he is None:
+        return None
+    spec = he.spec()
+    return {k: spec[k] for k in ("params", "security_bits", "depth", "slots", "input_dim", "n_outputs")}
 
 
 def _default_spool(url: str) -> str:

@@ -1,5 +1,6 @@
 """The running service's parts, built once and handed to each router: the guard, the store, the audit log, the
-key ring, the rate limiter, the event writer, the dashboard's series and the metrics."""
+key ring, the rate limiter, the event writer, the dashboard's series, the metrics and, with ``bastion serve
+--encrypted``, the encrypted evaluator (an :class:`~bastion.defenses.encrypted.isolation.IsolatedHEServer`)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,15 @@ class Service:
     events: Events
     series: Series
     telemetry: Telemetry
+    he: Any = None
 
     @classmethod
-    def build(cls, guard: Any, store: Any, *, spool: str, clock: Callable[[], float] = time.monotonic) -> Service:
-        """The parts around ``guard`` and ``store``; ``clock`` (monotonic seconds) times the key cache and the
-        token buckets. Drift windows update the metrics and write an event when they drift."""
+    def build(
+        cls, guard: Any, store: Any, *, spool: str, clock: Callable[[], float] = time.monotonic, he: Any = None
+    ) -> Service:
+        """The parts around ``guard`` and ``store`` (and ``he``, the encrypted evaluator, or None); ``clock``
+        (monotonic seconds) times the key cache and the token buckets. Drift windows update the metrics and write
+        an event when they drift."""
         audit = AuditLog(store, spool)
         svc = cls(
             guard=guard,
@@ -42,6 +47,7 @@ class Service:
             events=Events(store),
             series=Series(),
             telemetry=Telemetry(guard, audit),
+            he=he,
         )
         guard.on_drift.append(svc._on_drift)
         return svc
@@ -53,10 +59,13 @@ class Service:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
-        """Start the guard's workers with the server; stop them and flush the audit log when it shuts down."""
+        """Start the guard's workers with the server; stop them, flush the audit log and stop the encrypted
+        evaluator's process when it shuts down."""
         self.guard.start()
         try:
             yield
         finally:
             self.guard.stop()
             self.audit.close()
+            if self.he is not None:
+                self.he.close()

@@ -53,6 +53,11 @@ class Telemetry:
         self.count("/v1/predict", 200)
         self.latency.observe(seconds)
 
+    def answered_encrypted(self, n_inputs: int) -> None:
+        """One answered /v1/predict-encrypted request of ``n_inputs`` samples (nothing else is known about them)."""
+        self.inputs.inc(n_inputs)
+        self.count("/v1/predict-encrypted", 200)
+
     def drift_window(self, window: dict[str, Any]) -> None:
         self.drift_statistic.set(window["statistic"])
         self.drift_p.set(window["p_value"])

@@ -22,7 +22,8 @@ z_l(x) = (s_l(x) - m_l) / sd_l, and the layers are combined by
   clean data, so at the same false-positive rate it needs a higher threshold.
 
 Both are differentiable w.r.t. the input (``max`` almost everywhere). Default layers: the output of
-every ``nn.ReLU`` module. Shapes: inputs (N, *input_shape) -> scores (N,).
+every ``nn.ReLU`` module (of every ``PolyAct`` in an HE-friendly network; for a model with no activation, such as
+a logistic regression, the input of its last linear layer). Shapes: inputs (N, *input_shape) -> scores (N,).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
-from ...models.features import Pool
+from ...models.features import HasFeatures, Pool
 from .base import register_detector
 from .feature_based import FeatureDetector
 from .mahalanobis import ClassGaussians, fit_class_gaussians, min_mahalanobis
@@ -101,7 +102,7 @@ class ActivationDetector(FeatureDetector):
 
     def _fit(self, model: Classifier, x: Tensor, y: Tensor) -> None:
         fm = self._model_features()  # the model, checked at fit to declare the features capability
-        self.layers_ = list(self.layers) if self.layers is not None else fm.feature_layers("relu")
+        self.layers_ = list(self.layers) if self.layers is not None else _default_layers(fm)
         feats = fm.features(x, self.layers_, pool=self.pool, batch_size=self.batch_size)
         labels = y if self.class_conditional else torch.zeros_like(y)
         self.gaussians_: list[ClassGaussians] = [fit_class_gaussians(f, labels, ridge=self.ridge) for f in feats]
@@ -125,3 +126,12 @@ class ActivationDetector(FeatureDetector):
         """The combined standardised per-layer scores (N,) from the activations of ``layers_``."""
         zs = self._standardise(self._layer_scores(feats))
         return zs.mean(dim=1) if self.combine == "sum" else zs.amax(dim=1)
+
+
+def _default_layers(fm: HasFeatures) -> list[str]:
+    """The activation outputs (ReLU, or the polynomial activations of an HE-friendly network); for a model with
+    none (a logistic regression) the input of its last linear layer, the only hidden representation it has."""
+    try:
+        return list(fm.feature_layers("relu"))
+    except UsageError:
+        return [fm.penultimate_layer]

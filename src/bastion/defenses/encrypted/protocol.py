@@ -121,7 +121,8 @@ class HEClient:
         return pack(len(rows), chunks)
 
     def decrypt(self, reply: bytes) -> np.ndarray:
-        """The (n, n_outputs) scores in a server's reply."""
+        """The (n, n_outputs) scores in a server's reply. The reply is parsed by TenSEAL in this process: the
+        client trusts the server it chose not to send crafted bytes (the server cannot read the data either way)."""
         _, chunks = unpack(reply, vectors=self.n_outputs, max_chunk=self.params.slots)
         out = []
         for size, blobs in chunks:
@@ -165,6 +166,8 @@ class HEServer:
             ctx = self._ts.context_from(data)
         except (RuntimeError, ValueError, TypeError):  # what TenSEAL raises on bytes it cannot parse
             raise HEError("the context could not be read: send HEClient.public_context() bytes") from None
+        if not _is_ckks(ctx):
+            raise HEError("the context is not a CKKS context: build the client from this server's spec")
         if ctx.has_secret_key() or ctx.is_private():
             raise HEError("the context carries a secret key: send the public context only (HEClient.public_context())")
         parms = ctx.seal_context().data.key_context_data().parms()
@@ -195,9 +198,18 @@ class HEServer:
                 vecs = [self._ts.ckks_vector_from(ctx, b) for b in blobs]
             except (RuntimeError, ValueError, TypeError):  # what TenSEAL raises on bytes it cannot parse
                 raise HEError("a ciphertext does not belong to this context (or is corrupt)") from None
+            # TenSEAL accepts a vector message without exactly one ciphertext, and computing on it crashes
+            if any(len(v.ciphertext()) != 1 for v in vecs):
+                raise HEError("a vector does not hold exactly one ciphertext (a corrupt or crafted payload)")
             if any(v.size() != size for v in vecs):
                 raise HEError(f"a chunk announces {size} samples but its ciphertexts hold another number")
-            replies.append((size, [v.serialize() for v in self.run(ctx, vecs)]))
+            try:
+                out = self.run(ctx, vecs)
+            except (RuntimeError, ValueError, TypeError) as exc:  # scale out of bounds, mismatched levels, ...
+                raise HEError(
+                    f"the ciphertexts could not be evaluated ({exc}): they are not fresh ciphertexts of this context"
+                ) from None
+            replies.append((size, [v.serialize() for v in out]))
         return pack(n, replies)
 
     def run(self, ctx: Any, vecs: list[Any]) -> list[Any]:
@@ -222,6 +234,11 @@ class HEServer:
         if acc is None:  # a unit with no input: its constant, encrypted under the client's public key
             return self._ts.ckks_vector(ctx, [bias] * vecs[0].size())
         return acc + bias
+
+
+def _is_ckks(ctx: Any) -> bool:
+    scheme = ctx.seal_context().data.key_context_data().parms().scheme()
+    return "CKKS" in str(scheme).upper()
 
 
 def _chain_bits(ctx: Any) -> list[int]:

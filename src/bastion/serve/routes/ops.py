@@ -25,7 +25,7 @@ def router(svc: Service, auth: Auth) -> APIRouter:
     async def health() -> dict[str, Any]:
         """Liveness; whether the audit database is reachable (else records wait in the spool); each signal,
         ``on...`` or ``off: why`` (a model without features has no OOD signal; STRIP's backdoor signal is off
-        unless the settings turn it on)."""
+        unless the settings turn it on); whether encrypted inference is served (``bastion serve --encrypted``)."""
         return {
             "status": "ok",
             "audit_store": "up" if audit.db_ok else "down (spooling)",
@@ -33,6 +33,7 @@ def router(svc: Service, auth: Auth) -> APIRouter:
             "ood_signal": guard.detector is not None,
             "backdoor_signal": guard.backdoor is not None,
             "signals": guard.signals(),
+            "encrypted": svc.he is not None,
         }
 
     @api.get("/metrics", response_class=PlainTextResponse, responses=ERRORS)
