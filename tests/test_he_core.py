@@ -214,3 +214,20 @@ def test_probe_measures_encrypted_inference_and_skips_relu_models(tmp_path, digi
     assert {c["id"]: c["status"] for c in probe["checks"]} == {"encrypted-agrees": "pass", "security-128": "pass"}
     skipped = _probe(digits_mlp, digits, tmp_path / "b")
     assert skipped["status"] == "skipped" and "(ReLU)" in skipped["reason"] and "--he-friendly" in skipped["reason"]
+
+
+def test_activation_detector_reads_polyact_outputs_or_a_logistic_models_features(digits) -> None:
+    from bastion.defenses.detection import ActivationDetector
+    from bastion.models.torch import TorchClassifier
+
+    logreg = load_zoo("digits-logreg")
+    det = ActivationDetector().fit(logreg, digits.x_train, digits.y_train)
+    assert det.layers_ == ["linear:input"]  # no activation: the standardised inputs of its one linear layer
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), PolyAct(), nn.Linear(16, 10)).eval()
+    clf = TorchClassifier(net, bounds=(0.0, 1.0), n_classes=10, input_shape=(1, 8, 8))
+    det = ActivationDetector().fit(clf, digits.x_train, digits.y_train)
+    assert det.layers_ == ["2"]
+    threshold = det.calibrate(digits.x_test[:180], fpr=0.05)
+    noise = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert float((det.score(noise) > threshold).float().mean()) > 0.9  # uniform noise is far from digits
