@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
 Every command has ``--json``; the library never prints, this package decides what is shown. One module per
-command (``attack``, ``audit``, ``fl``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``steal``, ``train``, ``zoo``, ``serve``, ``keys``); the library never imports
+command (``attack``, ``audit``, ``fl``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``steal``, ``train``, ``zoo``, ``serve``, ``keys``, ``he``); the library never imports
 this package.
 """
 
@@ -18,6 +18,7 @@ from .audit import audit
 from .common import flagged
 from .fl import fl_matrix, fl_simulate
 from .harden import harden
+from .he import he_bench_cmd, he_convert, he_inspect
 from .keys import keys_app
 from .poison import poison
 from .privacy import privacy
@@ -54,6 +55,12 @@ fl_app = _typer("fl", "Federated learning under attack, on Flower.")
 fl_app.command("simulate")(fl_simulate)
 fl_app.command("matrix")(fl_matrix)
 app.add_typer(fl_app, name="fl")
+# `bastion he`: private inference on CKKS-encrypted inputs (TenSEAL)
+he_app = _typer("he", "Private inference on CKKS-encrypted inputs (the he extra: TenSEAL).")
+he_app.command("bench")(he_bench_cmd)
+he_app.command("inspect")(he_inspect)
+he_app.command("convert")(he_convert)
+app.add_typer(he_app, name="he")
 app.command()(sanitize)
 app.command()(scan)
 app.command()(steal)

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RELU_APPROX", "PolyAct", "he_friendly"]
+__all__ = ["RELU_APPROX", "PolyAct", "he_friendly", "he_rewrites"]
 
 RELU_APPROX = (0.125, 0.5, 0.25)
 """Default coefficients ``(a, b, c)`` of :class:`PolyAct`: ``0.125 x^2 + 0.5 x + 0.25``, a degree-2 stand-in for
@@ -53,11 +53,26 @@ def he_friendly(module: nn.Module) -> nn.Module:
     return out
 
 
-def _replace(module: nn.Module) -> None:
+def he_rewrites(module: nn.Module) -> list[str]:
+    """What :func:`he_friendly` would change in ``module``, one ``"path: ReLU -> PolyAct"`` per layer; empty when
+    the module has nothing to rewrite (it may still hold layers CKKS cannot evaluate: compiling tells)."""
+    return [f"{path}: {type(old).__name__} -> {type(new).__name__}" for path, old, new in _rewrites(module, "")]
+
+
+def _rewrites(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module, nn.Module]]:
+    out: list[tuple[str, nn.Module, nn.Module]] = []
     for name, child in module.named_children():
+        path = f"{prefix}.{name}" if prefix else name
         if isinstance(child, _RELU_LIKE):
-            setattr(module, name, PolyAct())
+            out.append((path, child, PolyAct()))
         elif isinstance(child, nn.MaxPool2d):
-            setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+            out.append((path, child, nn.AvgPool2d(child.kernel_size, child.stride, child.padding)))
         else:
-            _replace(child)
+            out += _rewrites(child, path)
+    return out
+
+
+def _replace(module: nn.Module) -> None:
+    for path, _, new in _rewrites(module, ""):
+        parent, _, name = path.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, name, new)
