@@ -231,3 +231,22 @@ def test_activation_detector_reads_polyact_outputs_or_a_logistic_models_features
     threshold = det.calibrate(digits.x_test[:180], fpr=0.05)
     noise = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert float((det.score(noise) > threshold).float().mean()) > 0.9  # uniform noise is far from digits
+
+
+def test_a_full_size_cnn_compiles_sparsely_counting_each_receptive_field_once() -> None:
+    from bastion.models.architectures import build_architecture
+
+    torch.manual_seed(0)
+    net, _ = build_architecture("mnist-cnn-he")  # conv 1->32, pool, conv 32->64, pool, 1600->128, 128->10
+    program = compile_model(net, (1, 28, 28))  # dense, this took a minute and ~7 GB; sparse, seconds
+    # each output's non-zeros are the inputs in its receptive field (random weights: none is zero):
+    # conv1: 3x3 pixels; conv2 after 2x2 pooling: 32 channels x 6x6; linear after pooling 11x11 -> 5x5: 64 x 10x10
+    fields = [32 * 26 * 26 * 9, 64 * 11 * 11 * 32 * 6 * 6, 128 * 64 * 10 * 10, 10 * 128]
+    affines = [s for s in program.steps if isinstance(s, Affine)]
+    assert [s.nonzeros for s in affines] == fields and program.plaintext_multiplications == sum(fields)
+    assert program.depth == 7 and program.n_outputs == 10
+    assert all(s.weight.format == "csr" and np.all(s.weight.data != 0) for s in affines)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net.double()(x.double()).numpy()
+    np.testing.assert_allclose(program.plain(x.numpy()), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())

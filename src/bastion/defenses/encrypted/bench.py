@@ -145,7 +145,7 @@ def _encrypted_conv(ts: Any, ctx: Any, row: np.ndarray, program: HEProgram, conv
     channels = []
     for k in range(conv.channels):
         unit = k * conv.windows
-        kernel = first.weight[unit].reshape(h, w)[: conv.rows, : conv.cols]
+        kernel = first.weight[unit].toarray().reshape(h, w)[: conv.rows, : conv.cols]
         channels.append(enc.conv2d_im2col(kernel.tolist(), windows) + float(first.bias[unit]))
     return ts.CKKSVector.pack_vectors(channels)
 
@@ -162,7 +162,7 @@ def _input_bytes(ts: Any, ctx: Any, row: np.ndarray, program: HEProgram, conv: _
 def _step(ts: Any, ctx: Any, enc: Any, step: Any, *, feeds_mm: bool) -> Any:
     """One program step on one sample's vector; a bias that ``feeds_mm`` is added replicated (module docstring)."""
     if isinstance(step, Affine):
-        out = enc.mm(step.weight.T.tolist())
+        out = enc.mm(step.weight.T.toarray().tolist())
         return out + (ts.ckks_vector(ctx, step.bias.tolist()) if feeds_mm else step.bias.tolist())
     if isinstance(step, Square):
         enc.square_()

@@ -2,7 +2,7 @@
 
 :func:`compile_model` walks a torch module's layers in order. Consecutive affine layers (``Linear``, ``Conv1d/2d``,
 ``AvgPool1d/2d``, ``Flatten``, ``Unflatten``, ``BatchNorm`` in eval mode, ``Dropout``, ``Identity``, bastion's
-logistic models) are composed into **one** dense affine map on the flattened input — so a standardisation, a
+logistic models) are composed into **one** sparse affine map on the flattened input — so a standardisation, a
 convolution and a pooling cost one multiplicative level together, not three. A polynomial activation
 ``a z^2 + b z + c`` (:class:`~bastion.models.he.PolyAct`) is folded exactly: the affine map before it is scaled to
 ``sqrt(a) (z + b / 2a)``, the activation becomes one squaring, and the constant ``c - b^2 / 4a`` moves into the
@@ -12,6 +12,10 @@ multiplicative depth is then ``#affine maps + #activations``, and :func:`~.param
 Anything else (ReLU, max pooling, attention, ...) is refused with the layer's name: CKKS cannot evaluate it.
 :meth:`HEProgram.plain` evaluates the compiled program in float64 — the reference the encrypted result is compared
 with, and equal to the module's logits up to rounding (tested).
+
+The maps are ``scipy.sparse`` CSR matrices: an unrolled convolution or pooling is mostly zeros, and a dense
+composition of a full-size CNN would take gigabytes and a minute. Linear, logistic and batch-norm layers are read
+from their parameters; other layers are probed with blocks of basis vectors, keeping only the non-zeros.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import sparse
 from torch import nn
 
 from ...errors import UsageError
@@ -46,19 +51,28 @@ _AFFINE_LAYERS = (
     nn.Dropout,
     nn.Identity,
 )
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Identity)  # the identity on the flattened values (eval)
 _FINAL_ONLY = (nn.Softmax, nn.LogSoftmax)
+_PROBE_BLOCK = 512  # basis vectors per forward pass when probing a layer: bounds the dense intermediate
 
 
 @dataclass(frozen=True)
 class Affine:
-    """``x -> x @ weight.T + bias`` on the flattened values; one multiplicative level."""
+    """``x -> x @ weight.T + bias`` on the flattened values; one multiplicative level.
 
-    weight: np.ndarray  # (out, in) float64
+    ``weight`` is stored as a canonical CSR matrix (float64, sorted column indices, no explicit zeros), whatever
+    array or sparse matrix it is given as: the server iterates each row's non-zeros, in column order."""
+
+    weight: sparse.csr_matrix  # (out, in) float64
     bias: np.ndarray  # (out,) float64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", _canonical(self.weight))
+        object.__setattr__(self, "bias", np.asarray(self.bias, dtype=np.float64))
 
     @property
     def nonzeros(self) -> int:
-        return int(np.count_nonzero(self.weight))
+        return int(self.weight.nnz)
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,7 @@ class HEProgram:
         h = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         for step in self.steps:
             if isinstance(step, Affine):
-                h = h @ step.weight.T + step.bias
+                h = np.asarray(step.weight @ h.T).T + step.bias
             elif isinstance(step, Square):
                 h = h * h
             else:
@@ -181,7 +195,7 @@ class _Builder:
         self.input_shape, self.shape = input_shape, input_shape
         self.steps: list[Step] = []
         self.layers: list[str] = []
-        self.pending: tuple[np.ndarray, np.ndarray] | None = None
+        self.pending: tuple[sparse.csr_matrix, np.ndarray] | None = None
         self.carry: np.ndarray | None = None  # constant added after the last squaring
 
     def affine(self, path: str, layer: nn.Module) -> None:
@@ -194,13 +208,13 @@ class _Builder:
             self.pending = (weight, bias)
         else:
             w0, b0 = self.pending
-            self.pending = (weight @ w0, weight @ b0 + bias)
+            self.pending = (_canonical(weight @ w0), weight @ b0 + bias)
 
     def activation(self, path: str, a: float, b: float, c: float) -> None:
         if self.pending is None:  # an activation straight after another, or on the input
             d = math.prod(self.shape)
             carry, self.carry = (self.carry if self.carry is not None else np.zeros(d)), None
-            self.pending = (np.eye(d), carry)
+            self.pending = (sparse.identity(d, dtype=np.float64, format="csr"), carry)
         weight, bias = self.pending
         root = math.sqrt(a)
         self.steps += [Affine(root * weight, root * (bias + b / (2 * a))), Square()]
@@ -218,18 +232,59 @@ class _Builder:
         return HEProgram(self.steps, self.input_shape, self.layers)
 
 
+def _canonical(weight: Any) -> sparse.csr_matrix:
+    """``weight`` as a float64 CSR matrix with sorted indices, duplicates summed and explicit zeros dropped (so
+    ``nnz`` counts the multiplications the server does)."""
+    out = sparse.csr_matrix(weight, dtype=np.float64)
+    out.sum_duplicates()  # also sorts the indices
+    out.eliminate_zeros()
+    return out
+
+
 @torch.no_grad()
-def _affine_of(layer: nn.Module, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """``layer`` as a dense (W, b) on the flattened input of ``shape``, and its output shape (one sample): the
-    layer applied in float64 to zero (the bias) and to each basis vector (bias + one column of W)."""
+def _affine_of(layer: nn.Module, shape: tuple[int, ...]) -> tuple[sparse.csr_matrix, np.ndarray, tuple[int, ...]]:
+    """``layer`` as a sparse (W, b) on the flattened input of ``shape``, and its output shape (one sample). Layers
+    whose map is their parameters are read directly; any other is probed (:func:`_probe`)."""
+    d = math.prod(shape)
     if isinstance(layer, LogisticModel):
         w, b = layer.affine()
         if layer.n_classes == 2:  # log-odds [0, z]
             w, b = torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b])
-        return w.numpy(), b.numpy(), (w.shape[0],)
+        return _canonical(w.double().numpy()), b.double().numpy().copy(), (w.shape[0],)
+    if isinstance(layer, nn.Linear) and shape == (layer.in_features,):
+        out = layer.out_features
+        bias = layer.bias.double().numpy().copy() if layer.bias is not None else np.zeros(out)
+        return _canonical(layer.weight.double().numpy()), bias, (out,)
+    if isinstance(layer, _RESHAPES):
+        out_shape = tuple(layer(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
+        return sparse.identity(d, dtype=np.float64, format="csr"), np.zeros(d), out_shape
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and layer.running_var is not None and len(shape) > 0:
+        var, mean = layer.running_var.double(), layer.running_mean.double()  # type: ignore[union-attr]
+        gamma = layer.weight.double() if layer.weight is not None else torch.ones_like(var)
+        beta = layer.bias.double() if layer.bias is not None else torch.zeros_like(var)
+        scale = gamma / torch.sqrt(var + layer.eps)
+        shift = beta - mean * scale
+        per = math.prod(shape[1:])  # values per channel (channel-major, as torch flattens)
+        diag = np.repeat(scale.numpy(), per)
+        return _canonical(sparse.diags(diag, format="csr")), np.repeat(shift.numpy(), per), shape
+    return _probe(layer, shape)
+
+
+def _probe(layer: nn.Module, shape: tuple[int, ...]) -> tuple[sparse.csr_matrix, np.ndarray, tuple[int, ...]]:
+    """Any affine ``layer`` from its float64 outputs: on zero (the bias) and on each basis vector (bias + one
+    column of W), :data:`_PROBE_BLOCK` basis vectors per pass, each block's non-zeros kept as a sparse matrix."""
     d = math.prod(shape)
-    probe = torch.cat([torch.zeros(1, d), torch.eye(d)]).reshape(d + 1, *shape).double()
-    out = copy.deepcopy(layer).double()(probe)
-    out_shape = tuple(out.shape[1:])
-    flat = out.reshape(d + 1, -1)
-    return (flat[1:] - flat[0]).T.numpy().copy(), flat[0].numpy().copy(), out_shape
+    layer = copy.deepcopy(layer).double()
+    zero = layer(torch.zeros(1, *shape, dtype=torch.float64))
+    out_shape = tuple(zero.shape[1:])
+    bias = zero.reshape(-1)
+    blocks = []
+    probe = torch.zeros(min(_PROBE_BLOCK, d), d, dtype=torch.float64)  # one buffer, reused: its ones move along
+    for start in range(0, d, len(probe)):
+        n = min(len(probe), d - start)
+        rows, cols = torch.arange(n), torch.arange(start, start + n)
+        probe[rows, cols] = 1.0
+        columns = layer(probe[:n].reshape(n, *shape)).reshape(n, -1) - bias  # row i: column start + i of W
+        probe[rows, cols] = 0.0
+        blocks.append(sparse.csr_matrix(columns.numpy()))
+    return _canonical(sparse.vstack(blocks).T), bias.numpy().copy(), out_shape

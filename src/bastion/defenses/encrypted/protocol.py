@@ -6,7 +6,7 @@ sample of the chunk, one sample per slot. An affine map is then, for each output
 non-zero weights ``W[j, k]`` of ``vector_k * W[j, k]`` plus ``b[j]``: ciphertext-by-scalar products and additions,
 no rotation and so no Galois keys; a squaring is one ciphertext product per unit (relinearisation keys). Every slot
 is an independent sample, so the cost of a chunk is the same for 1 sample as for ``N/2``: the cost per sample falls
-linearly with the batch until the chunk is full. Zero weights (a convolution unrolled to a dense map) cost nothing.
+linearly with the batch until the chunk is full. The affine maps are sparse (CSR): the zeros of an unrolled convolution cost nothing.
 
 **Roles.** :class:`HEClient` makes the CKKS context from the server's :meth:`HEServer.spec` (the parameters chosen
 from the model's depth), keeps the secret key, and sends :meth:`HEClient.public_context` (public and
@@ -216,17 +216,22 @@ class HEServer:
         """The program on one chunk's vectors (one per feature, every sample in the slots)."""
         for step in self.program.steps:
             if isinstance(step, Affine):
-                vecs = [self._unit(ctx, vecs, w, float(b)) for w, b in zip(step.weight, step.bias, strict=True)]
+                w = step.weight  # CSR: row j's non-zeros are indptr[j]:indptr[j + 1] of indices / data
+                vecs = [
+                    self._unit(ctx, vecs, w.indices[lo:hi], w.data[lo:hi], float(b))
+                    for lo, hi, b in zip(w.indptr[:-1], w.indptr[1:], step.bias, strict=True)
+                ]
             elif isinstance(step, Square):
                 vecs = [v.square() for v in vecs]
             else:
                 vecs = [v + float(c) for v, c in zip(vecs, step.value, strict=True)]
         return vecs
 
-    def _unit(self, ctx: Any, vecs: list[Any], weights: np.ndarray, bias: float) -> Any:
+    def _unit(self, ctx: Any, vecs: list[Any], columns: np.ndarray, weights: np.ndarray, bias: float) -> Any:
+        """One output unit: ``sum_k vecs[columns[k]] * weights[k] + bias`` (the row's non-zeros only)."""
         acc = None
-        for k in np.flatnonzero(weights):
-            term = vecs[k] * float(weights[k])
+        for k, weight in zip(columns.tolist(), weights.tolist(), strict=True):
+            term = vecs[k] * weight
             if acc is None:
                 acc = term
             else:
