@@ -28,10 +28,7 @@ recipe (``bastion.models.training.TRAIN_CONFIGS``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +42,7 @@ import torch.nn.functional as F
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
+from _machine import machine as _machine
 from bastion.data import load_dataset
 from bastion.defenses.privacy.audit import canary_audit
 from bastion.defenses.privacy.dpsgd import DPConfig, dp_config_for, dp_train_architecture
@@ -59,28 +57,8 @@ OUT_PATH: str | None = None
 MACHINE: dict[str, Any] = {}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def machine() -> dict[str, Any]:
-    return {
-        "processor": platform.processor() or _cpu_model(),
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__,
-        "opacus": opacus.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    return _machine(opacus=str(opacus.__version__))
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -22,10 +22,7 @@ shared): compare the ratios, measured in the same process, rather than the absol
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import time
 from typing import Any
 
@@ -33,6 +30,7 @@ import numpy as np
 import tenseal
 import torch
 
+from _machine import machine as _machine
 from bastion.data import load_dataset
 from bastion.defenses.encrypted import compile_model
 from bastion.defenses.encrypted.bench import he_bench
@@ -40,28 +38,8 @@ from bastion.models.training import train_recipe
 from bastion.models.zoo import load_zoo
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def machine() -> dict[str, Any]:
-    return {
-        "processor": platform.processor() or _cpu_model(),
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__,
-        "tenseal": tenseal.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    return _machine(tenseal=str(tenseal.__version__))
 
 
 def _run(clf: Any, x: torch.Tensor, y: torch.Tensor, naive_n: int) -> dict[str, Any]:
