@@ -30,7 +30,9 @@ def checks_of(report: dict) -> dict[str, str]:
 
 
 # -- the quick audit of the undefended CNN -----------------------------------------------------------------
+# the first test to ask for the session's quick audit pays for it: ~10 min beside another heavy test (2 workers)
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_quick_audit_of_the_undefended_cnn(quick_audit):
     report, out = quick_audit
     assert {p.name for p in out.iterdir()} >= {"report.json", "index.html", "junit.xml", STATE_DIR}
@@ -77,6 +79,7 @@ def test_quick_audit_of_the_undefended_cnn(quick_audit):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_audited_robust_accuracy_agrees_with_a_direct_attack(quick_audit, mnist_cnn, mnist):
     """The probe's PGD number is the library's PGD, run directly with the probe's recorded parameters."""
     report, _ = quick_audit
