@@ -31,6 +31,8 @@ def browser() -> None:
     require_browser()
 
 
+# the "real" case pays for the session's quick audit: over 10 min beside another heavy test file (2 workers)
+@pytest.mark.timeout(1800)
 def test_report_renders_cleanly_in_chromium(browser, audit_report_html: Path, tmp_path: Path):
     report = json.loads(audit_report_html.with_name("report.json").read_text(encoding="utf-8"))
     shot = tmp_path / "first-screen.png"
