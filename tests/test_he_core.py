@@ -154,6 +154,10 @@ def test_server_refuses_secret_keys_other_parameters_and_bad_framing(digits_logr
     server, x, _ = digits_logreg
     client = HEClient(server.spec())
     payload, public = client.encrypt(x[:5]), client.public_context()
+    with pytest.raises(UsageError, match="NaN or infinite"):
+        client.encrypt(np.where(np.arange(64) == 3, np.nan, x[0].reshape(-1))[None])
+    with pytest.raises(UsageError, match=r"inputs must be \(n, 64\)"):
+        client.encrypt(x[:2, :, :4])
     with pytest.raises(HEError, match="secret key"):
         server.evaluate(client.context.serialize(save_secret_key=True), payload)
     other_spec = server.spec()

@@ -112,6 +112,8 @@ class HEClient:
         rows = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         if rows.shape[1] != self.input_dim or len(rows) == 0:
             raise UsageError(f"inputs must be (n, {self.input_dim}) values (n >= 1), got shape {list(np.shape(x))}")
+        if not np.isfinite(rows).all():
+            raise UsageError("inputs contain NaN or infinite values: CKKS encrypts finite numbers only")
         chunks = []
         for start in range(0, len(rows), self.params.slots):
             block = rows[start : start + self.params.slots]
