@@ -56,19 +56,17 @@ def encrypted_program(clf: Any, arch: str | None = None) -> Any:
         UsageError: the model is not a torch network, or has a layer CKKS cannot evaluate (named).
         MissingExtraError: TenSEAL (the ``he`` extra) is not installed.
     """
-    from torch import nn
-
     from ..defenses.encrypted import compile_model
+    from ..models.torch import TorchClassifier
 
     require("tenseal", "he")  # the evaluator needs it: say so before the calibration, not after
 
-    module = getattr(clf, "module", None)
-    if not isinstance(module, nn.Module):
+    if not isinstance(clf, TorchClassifier):
         raise UsageError(
             f"--encrypted needs a torch model (affine layers and polynomial activations) to compile for CKKS; "
             f"{type(clf).__name__} has no torch module"
         )
-    return compile_model(module, tuple(clf.input_shape), arch=arch or getattr(clf, "arch", None))
+    return compile_model(clf.module, tuple(clf.input_shape), arch=arch or clf.arch)
 
 
 def build_app(
@@ -127,8 +125,10 @@ def build_app(
 
 def _isolated_server(program: Any, clf: Any, arch: str | None) -> Any:
     from ..defenses.encrypted.isolation import IsolatedHEServer
+    from ..models.torch import TorchClassifier
 
-    return IsolatedHEServer(program, model=arch or getattr(clf, "arch", None) or type(clf).__name__)
+    name = arch or (clf.arch if isinstance(clf, TorchClassifier) else None) or type(clf).__name__
+    return IsolatedHEServer(program, model=name)
 
 
 def _describe_encrypted(he: Any) -> dict[str, Any] | None:
