@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from ...errors import UsageError
+from ...metrics import accuracy as accuracy_of
+from ...metrics import agreement as agreement_of
 from ...models.torch import TorchClassifier
 from ..probe import AuditContext, Probe, register_probe
 from ..result import Check, ProbeResult
@@ -83,13 +85,13 @@ class EncryptedProbe(Probe):
         with torch.no_grad():
             plain_pred = model.predict(x).numpy()
         enc_pred = scores.argmax(1)
-        agreement = float(np.mean(enc_pred == plain_pred))
+        agreement = agreement_of(enc_pred, plain_pred)
         error = float(np.abs(scores - program.plain(x.numpy())).max())
         params = server.params
         metrics: dict[str, float | None] = {
             "he_agreement": agreement,
-            "he_accuracy": float(np.mean(enc_pred == y)),
-            "he_plain_accuracy": float(np.mean(plain_pred == y)),
+            "he_accuracy": accuracy_of(enc_pred, y),
+            "he_plain_accuracy": accuracy_of(plain_pred, y),
             "he_max_abs_error": error,
             "he_seconds_per_sample": seconds / n,
             "he_depth": float(program.depth),

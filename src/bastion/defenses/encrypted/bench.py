@@ -35,6 +35,7 @@ import numpy as np
 from torch import nn
 
 from ...errors import UsageError, require
+from ...metrics import accuracy, agreement
 from ...models.he import PolyAct
 from .program import AddConst, Affine, HEProgram, Square, compile_model
 from .protocol import HEClient, HEServer
@@ -211,7 +212,7 @@ def he_bench(
     pred = scores.argmax(1)
     out: dict[str, Any] = {
         "n": n,
-        "agreement": float((pred == plain_pred).mean()),
+        "agreement": agreement(pred, plain_pred),
         "max_abs_error": float(np.abs(scores - reference).max()),
         **timing,
         "params": program.params.as_dict(),
@@ -222,8 +223,8 @@ def he_bench(
     }
     if y is not None:
         labels = np.asarray(y)
-        out["plain_accuracy"] = float((plain_pred == labels).mean())
-        out["encrypted_accuracy"] = float((pred == labels).mean())
+        out["plain_accuracy"] = accuracy(plain_pred, labels)
+        out["encrypted_accuracy"] = accuracy(pred, labels)
     if naive_n:
         out.update(_naive_summary(module if module is not None else program, program, x[:naive_n], plain_pred))
         out["speedup"] = out["naive_seconds_per_sample"] / out["seconds_per_sample"]
@@ -271,7 +272,7 @@ def _naive_summary(
         "naive_n": len(x),
         "naive_method": res.method,
         "naive_seconds_per_sample": res.seconds_per_sample,
-        "naive_agreement": float((res.scores.argmax(1) == plain_pred[: len(x)]).mean()),
+        "naive_agreement": agreement(res.scores.argmax(1), plain_pred[: len(x)]),
         "naive_max_abs_error": float(np.abs(res.scores - program.plain(x)).max()),
         "naive_ciphertext_bytes": res.ciphertext_bytes,
         "naive_params": {"poly_modulus_degree": n_bits, "coeff_mod_bit_sizes": list(bits), "scale_bits": scale},
