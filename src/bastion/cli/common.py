@@ -1,13 +1,16 @@
 """Helpers the command-line modules share: a usage error that exits 2, progress on stderr, JSON of odd values,
-the options every command that takes ``--model`` / ``--data`` has, and the translation of the library's
-parameter names into the flags a CLI user types."""
+the options every command that takes ``--model`` / ``--data`` has and their loading, the ``--json``-or-text
+result, Ctrl-C during training, and the translation of the library's parameter names into the flags a CLI user
+types."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -24,15 +27,20 @@ __all__ = [
     "Model",
     "NClasses",
     "check_output_file",
+    "echo_json",
+    "emit",
     "fail",
     "finite",
     "flagged",
     "json_default",
+    "load_arch_data",
     "load_data_option",
+    "load_model_and_data",
     "load_model_option",
     "log",
     "parse_shape",
     "refuse",
+    "resumable",
 ]
 
 # library parameters and the flags that set them: a library error naming ``input_shape=`` reaches a CLI user
@@ -177,3 +185,69 @@ def load_data_option(spec: str, *, label_column: str | None = None, log: Callabl
     if log is not None and split:
         log(f"{spec}: {split}")
     return ds
+
+
+def load_model_and_data(
+    model: str,
+    data: str,
+    *,
+    arch: str | None,
+    input_shape: str | None,
+    n_classes: int | None,
+    label_column: str | None,
+    quiet: bool,
+    say_split: bool = False,
+) -> tuple[Any, Any]:
+    """The ``--model`` and the ``--data`` of a command, in that order; what they say goes to stderr unless ``quiet``
+    (``--json``), but a split made for the data is said regardless with ``say_split``."""
+    say = None if quiet else log
+    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=say)
+    ds = load_data_option(data, label_column=label_column, log=log if say_split else say)
+    return clf, ds
+
+
+def load_arch_data(data: str, arch: str, *, label_column: str | None, say: Callable[[str], None] | None) -> Any:
+    """The ``--data`` a registered architecture ``arch`` trains on: an unknown architecture is refused before the data
+    loads, data of another input shape after."""
+    from ..models.architectures import ARCHITECTURES
+
+    spec = ARCHITECTURES.get(arch)
+    ds = load_data_option(data, label_column=label_column, log=say)
+    if tuple(ds.input_shape) != tuple(spec.input_shape):
+        refuse(f"--data: {data} has inputs of shape {tuple(ds.input_shape)} but {arch} takes {spec.input_shape}")
+    return ds
+
+
+def echo_json(record: Any, *, default: Callable[[Any], Any] | None = json_default, finite_values: bool = False) -> None:
+    """``record`` printed as one JSON object (``--json``); ``finite_values``: a top-level value that is a float and
+    not finite becomes ``null``."""
+    if finite_values:
+        record = {k: finite(v) for k, v in record.items()}
+    typer.echo(json.dumps(record, default=default))
+
+
+def emit(
+    record: Any,
+    as_json: bool,
+    show: Callable[[Any], None],
+    *,
+    default: Callable[[Any], Any] | None = json_default,
+    finite_values: bool = False,
+) -> None:
+    """A command's result: one JSON object with ``--json`` (see :func:`echo_json`), else ``show(record)``."""
+    if as_json:
+        echo_json(record, default=default, finite_values=finite_values)
+    else:
+        show(record)
+
+
+@contextlib.contextmanager
+def resumable(checkpoint: str | None) -> Iterator[None]:
+    """Training inside: on Ctrl-C, say how to resume (from ``checkpoint``, where there is one) and exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(
+            "\ninterrupted" + (f": run the same command to resume from {checkpoint}" if checkpoint else ""), err=True
+        )
+        raise typer.Exit(130) from None

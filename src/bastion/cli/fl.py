@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import check_output_file, json_default, log, refuse
+from .common import check_output_file, echo_json, emit, json_default, log, refuse
 
 SIMULATE_KEYS = ("final_accuracy", "clean_run_accuracy", "backdoor_asr", "rounds", "spec", "seconds")
 
@@ -157,10 +157,7 @@ def fl_simulate(
         report["clean_run_accuracy"] = results[1]["final_accuracy"]
     if out_path is not None:
         out_path.write_text(json.dumps(report, indent=2, default=json_default))
-    if as_json:
-        typer.echo(json.dumps(report, default=json_default))
-    else:
-        _summary(report)
+    emit(report, as_json, _summary)
 
 
 def _summary(report: dict[str, Any]) -> None:
@@ -214,6 +211,6 @@ def fl_matrix(
     results = simulate.simulate(specs, workers=workers, on_result=_progress)
     paths = write_matrix_report(results, out_dir)
     if as_json:
-        typer.echo(json.dumps(matrix_table(results), default=json_default))
+        echo_json(matrix_table(results))
     else:
         typer.echo(f"report: {paths['html']}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from .common import INPUT_SHAPE_HELP, LABEL_COLUMN_HELP, N_CLASSES_HELP, load_data_option, load_model_option
+from .common import INPUT_SHAPE_HELP, LABEL_COLUMN_HELP, N_CLASSES_HELP, load_data_option, load_model_option, resumable
 from .common import log as _log
 from .common import refuse as _fail
 
@@ -128,19 +128,14 @@ def _check_options(
 
 
 def _load(
-    model: str,
-    data: str,
-    arch: str | None,
-    input_shape: str | None,
-    n_classes: int | None,
-    label_column: str | None,
-    as_json: bool,
+    model: str, data: str, arch: str | None, loading: dict[str, Any], label_column: str | None, as_json: bool
 ) -> tuple[Any, Any, str]:
-    """The torch model, the dataset and the architecture name the output will be saved under."""
+    """The torch model, the dataset and the architecture name the output will be saved under; ``loading``: the
+    model's ``input_shape`` and ``n_classes`` options."""
     from ..models.torch import TorchClassifier
 
     log = None if as_json else _log
-    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=log)
+    clf = load_model_option(model, arch=arch, log=log, **loading)
     if not isinstance(clf, TorchClassifier):
         _fail(
             f"--model: {model} is not a torch model ({type(clf).__name__}); adversarial training needs gradients "
@@ -196,14 +191,8 @@ def _adversarial(clf: Any, ds: Any, config: Any, from_scratch: bool, checkpoint:
     """Adversarial training with progress; on Ctrl-C, say how to resume."""
     from ..defenses.training import adversarial_train
 
-    try:
-        with _epoch_display(f"{config.defense} eps={config.eps}", config.epochs, as_json) as show:
-            return adversarial_train(clf, ds, config, from_scratch=from_scratch, checkpoint=checkpoint, on_epoch=show)
-    except KeyboardInterrupt:
-        typer.echo(
-            "\ninterrupted" + (f": run the same command to resume from {checkpoint}" if checkpoint else ""), err=True
-        )
-        raise typer.Exit(130) from None
+    with resumable(checkpoint), _epoch_display(f"{config.defense} eps={config.eps}", config.epochs, as_json) as show:
+        return adversarial_train(clf, ds, config, from_scratch=from_scratch, checkpoint=checkpoint, on_epoch=show)
 
 
 def _summary(rec: dict[str, Any], out: str, rec_path: Path) -> str:
@@ -267,9 +256,9 @@ def harden(
 
     name = _check_options(defense, sigma, out, {"--record": record, "--checkpoint": checkpoint}, lr_schedule, fast_init)
     dp = DPOptions(epsilon, delta, max_grad_norm, noise_multiplier, accountant, secure, epochs, batch_size, lr, seed)
+    loading = {"input_shape": input_shape, "n_classes": n_classes}
     if name == "dp-sgd":
         paths = {"out": out, "checkpoint": checkpoint, "record": record}
-        loading = {"input_shape": input_shape, "n_classes": n_classes}
         return dp_harden(model, arch, data, dp, paths, loading, label_column, as_json)
     dp.refuse_given()
     if model is None:
@@ -291,7 +280,7 @@ def harden(
         lr_schedule=lr_schedule,
         seed=seed,
     )
-    clf, ds, arch_name = _load(model, data, arch, input_shape, n_classes, label_column, as_json)
+    clf, ds, arch_name = _load(model, data, arch, loading, label_column, as_json)
     if name == "gaussian":
         on_epoch = None if as_json else (lambda e, loss: _log(f"epoch {e + 1}/{epochs}  loss {loss:.4f}"))
         hardened, rec = gaussian_harden(

@@ -7,13 +7,13 @@ multiplier, clipping norm, sampling rate, accountant) in the file's metadata and
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import typer
 
-from .common import load_data_option, load_model_option, refuse
+from .common import echo_json, load_arch_data, load_model_option, refuse, resumable
 from .common import log as _log
 
 
@@ -88,51 +88,30 @@ def dp_harden(
     ``checkpoint``, ``record``."""
     out, checkpoint, record = str(paths["out"]), paths["checkpoint"], paths["record"]
     from ..defenses.privacy import dp_config_for, dp_fix, dp_train, dp_train_architecture
-    from ..models.architectures import ARCHITECTURES
     from ..training import accuracy, save_trained
 
     say = None if as_json else _log
     module, arch_name = _module(model, arch, loading, say)
-    spec = ARCHITECTURES.get(arch_name)
-    ds = load_data_option(data, label_column=label_column, log=say)
-    if tuple(ds.input_shape) != tuple(spec.input_shape):
-        refuse(f"--data: {data} has inputs of shape {tuple(ds.input_shape)} but {arch_name} takes {spec.input_shape}")
+    ds = load_arch_data(data, arch_name, label_column=label_column, say=say)
     if module is not None:
         dp_fix(module, fix=False)  # the output must load back as arch_name: refuse rather than change layers
-    config = dp_config_for(
-        arch_name,
-        epsilon=options.epsilon,
-        delta=options.delta,
-        max_grad_norm=options.max_grad_norm,
-        noise_multiplier=options.noise_multiplier,
-        accountant=options.accountant,
-        secure=options.secure,
-        epochs=options.epochs,
-        batch_size=options.batch_size,
-        lr=options.lr,
-        seed=options.seed,
-    )
+    config = dp_config_for(arch_name, **dataclasses.asdict(options))  # every option by its name; None: the recipe's
     kwargs: dict[str, Any] = {
         "checkpoint": checkpoint,
         "log": say,
         "on_epoch": None if as_json else (lambda e: _log(_line(e, config.epochs))),
     }
-    try:
+    with resumable(checkpoint):
         if module is None:
             trained = dp_train_architecture(arch_name, ds.x_train, ds.y_train, config, **kwargs)
         else:
             trained = dp_train(module, ds.x_train, ds.y_train, config, fix=False, **kwargs)
-    except KeyboardInterrupt:
-        typer.echo(
-            "\ninterrupted" + (f": run the same command to resume from {checkpoint}" if checkpoint else ""), err=True
-        )
-        raise typer.Exit(130) from None
     rec = trained.record
     rec["clean_accuracy"] = accuracy(trained.module, ds.x_test, ds.y_test) if ds.x_test.numel() else None
     rec.update({"model": model, "data": data, "arch": arch_name, "out": out})
     rec_path = save_trained(trained.module, out, rec, arch=arch_name, record_path=record)
     if as_json:
-        typer.echo(json.dumps(rec))
+        echo_json(rec, default=None)
         return
     eps = "inf (no noise: no privacy)" if rec["epsilon"] is None else f"{rec['epsilon']:.3f}"
     acc = "n/a" if rec["clean_accuracy"] is None else f"{rec['clean_accuracy']:.3f}"

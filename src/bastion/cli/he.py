@@ -17,7 +17,8 @@ from .common import (
     LabelColumn,
     Model,
     check_output_file,
-    json_default,
+    echo_json,
+    emit,
     load_data_option,
     load_model_option,
     refuse,
@@ -106,10 +107,7 @@ def he_bench_cmd(
         say(f"depth {program.depth}, N={program.params.poly_modulus_degree}: encrypting {x.shape[0]} inputs")
     out = he_bench(program, x.numpy(), y.numpy(), plain_pred, naive_n=min(naive, x.shape[0]), module=clf.module)
     out["model"] = model
-    if as_json:
-        typer.echo(json.dumps(out, default=json_default))
-        return
-    _print_bench(out)
+    emit(out, as_json, _print_bench)
 
 
 def _print_bench(r: dict[str, Any]) -> None:
@@ -148,7 +146,7 @@ def he_inspect(model: Model, arch: Arch = None, as_json: AsJson = False) -> None
     clf = _torch_model(model, arch, None if as_json else _log)
     info = {"model": model, "arch": clf.arch, **he_summary(_compile(clf, model))}
     if as_json:
-        typer.echo(json.dumps(info, default=json_default))
+        echo_json(info)
         return
     p = info["params"]
     typer.echo(f"{model}: input {info['input_shape']}, {info['n_outputs']} outputs")
@@ -200,7 +198,7 @@ def he_convert(
     save_model(module, out, arch=str(record["arch"]), metadata={"bastion_record": json.dumps(record)})
     record["out"] = out
     if as_json:
-        typer.echo(json.dumps(record, default=json_default))
+        echo_json(record)
         return
     typer.echo(
         f"saved {out} ({record['arch']}): test accuracy {record['accuracy_before']:.4f} (original) -> "

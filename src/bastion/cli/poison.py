@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import LabelColumn, check_output_file, finite, load_data_option, refuse
+from .common import LabelColumn, check_output_file, emit, load_data_option, refuse
 from .common import log as _log
 
 JSON_KEYS = ("attack", "n_poisoned", "rate", "out", "record")
@@ -173,10 +173,7 @@ def poison(
     say = None if as_json else _log
     ds = load_data_option(data, label_column=label_column, log=say)
     result = _run(atk, ds, out, train_arch, model_out, epochs, seed, say)
-    if as_json:
-        typer.echo(json.dumps({k: finite(v) for k, v in result.items()}))
-    else:
-        _print(result)
+    emit(result, as_json, _print, default=None, finite_values=True)
 
 
 def _run(

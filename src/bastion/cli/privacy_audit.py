@@ -3,12 +3,11 @@ beside an empirical lower bound (canaries; :func:`bastion.defenses.privacy.canar
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 
-from .common import Data, LabelColumn, load_data_option, refuse
+from .common import Data, LabelColumn, emit, load_arch_data, refuse
 from .common import log as _log
 
 JSON_KEYS = ("epsilon", "epsilon_lower_bound", "confidence", "test_accuracy", "violation", "baseline")
@@ -101,17 +100,13 @@ def privacy_audit(
     bound on epsilon that holds at --confidence. A DP model whose bound exceeds its claimed epsilon is a violation
     (red; exit 1 with --fail-on-violation). With --baseline the standard non-DP recipe is audited beside it."""
     from ..defenses.privacy import canary_audit, dp_config_for
-    from ..models.architectures import ARCHITECTURES
 
     if defense not in ("dp-sgd", "none"):
         refuse(f"--defense: choose dp-sgd or none, got {defense!r}")
     if not 0 < confidence < 1:
         refuse(f"--confidence must be in (0, 1), got {confidence}")
-    spec = ARCHITECTURES.get(arch)
     say = None if as_json else _log
-    ds = load_data_option(data, label_column=label_column, log=say)
-    if tuple(ds.input_shape) != tuple(spec.input_shape):
-        refuse(f"--data: {data} has inputs of shape {tuple(ds.input_shape)} but {arch} takes {spec.input_shape}")
+    ds = load_arch_data(data, arch, label_column=label_column, say=say)
     config = None
     if defense == "dp-sgd":
         config = dp_config_for(arch, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, epochs=epochs)
@@ -124,9 +119,6 @@ def privacy_audit(
     common |= {"confidence": confidence, "seed": seed, "log": say}
     report = canary_audit(arch, ds, config, **common)
     report["baseline"] = canary_audit(arch, ds, None, **common) if baseline and config is not None else None
-    if as_json:
-        typer.echo(json.dumps(report))
-    else:
-        _print(report)
+    emit(report, as_json, _print, default=None)
     if fail_on_violation and report["violation"]:
         raise typer.Exit(1)

@@ -4,8 +4,6 @@ clustering)."""
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Annotated, Any
 
 import typer
@@ -18,11 +16,10 @@ from .common import (
     Model,
     NClasses,
     check_output_file,
-    load_data_option,
-    load_model_option,
+    emit,
+    load_model_and_data,
     refuse,
 )
-from .common import log as _log
 
 JSON_KEYS = ("method", "n_inputs", "n_removed", "removed_rate", "out", "seconds")
 """Always in ``--json``; when the data records which records were poisoned (a ``bastion poison`` .npz), also
@@ -89,9 +86,9 @@ def sanitize(
             refuse(f"--reclassify: unknown architecture {reclassify!r}; choose one of {', '.join(ARCHITECTURES)}")
         kwargs["reclassify"] = recipe_trainer(reclassify)
     sanitizer = get_sanitizer(method, **kwargs)
-    say = None if as_json else _log
-    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=say)
-    ds = load_data_option(data, label_column=label_column, log=say)
+    clf, ds = load_model_and_data(
+        model, data, arch=arch, input_shape=input_shape, n_classes=n_classes, label_column=label_column, quiet=as_json
+    )
     result = sanitizer.sanitize(clf, ds)
     _write(result, ds, out)
     report = {
@@ -103,12 +100,13 @@ def sanitize(
         "seconds": result.seconds,
         **_against_truth(data, result),
     }
-    if as_json:
-        typer.echo(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in report.items()}))
-        return
+    emit(report, as_json, _print, default=None, finite_values=True)
+
+
+def _print(report: dict[str, Any]) -> None:
     typer.echo(
         f"{report['method']}: removed {report['n_removed']} of {report['n_inputs']} training records "
-        f"({report['removed_rate']:.2%}) in {report['seconds']:.1f} s; wrote {out}"
+        f"({report['removed_rate']:.2%}) in {report['seconds']:.1f} s; wrote {report['out']}"
     )
     if "recall" in report:
         typer.echo(

@@ -3,14 +3,12 @@ clean data. The work is the library's (:class:`bastion.defenses.sanitization.Neu
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .common import Arch, Data, InputShape, LabelColumn, Model, NClasses, load_data_option, load_model_option, refuse
+from .common import Arch, Data, InputShape, LabelColumn, Model, NClasses, emit, load_model_and_data, refuse
 from .common import log as _log
 
 JSON_KEYS = ("anomaly_index", "flagged", "norms", "trigger_asr", "seconds", "n_inputs")
@@ -81,9 +79,9 @@ def scan(
     if steps is not None:
         kwargs["steps"] = steps
     scanner = NeuralCleanse(**kwargs)
-    say = None if as_json else _log
-    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=say)
-    ds = load_data_option(data, label_column=label_column, log=say)
+    clf, ds = load_model_and_data(
+        model, data, arch=arch, input_shape=input_shape, n_classes=n_classes, label_column=label_column, quiet=as_json
+    )
     chosen = _classes(classes, int(clf.n_classes))
     if chosen is not None:
         scanner = NeuralCleanse(**kwargs, classes=chosen)
@@ -95,10 +93,7 @@ def scan(
     if out_dir is not None:
         out_dir.mkdir(exist_ok=True)
         report["triggers"] = [str(p) for p in result.save_triggers(out_dir)]
-    if as_json:
-        typer.echo(json.dumps(report, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
-        return
-    _print(report, threshold)
+    emit(report, as_json, lambda r: _print(r, threshold))
 
 
 def _print(report: dict[str, Any], threshold: float) -> None:

@@ -9,7 +9,6 @@ checked and the attack built before a model is loaded or a query sent. The work 
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -22,9 +21,9 @@ from .common import (
     Model,
     NClasses,
     check_output_file,
-    finite,
+    echo_json,
     load_data_option,
-    load_model_option,
+    load_model_and_data,
     refuse,
 )
 from .common import log as _log
@@ -160,8 +159,9 @@ def steal(
     attack = cls.name
     points = _checkpoints(checkpoints, budget)
     say = None if as_json else _log
-    victim = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=say)
-    ds = load_data_option(data, label_column=label_column, log=say)
+    victim, ds = load_model_and_data(
+        model, data, arch=arch, input_shape=input_shape, n_classes=n_classes, label_column=label_column, quiet=as_json
+    )
     if tuple(ds.input_shape) != tuple(victim.input_shape):
         refuse(f"--data {data!r} has inputs of shape {tuple(ds.input_shape)} but the model takes {victim.input_shape}")
     copy = _copy_arch(attack, victim, ds, copy_arch)
@@ -183,7 +183,7 @@ def steal(
         "extra": extra,
     }
     if as_json:
-        typer.echo(json.dumps({k: finite(v) for k, v in summary.items()}))
+        echo_json(summary, default=None, finite_values=True)
         return
     typer.echo(
         f"{attack}: copy of {model} saved to {out} ({copy}) after {result.queries} queries in {result.seconds:.1f} s"

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from .common import LABEL_COLUMN_HELP, load_data_option
+from .common import LABEL_COLUMN_HELP, echo_json, load_data_option
 from .common import fail as _fail
 from .common import log as _log
 
@@ -66,7 +66,7 @@ def train(
     save_model(module, out, arch=arch, metadata={"bastion_record": json.dumps(record)})
     record["out"] = out
     if as_json:
-        typer.echo(json.dumps(record))
+        echo_json(record, default=None)
         return
     typer.echo(f"saved {out} ({arch}): test accuracy {record['test_accuracy']:.4f} in {record['seconds']} s")
     if he_info is not None:

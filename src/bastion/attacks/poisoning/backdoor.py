@@ -76,27 +76,23 @@ class BackdoorAttack(PoisoningAttack):
         n = x.shape[0]
         candidates = torch.arange(n) if self.all_to_all else torch.nonzero(y.ne(self.target)).flatten()
         k = self._count(n)
-        if k > candidates.numel():
-            raise UsageError(
-                f"a poison rate of {self.rate:g} needs {k} records outside the target class, the data has "
-                f"{candidates.numel()}: lower the rate"
-            )
-        pick = candidates[torch.randperm(candidates.numel(), generator=generator)[:k]].sort().values
+        too_few = (
+            f"a poison rate of {self.rate:g} needs {k} records outside the target class, the data has "
+            f"{candidates.numel()}: lower the rate"
+        )
+        pick = self._draw(candidates, k, generator, too_few=too_few)
         original = y[pick].clone()
         new_labels = (original + 1) % data.n_classes if self.all_to_all else torch.full_like(original, self.target)
         x[pick] = trig.apply(x[pick], generator)
         y[pick] = new_labels
-        return PoisonedData(
-            data=data,
-            indices=pick,
-            original_labels=original,
-            poisoned_labels=new_labels.clone(),
-            attack=self.name,
-            params=self.params(),
+        return self._changed_in_place(
+            data,
+            pick,
+            original,
+            new_labels,
             target=None if self.all_to_all else int(self.target),
             trigger=trig,
             all_to_all=self.all_to_all,
-            source_indices=pick.clone(),
         )
 
     def apply_trigger(self, x: torch.Tensor, data: Dataset, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -246,6 +246,33 @@ class PoisoningAttack:
         """How many of ``n`` records ``rate`` poisons (at least one)."""
         return max(1, round(self.rate * n))
 
+    @staticmethod
+    def _draw(candidates: Tensor, k: int, generator: torch.Generator, *, too_few: str) -> Tensor:
+        """``k`` of the ``candidates`` (positions in the training split) drawn without replacement by one
+        ``randperm`` from ``generator``, in increasing order; ``too_few`` is the :class:`UsageError`'s message
+        when there are fewer than ``k`` candidates (nothing is drawn then)."""
+        if k > candidates.numel():
+            raise UsageError(too_few)
+        return candidates[torch.randperm(candidates.numel(), generator=generator)[:k]].sort().values
+
+    def _changed_in_place(
+        self, data: Dataset, pick: Tensor, original: Tensor, poisoned: Tensor, **record: Any
+    ) -> PoisonedData:
+        """The record of an attack that changed the training records ``pick`` in place (none appended): their
+        ``original`` labels and (a copy of) their ``poisoned`` labels, the attack's name and parameters, ``pick``
+        as the source of each poisoned record, and the rest of the record (``target``, ``trigger``, ``extra``,
+        ...) from ``record``."""
+        return PoisonedData(
+            data=data,
+            indices=pick,
+            original_labels=original,
+            poisoned_labels=poisoned.clone(),
+            attack=self.name,
+            params=self.params(),
+            source_indices=pick.clone(),
+            **record,
+        )
+
     # -- public API --------------------------------------------------------------------------------
     def poison(self, data: Dataset) -> PoisonedData:
         """Poison ``data``'s training split; the clean ``data`` is not modified."""

@@ -199,24 +199,20 @@ class CleanLabel(BackdoorAttack):
         n = y.shape[0]
         candidates = torch.nonzero(y == self.target).flatten()
         k = self._count(n)
-        if k > candidates.numel():
-            raise UsageError(
-                f"a clean-label rate of {self.rate:g} needs {k} records of the target class {self.target}, the data "
-                f"has {candidates.numel()} of {n}: lower the rate to at most {candidates.numel() / n:.3f}"
-            )
-        pick = candidates[torch.randperm(candidates.numel(), generator=generator)[:k]].sort().values
+        too_few = (
+            f"a clean-label rate of {self.rate:g} needs {k} records of the target class {self.target}, the data "
+            f"has {candidates.numel()} of {n}: lower the rate to at most {candidates.numel() / n:.3f}"
+        )
+        pick = self._draw(candidates, k, generator, too_few=too_few)
         hard, extra = self._perturb(data, pick, generator)
         data.x_train[pick] = trig.apply(hard, generator)
         labels = y[pick].clone()
-        return PoisonedData(
-            data=data,
-            indices=pick,
-            original_labels=labels,
-            poisoned_labels=labels.clone(),
-            attack=self.name,
-            params=self.params(),
+        return self._changed_in_place(
+            data,
+            pick,
+            labels,
+            labels,
             target=int(self.target),
             trigger=trig,
-            source_indices=pick.clone(),
             extra={"perturbation": self.perturbation, **extra},
         )

@@ -233,12 +233,11 @@ class FeatureCollision(PoisoningAttack):
         target = data.x_test[self.target_index : self.target_index + 1]
         base = self._base_class(data, target)
         candidates = torch.nonzero(data.y_train == base).flatten()
-        if self.n_poisons > candidates.numel():
-            raise UsageError(
-                f"n_poisons={self.n_poisons} needs as many base images of class {base}, the data has "
-                f"{candidates.numel()}: lower n_poisons"
-            )
-        src = candidates[torch.randperm(candidates.numel(), generator=generator)[: self.n_poisons]].sort().values
+        too_few = (
+            f"n_poisons={self.n_poisons} needs as many base images of class {base}, the data has "
+            f"{candidates.numel()}: lower n_poisons"
+        )
+        src = self._draw(candidates, self.n_poisons, generator, too_few=too_few)
         anchors = (1 - self.watermark) * data.x_train[src] + self.watermark * target
         layer = self.layer or model.penultimate_layer
         d_feat = model.features(target, [layer])[0].shape[1]

@@ -105,12 +105,11 @@ class LabelFlip(PoisoningAttack):
             new = (y[pick] + shift) % n_classes
         elif self.strategy == "pair":
             candidates = torch.nonzero(y.eq(int(self.source or 0))).flatten()
-            if k > candidates.numel():
-                raise UsageError(
-                    f"a rate of {self.rate:g} flips {k} records but class {self.source} has {candidates.numel()} "
-                    f"of {n}: lower the rate to at most {candidates.numel() / n:.3f}"
-                )
-            pick = candidates[torch.randperm(candidates.numel(), generator=generator)[:k]].sort().values
+            too_few = (
+                f"a rate of {self.rate:g} flips {k} records but class {self.source} has {candidates.numel()} "
+                f"of {n}: lower the rate to at most {candidates.numel() / n:.3f}"
+            )
+            pick = self._draw(candidates, k, generator, too_few=too_few)
             new = torch.full_like(pick, int(self.target))  # type: ignore[arg-type]  # checked in __post_init__
         else:
             order = torch.randperm(n, generator=generator)  # breaks ties between equal scores reproducibly
@@ -120,15 +119,12 @@ class LabelFlip(PoisoningAttack):
             extra = {"surrogate": f"LogisticRegression(C={self.surrogate_c:g})", "rounds_run": rounds_run}
         original = y[pick].clone()
         y[pick] = new
-        return PoisonedData(
-            data=data,
-            indices=pick,
-            original_labels=original,
-            poisoned_labels=new.clone(),
-            attack=self.name,
-            params=self.params(),
+        return self._changed_in_place(
+            data,
+            pick,
+            original,
+            new,
             target=int(self.target) if self.strategy == "pair" else None,  # type: ignore[arg-type]
-            source_indices=pick.clone(),
             extra=extra,
         )
 

@@ -61,6 +61,7 @@ from torch import Tensor
 from ...errors import UsageError
 from ...models.base import Classifier
 from ...seeding import make_generator
+from ..sanitization.base import check_seed
 from .base import Detector, register_detector
 
 __all__ = ["STRIP", "mean_entropy", "overlay_indices", "superimpose"]
@@ -153,10 +154,7 @@ class STRIP(Detector):
             raise UsageError(f"n_perturb must be an integer >= 1 (the paper uses 100), got {n_perturb!r}")
         if superimpose not in _MODES:
             raise UsageError(f"superimpose must be one of {', '.join(_MODES)}, got {superimpose!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise UsageError(f"seed must be an integer or None, got {seed!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise UsageError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_seed(seed, generator)
         self.n_perturb = n_perturb
         self.superimpose = superimpose
         self.seed = seed

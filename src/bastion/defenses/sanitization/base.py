@@ -35,7 +35,7 @@ from ...models.base import Classifier, validate_inputs
 from ...models.features import HasFeatures, Pool
 from ...registry import Registry
 
-__all__ = ["SANITIZERS", "SanitizationResult", "Sanitizer", "get_sanitizer", "register_sanitizer"]
+__all__ = ["SANITIZERS", "SanitizationResult", "Sanitizer", "check_seed", "get_sanitizer", "register_sanitizer"]
 
 
 @dataclass
@@ -253,6 +253,15 @@ def finite_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def check_seed(seed: object, generator: object = None) -> None:
+    """Raise :class:`UsageError` unless ``seed`` is an integer or None and ``generator`` a ``torch.Generator`` or
+    None: the two arguments a seeded defence (:func:`bastion.seeding.make_generator`) takes."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UsageError(f"seed must be an integer or None, got {seed!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise UsageError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def per_class(y: Tensor, n_classes: int) -> list[Tensor]:
     """Positions (n_c,) of the records of each class 0..n_classes-1 (empty for a class without records)."""
     return [torch.nonzero(y == c).flatten() for c in range(n_classes)]
@@ -266,13 +275,7 @@ SANITIZERS: Registry[type[Sanitizer]] = Registry("sanitizer")
 def register_sanitizer(name: str, *, replace: bool = False) -> Callable[[type[Sanitizer]], type[Sanitizer]]:
     """Class decorator adding a sanitiser to :data:`SANITIZERS` under ``name`` (a taken name is refused unless
     ``replace=True``)."""
-
-    def deco(cls: type[Sanitizer]) -> type[Sanitizer]:
-        SANITIZERS.register(name, cls, replace=replace)
-        cls.name = Registry.canonical(name)
-        return cls
-
-    return deco
+    return SANITIZERS.named(name, replace=replace)
 
 
 def get_sanitizer(name: str, **kwargs: Any) -> Sanitizer:

@@ -52,7 +52,7 @@ from ...errors import UsageError
 from ...models.base import Classifier
 from ...models.features import Pool
 from ...seeding import make_generator
-from .base import Sanitizer, finite_number, per_class, register_sanitizer
+from .base import Sanitizer, check_seed, finite_number, per_class, register_sanitizer
 
 __all__ = ["ActivationClustering", "recipe_trainer", "reduce_components", "silhouette", "two_means"]
 
@@ -177,8 +177,7 @@ class ActivationClustering(Sanitizer):
             raise UsageError(f"size_threshold is a share of the class in (0, 0.5] (e.g. 0.35), got {size_threshold!r}")
         if not finite_number(silhouette_threshold) or not -1 <= silhouette_threshold < 1:
             raise UsageError(f"silhouette_threshold must lie in [-1, 1) (e.g. 0.10), got {silhouette_threshold!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise UsageError(f"seed must be an integer or None, got {seed!r}")
+        check_seed(seed)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise UsageError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.n_components = n_components

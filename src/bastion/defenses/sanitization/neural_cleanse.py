@@ -52,6 +52,7 @@ from torch import Tensor
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
 from ...seeding import make_generator
+from .base import check_seed
 from .reverse_trigger import EPS, CostSchedule, TriggerSearch, to_tanh
 from .scan_result import ScanResult, anomaly_index, flag_small_outliers
 
@@ -170,10 +171,7 @@ class NeuralCleanse:
                 raise UsageError(
                     f"classes must be a non-empty list of distinct class indices (or None for all), got {self.classes!r}"
                 )
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise UsageError(f"seed must be an integer or None, got {self.seed!r}")
-        if self.generator is not None and not isinstance(self.generator, torch.Generator):
-            raise UsageError(f"generator must be a torch.Generator or None, got {type(self.generator).__name__}")
+        check_seed(self.seed, self.generator)
 
     def params(self) -> dict[str, Any]:
         """The configuration, as given (recorded in every :class:`ScanResult`)."""
