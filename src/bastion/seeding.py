@@ -3,9 +3,11 @@ from the operating system's entropy (``seed=None``: a different draw every run).
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
-__all__ = ["make_generator"]
+__all__ = ["derive_seed", "make_generator"]
 
 
 def make_generator(
@@ -20,3 +22,10 @@ def make_generator(
     else:
         g.manual_seed(int(seed))
     return g
+
+
+def derive_seed(seed: int, *parts: object, bits: int = 64) -> int:
+    """A seed of ``bits`` bits derived from ``seed`` and ``parts`` (sha256 of their text): independent streams for
+    the pieces of one seeded run (a shard, an input's noise) that do not depend on the order they are drawn in."""
+    digest = hashlib.sha256(":".join(["bastion", str(int(seed)), *map(str, parts)]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> (64 - bits)

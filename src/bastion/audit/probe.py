@@ -27,6 +27,7 @@ from ..data import Dataset
 from ..errors import UsageError
 from ..models.base import Classifier
 from ..registry import Registry
+from ..scale.executor import Executor, ShardStore
 from .result import Example, Plot, ProbeResult, Series
 
 __all__ = [
@@ -62,6 +63,9 @@ class AuditContext:
         results: results of the probes run so far, by name (also those resumed from disk).
         progress: ``progress(probe, fraction, message)``; never required.
         white_box_model: the model white-box probes attack (an EOT wrapper when the model is random).
+        executor: where :meth:`run_attack` and the certification run their shards (default: this process; a
+            :class:`~bastion.scale.RayExecutor` with ``--workers`` / ``--ray``). store: where finished shards are
+            kept until their probe finishes (the runner sets it under the audit's state directory).
     """
 
     model: Classifier
@@ -75,6 +79,9 @@ class AuditContext:
     results: dict[str, ProbeResult] = field(default_factory=dict)
     progress: Callable[[str, float, str], None] | None = None
     white_box_model: Classifier | None = None
+    executor: Executor | None = None
+    store: ShardStore | None = None
+    _fractions: dict[str, float] = field(default_factory=dict, repr=False)
 
     def seed_for(self, name: str) -> int:
         digest = hashlib.sha256(f"{self.seed}:{name}".encode()).digest()
@@ -88,7 +95,25 @@ class AuditContext:
         (:meth:`seed_for` of ``"NAME:eps=EPS"``, NAME its registered name); ``params`` are its others."""
         return attack(eps=eps, norm=self.norm, seed=self.seed_for(f"{attack.name}:{eps_key(eps)}"), **params)
 
+    def run_attack(
+        self, attack: Attack, model: Classifier, x: Tensor, y: Tensor, targets: Tensor | None = None, *, probe: str
+    ) -> AttackResult:
+        """``attack(model, x, y, targets)`` over shards of :data:`~bastion.scale.SHARD_SIZE` inputs on the audit's
+        executor (shard k seeded from the attack's seed and k): the same result in this process or on Ray."""
+        from ..scale import shard_attack
+
+        at = self._fractions.get(probe, 0.0)
+
+        def progress(done: int, total: int) -> None:
+            if total > 1:
+                self.report(probe, at, f"{attack.name}: shard {done}/{total}")
+
+        return shard_attack(
+            attack, model, x, y, targets, executor=self.executor, store=self.store, label=probe, progress=progress
+        )
+
     def report(self, probe: str, fraction: float, message: str = "") -> None:
+        self._fractions[probe] = fraction
         if self.progress is not None:
             self.progress(probe, min(max(float(fraction), 0.0), 1.0), message)
 

@@ -17,6 +17,8 @@ Report schema (``SCHEMA``), top level::
     metrics:     {name: value}                      headline metrics the gates read (see gates.py)
     gates:       [{expression, metric, op, threshold, value, passed}]
     verdict:     {risk: 'high'|'medium'|'low'|'n/a', validity: 'pass'|'warn'|'fail', gates: 'pass'|'fail'|'none'}
+    scale:       {backend: 'serial'|'ray', workers, [address, threads_per_worker,]
+                  maps: [{label, shards, workers, seconds, shard_seconds: [..], resumed}]}   (bastion.scale)
 """
 
 from __future__ import annotations

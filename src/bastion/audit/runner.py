@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .._version import __version__
 from ..data import Dataset
 from ..errors import UsageError
 from ..models.base import Classifier, validate_inputs
+from ..scale.executor import Executor, SerialExecutor, ShardStore
 from ..threat import canonical_norm
 from . import probes as _probes  # noqa: F401  (registers the built-in probes)
 from .gates import Gate, evaluate_gates, parse_gate
@@ -171,9 +173,12 @@ def _run_probes(
     results: list[ProbeResult] = []
     for name, probe in instances.items():
         resumed = name in done
+        shards = state / "shards" / name  # a probe's finished shards, kept until the probe's result is saved
+        ctx.store = ShardStore(shards)
         res = done[name] if resumed else _run_probe(name, probe, ctx)
         if not resumed:
             write_atomic(state / f"probe-{name}.json", json.dumps(res.to_dict()))
+        shutil.rmtree(shards, ignore_errors=True)
         ctx.results[name] = res
         results.append(res)
         if on_probe is not None:
@@ -207,6 +212,7 @@ def run_audit(
     progress: Progress | None = None,
     on_probe: OnProbe | None = None,
     write: bool = True,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Audit ``model`` on ``data``'s test split and write the report to ``out``; return the report dict.
 
@@ -221,6 +227,10 @@ def run_audit(
         progress: ``progress(probe, fraction, message)`` while probes run.
         on_probe: ``on_probe(result, resumed)`` after each probe (the CLI prints a line).
         write: write report.json, index.html and junit.xml (False: only the state and the returned dict).
+        executor: where the probes' shards run (:func:`bastion.scale.make_executor`; default: this process). The
+            shards and their seeds do not depend on it, so neither do the numbers; the report's ``scale`` section
+            records the backend, workers, shards and per-shard times. Finished shards are saved under the state
+            directory until their probe finishes, so an interrupted probe resumes from its last shard.
 
     Raises:
         UsageError: before any probe runs, for anything the caller can fix (profile, norm, eps, gates, probes,
@@ -254,11 +264,14 @@ def run_audit(
         seed=int(seed),
         kind=_kind(tuple(model.input_shape)),
         progress=progress,
+        executor=executor if executor is not None else SerialExecutor(),
     )
+    scale = ctx.executor
     start = time.perf_counter()
     results = _run_probes(instances, ctx, state, done, on_probe)
     this_run = time.perf_counter() - start
     report = _assemble(ctx, results, settings, plan.gates, model, data, fps, this_run=this_run, done=done)
+    report["scale"] = jsonable(scale.describe() if scale is not None else {})
     if write:
         _write_outputs(report, out_dir)
     return report

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 a gate failed (audit), 2 a usage error (bad argument, file, name, data).
 Every command has ``--json``; the library never prints, this package decides what is shown. One module per
-command (``attack``, ``audit``, ``fl``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``steal``, ``train``, ``zoo``, ``serve``, ``keys``, ``he``); the library never imports
+command (``attack``, ``audit``, ``certify``, ``fl``, ``harden``, ``poison``, ``privacy``, ``sanitize``, ``scan``, ``steal``, ``train``, ``zoo``, ``serve``, ``keys``, ``he``); the library never imports
 this package.
 """
 
@@ -15,6 +15,7 @@ import typer
 from ..errors import BastionError, UsageError
 from .attack import attack
 from .audit import audit
+from .certify import certify
 from .common import flagged
 from .fl import fl_matrix, fl_simulate
 from .harden import harden
@@ -41,6 +42,7 @@ app = _typer("bastion", "Security testing and hardening for machine-learning mod
 
 app.command()(attack)
 app.command()(audit)
+app.command()(certify)
 app.command()(zoo)
 app.command()(train)
 app.command()(harden)

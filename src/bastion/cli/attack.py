@@ -26,12 +26,12 @@ from .common import (
     Model,
     NClasses,
     check_output_file,
-    load_data_option,
-    load_model_option,
+    echo_json,
+    load_model_and_data,
 )
 from .common import fail as _fail
-from .common import json_default as _json_default
 from .common import log as _log
+from .scaleopts import RayAddress, Workers, executor_for
 
 JSON_KEYS = ("clean_accuracy", "robust_accuracy", "success_rate", "median_perturbation", "queries", "seconds")
 """The keys of ``--json``, with ``n_inputs`` (the number of test inputs attacked) and, with ``--constraints``,
@@ -79,7 +79,9 @@ SavePatch = Annotated[
     ),
 ]
 Constraints = Annotated[str | None, typer.Option("--constraints", help=_CONSTRAINTS_HELP)]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per batch.")]
+BatchSize = Annotated[
+    int, typer.Option("--batch-size", help="Samples per batch and per shard (shard k is seeded from --seed and k).")
+]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the attack's random generator.")]
 AsJson = Annotated[
     bool,
@@ -89,10 +91,6 @@ AsJson = Annotated[
         "--constraints).",
     ),
 ]
-
-
-def _clean(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _read_spec(path: str, option: str) -> dict[str, Any]:
@@ -196,15 +194,23 @@ def _snap(spec: dict[str, Any], constraints: str, x: Any, clf: Any, ds: Any, qui
     return cons, feasible, snapped
 
 
-def _execute(atk: Any, clf: Any, x: Any, y: Any, targets: Any, label: str, quiet: bool) -> Any:
-    """The attack, with a progress bar when stderr is a terminal."""
-    if quiet or not sys.stderr.isatty():
+def _execute(atk: Any, clf: Any, x: Any, y: Any, targets: Any, label: str, quiet: bool, ex: Any) -> Any:
+    """The attack, shard by shard (``--batch-size`` inputs each, shard k seeded from --seed and k) on the executor of
+    ``--workers`` / ``--ray`` (this process without them): the same numbers either way. A patch is trained over all
+    inputs at once, so it runs in one piece here. A progress bar over the shards when stderr is a terminal."""
+    from ..scale import shard_attack
+
+    if atk.name == "patch":  # (refused with --workers / --ray before anything loads)
         return atk(clf, x, y, targets)
+    shards = -(-int(x.shape[0]) // atk.batch_size)
+    if quiet or not sys.stderr.isatty():
+        return shard_attack(atk, clf, x, y, targets, executor=ex, shard_size=atk.batch_size)
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
-        task = bar.add_task(label, total=x.shape[0])
-        return atk(clf, x, y, targets, progress=lambda done, total: bar.update(task, completed=done))
+        task = bar.add_task(label, total=shards)
+        progress = lambda done, total: bar.update(task, completed=done)
+        return shard_attack(atk, clf, x, y, targets, executor=ex, shard_size=atk.batch_size, progress=progress)
 
 
 def _save_patches(result: Any, path: Path, bounds: tuple[float, float], quiet: bool) -> None:
@@ -266,6 +272,8 @@ def attack(
     constraints: Constraints = None,
     batch_size: BatchSize = 250,
     seed: Seed = 0,
+    workers: Workers = None,
+    ray: RayAddress = None,
     as_json: AsJson = False,
 ) -> None:
     """Attack a model on a dataset and print clean/robust accuracy, success rate, median norm, queries and seconds.
@@ -276,6 +284,9 @@ def attack(
     With --json: one object with clean_accuracy, robust_accuracy, success_rate, median_perturbation,
     queries, seconds and n_inputs; with --constraints also snapped_records (the records moved onto the
     constraints before the attack).
+
+    The inputs are attacked in shards of --batch-size, shard k seeded from --seed and k; --workers N or --ray
+    HOST:PORT runs the shards on Ray with the same results.
     """
     import torch
 
@@ -284,6 +295,8 @@ def attack(
     name = attack_name.strip().lower()
     if name not in ATTACKS:
         _fail(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(sorted(ATTACKS))}")
+    if name == "patch" and (workers is not None or ray is not None):
+        _fail("--workers/--ray: the patch attack trains one patch over all inputs and does not shard")
     spec, norm, eps = _constraints_budget(constraints, name, norm, eps)
     if n < 1:
         _fail(f"--n must be >= 1, got {n}")
@@ -292,9 +305,9 @@ def attack(
     kwargs = _attack_kwargs(ATTACKS[name], name, norm, eps, options)
     patch_path = _check_save_patch(save_patch, name)
     atk = get_attack(name, **kwargs)
-    log = None if as_json else _log
-    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=log)
-    ds = load_data_option(data, label_column=label_column, log=_log)  # a split made for the data is said, --json or not
+    # a split made for the data is said, --json or not
+    clf, ds = load_model_and_data(model, data, arch=arch, input_shape=input_shape, n_classes=n_classes,
+                                  label_column=label_column, quiet=as_json, say_split=True)  # fmt: skip
     x, y = ds.x_test[:n], ds.y_test[:n]
     if tuple(x.shape[1:]) != tuple(clf.input_shape):
         _fail(f"--data: {data} has inputs of shape {tuple(x.shape[1:])} but the model expects {tuple(clf.input_shape)}")
@@ -306,14 +319,14 @@ def attack(
     if targeted:
         shift = torch.randint(1, clf.n_classes, y.shape, generator=torch.Generator().manual_seed(seed))
         targets = (y + shift) % clf.n_classes
-    result = _execute(atk, clf, x, y, targets, f"{name} on {x.shape[0]} samples", quiet=as_json)
+    with executor_for(workers, ray, quiet=as_json) as ex:
+        result = _execute(atk, clf, x, y, targets, f"{name} on {x.shape[0]} samples", as_json, ex)
     if patch_path is not None:
         _save_patches(result, patch_path, clf.bounds, quiet=as_json)
     if not as_json:
         _print_table(atk, result, model, data, int(x.shape[0]), targeted)
         return
-    summary = {k: _clean(v) for k, v in result.summary().items()}
-    summary["n_inputs"] = int(x.shape[0])
+    summary = {**result.summary(), "n_inputs": int(x.shape[0])}
     if snapped is not None:
         summary["snapped_records"] = snapped
-    typer.echo(json.dumps(summary, default=_json_default))
+    echo_json(summary, finite_values=True)

@@ -8,7 +8,6 @@ progress bar on a terminal, and prints the table or one JSON object.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -19,10 +18,10 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from .common import Arch, Data, InputShape, LabelColumn, Model, NClasses, load_data_option, load_model_option
+from .common import Arch, Data, InputShape, LabelColumn, Model, NClasses, echo_json, load_model_and_data
 from .common import fail as _fail
-from .common import json_default as _json_default
 from .common import log as _log
+from .scaleopts import RayAddress, Workers, executor_for
 
 _PROBES_HELP = (
     "Comma-separated subset of the profile's probes: model, whitebox, minimum-norm, blackbox, noise, patch, "
@@ -189,7 +188,15 @@ def _defend(
 
 
 def _run(
-    clf: Any, ds: Any, out: str, args: _Args, gates: list[Any], seed: int, specs: tuple[str, str], quiet: bool
+    clf: Any,
+    ds: Any,
+    out: str,
+    args: _Args,
+    gates: list[Any],
+    seed: int,
+    specs: tuple[str, str],
+    quiet: bool,
+    executor: Any = None,
 ) -> Any:
     """:func:`run_audit` with one line per finished probe on stderr and, on a terminal, a progress bar."""
     from ..audit.runner import run_audit
@@ -208,6 +215,7 @@ def _run(
 
     kwargs: dict[str, Any] = dict(profile=args.profile, norm=args.norm, eps=args.eps or None, n=args.n, seed=seed)
     kwargs.update(probes=args.probes, gates=gates, model_spec=specs[0], data_spec=specs[1], on_probe=on_probe)
+    kwargs.update(executor=executor)
     if quiet or not sys.stderr.isatty():
         return run_audit(clf, ds, out, **kwargs)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -237,8 +245,9 @@ def _print_json(report: dict[str, Any], out: str, seconds: float) -> None:
         "checks": [{k: c[k] for k in ("id", "status")} for c in report["checks"]],
         "seconds": round(seconds, 2),
         "audit_seconds": report["seconds"],
+        "scale": {k: report["scale"][k] for k in ("backend", "workers")},
     }
-    typer.echo(json.dumps(record, default=_json_default))
+    echo_json(record)
 
 
 def _print_table(report: dict[str, Any], title: str, out: str, seconds: float) -> None:
@@ -285,6 +294,8 @@ def audit(
     smooth_n: SmoothN = 1000,
     detector: DetectorOpt = None,
     detector_fpr: DetectorFpr = 0.05,
+    workers: Workers = None,
+    ray: RayAddress = None,
     as_json: AsJson = False,
 ) -> None:
     """Audit a model: run every probe of a profile and write a risk report (index.html, report.json, junit.xml).
@@ -294,7 +305,9 @@ def audit(
     counts; a random-noise baseline; an adversarial patch for image models. Evaluation-validity checks
     (gradient masking, convergence, restarts, ...) are reported as pass / warn / fail.
 
-    Interrupted (Ctrl-C), the same command resumes after the last finished probe. Exit codes: 0 done
+    --workers N / --ray HOST:PORT run the probes' shards on Ray (same numbers; finished shards are kept, so a
+    lost worker or an interrupted run loses none). Interrupted (Ctrl-C), the same command resumes after the
+    last finished probe (and shard). Exit codes: 0 done
     and every gate passed, 1 a gate failed, 2 a usage error (nothing is written that looks like a report).
     """
     from ..audit import parse_gate
@@ -302,14 +315,15 @@ def audit(
 
     args = _check_options(profile, norm, eps, n, probes, fail_under, out)
     _check_defence(smooth, smooth_n, detector, detector_fpr)
-    log = None if as_json else _log
-    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=log)
-    ds = load_data_option(data, label_column=label_column, log=_log)  # a split made for the data is said, --json or not
+    # a split made for the data is said, --json or not
+    clf, ds = load_model_and_data(model, data, arch=arch, input_shape=input_shape, n_classes=n_classes,
+                                  label_column=label_column, quiet=as_json, say_split=True)  # fmt: skip
     gates = [parse_gate(g, args.eps or default_eps(args.norm, clf.bounds, tuple(clf.input_shape))) for g in fail_under]
     clf, spec = _defend(clf, ds, model, smooth, smooth_n, detector, detector_fpr, seed)
     start = time.perf_counter()
     try:
-        report = _run(clf, ds, out, args, gates, seed, (spec, data), quiet=as_json)
+        with executor_for(workers, ray, quiet=as_json) as ex:
+            report = _run(clf, ds, out, args, gates, seed, (spec, data), quiet=as_json, executor=ex)
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished probes are saved in {out}; run the same command to resume", err=True)
         raise typer.Exit(130) from None

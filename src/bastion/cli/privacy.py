@@ -9,8 +9,6 @@ with the models it finished.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import sys
 from typing import Annotated, Any
 
@@ -21,11 +19,13 @@ from .common import (
     InputShape,
     LabelColumn,
     NClasses,
+    emit,
     load_data_option,
     load_model_option,
     refuse,
 )
 from .common import log as _log
+from .scaleopts import RayAddress, Workers, executor_for
 
 JSON_KEYS = ("mode", "attacks", "target", "references", "n_inputs")
 
@@ -130,6 +130,8 @@ def privacy(
     input_shape: InputShape = None,
     n_classes: NClasses = None,
     label_column: LabelColumn = None,
+    workers: Workers = None,
+    ray: RayAddress = None,
     as_json: AsJson = False,
 ) -> None:
     """Membership inference: how often can an attacker tell a training record from an unseen one?
@@ -137,7 +139,8 @@ def privacy(
     Game mode (--arch A or --train-function F, --train-size N): a target trained on a random half of 2N records,
     K reference models on other halves, every record scored. Audit mode (--model M): the model's training split
     are the members, its test split the non-members. Reports ROC AUC, balanced accuracy and the true-positive rate
-    at 0.1% and 1% false positives for each attack.
+    at 0.1% and 1% false positives for each attack. --workers N / --ray HOST:PORT train the reference models on
+    Ray, one task per model (each model's half and seed come from --seed and its index: the same models).
 
     `bastion privacy audit` (its own --help) audits a training recipe's differential privacy instead: claimed
     epsilon beside an empirical lower bound from canaries."""
@@ -159,23 +162,22 @@ def privacy(
             refuse("give --model (audit mode) or --arch / --train-function with --train-size (game mode)")
         if train_size is None:
             refuse("game mode needs --train-size N (the target's training records; the population is 2N)")
-        setup = membership_game(ds, recipe, train_size=train_size, references=refs_needed, seed=seed, progress=progress)
+        with executor_for(workers, ray, quiet=as_json) as ex:
+            setup = membership_game(
+                ds, recipe, train_size=train_size, references=refs_needed, seed=seed, progress=progress, executor=ex
+            )
     else:
         if train_size is not None:
             refuse("--train-size is for game mode; in audit mode the members are the data's training split")
         clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=say)
         if recipe is None and refs_needed and getattr(clf, "arch", None):
             recipe = _recipe(clf.arch, None, epochs)
-        setup = membership_audit(clf, ds, recipe=recipe, references=refs_needed, seed=seed, progress=progress)
+        with executor_for(workers, ray, quiet=as_json) as ex:
+            setup = membership_audit(
+                clf, ds, recipe=recipe, references=refs_needed, seed=seed, progress=progress, executor=ex
+            )
     report = _report(setup, run_membership_attacks(setup, atks))
-    if as_json:
-        typer.echo(json.dumps(report, default=_json))
-    else:
-        _print(report)
-
-
-def _json(v: Any) -> Any:
-    return None if isinstance(v, float) and math.isnan(v) else str(v)
+    emit(report, as_json, _print)
 
 
 def _report(setup: Any, results: dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class BlackBoxProbe(Probe):
         """Square at ``eps``: its result (metrics, per-input results and repr recorded) and its queries curve."""
         p = self.params
         sq = ctx.attack_at(Square, eps, max_queries=int(p["square_queries"]), batch_size=int(p["batch_size"]))
-        r = sq(ctx.model, x, y)
+        r = ctx.run_attack(sq, ctx.model, x, y, probe=self.name)
         attacks[f"square@{eps_key(eps)}"] = repr(sq)
         key = eps_key(eps)
         q = r.extra["queries"]
@@ -94,7 +94,7 @@ class BlackBoxProbe(Probe):
             return ""
         ctx.report(self.name, fraction, "HopSkipJump")
         hsj = HopSkipJump(norm=ctx.norm, max_queries=int(p["hsj_queries"]), seed=ctx.seed_for("hopskipjump"))
-        rh = hsj(ctx.model, ctx.x[:k], ctx.y[:k])
+        rh = ctx.run_attack(hsj, ctx.model, ctx.x[:k], ctx.y[:k], probe=self.name)
         attacks["hopskipjump"] = repr(hsj)
         ok = rh.success & rh.clean_correct
         med = float(rh.norms[ok].median()) if bool(ok.any()) else None

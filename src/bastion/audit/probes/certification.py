@@ -3,7 +3,9 @@ empirical check that the certificates hold against an adaptive attack.
 
 Applies when the audited model is a :class:`~bastion.defenses.certification.SmoothedClassifier`. On
 the first ``n_certify`` audited inputs it runs Cohen's CERTIFY (``n0`` selection and ``n`` estimation
-samples, failure probability ``alpha``; ``None`` takes the model's own settings) and reports:
+samples, failure probability ``alpha``; ``None`` takes the model's own settings), input i drawing its noise from
+(the model's seed, i) so that the inputs can be shared out over workers (:func:`bastion.scale.certify_sharded`),
+and reports:
 
 - certified accuracy against radius: the fraction of inputs whose certified class is the true label
   with a certified L2 radius >= r (a curve, and the metrics ``certified_accuracy@r=R`` for ``radii``
@@ -33,6 +35,7 @@ from ...attacks import PGD
 from ...defenses.certification import ABSTAIN, SmoothedClassifier
 from ...errors import UsageError
 from ...models.wrapped import WrappedClassifier
+from ...scale import certify_sharded
 from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, register_probe, risk_from_ratio
 from ..result import Check, Plot, ProbeResult, Series
@@ -139,7 +142,9 @@ class CertificationProbe(Probe):
         m = min(int(p["n_certify"]), ctx.x.shape[0])
         x, y = ctx.x[:m], ctx.y[:m]
         ctx.report(self.name, 0.0, f"CERTIFY on {m} inputs, n={n}")
-        with_counts = model.certify(x, n0=n0, n=n, alpha=alpha, return_counts=True)
+        with_counts = certify_sharded(
+            model, x, n0=n0, n=n, alpha=alpha, executor=ctx.executor, store=ctx.store, label=self.name
+        )  # input i's noise from (the model's seed, i): the same certificates on one process or many
         labels, radii, counts = (t.cpu() for t in with_counts)
         yc = y.cpu()
         correct = labels == yc

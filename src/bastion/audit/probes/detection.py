@@ -124,7 +124,7 @@ class DetectionProbe(Probe):
             batch_size=int(p["batch_size"]),
             seed=ctx.seed_for("detection:pgd"),
         )
-        r = pgd(inner, x, y)
+        r = ctx.run_attack(pgd, inner, x, y, probe=self.name)
         with torch.no_grad():
             detected = det.detect(r.x_adv)
         return pgd, r, detected
@@ -157,7 +157,7 @@ class DetectionProbe(Probe):
             batch_size=int(p["batch_size"]),
             seed=ctx.seed_for("detection:adaptive"),
         )
-        ra = adaptive(model, x, y)  # on model + detector together
+        ra = ctx.run_attack(adaptive, model, x, y, probe=self.name)  # on model + detector together
         adaptive_ok = ra.success & combo_correct
         metrics: dict[str, float | None] = {
             "false_positive_rate": fpr,

@@ -88,7 +88,13 @@ class MembershipProbe(Probe):
             ctx.report(self.name, 0.9 * done / total, f"reference model {done}/{total}")
 
         setup = membership_audit(
-            ctx.model, ctx.data, recipe=recipe, references=k, seed=ctx.seed_for(self.name), progress=progress
+            ctx.model,
+            ctx.data,
+            recipe=recipe,
+            references=k,
+            seed=ctx.seed_for(self.name),
+            progress=progress,
+            executor=ctx.executor,  # one task per reference model
         )
         results = run_membership_attacks(setup, attacks)
         ctx.report(self.name, 1.0, "done")

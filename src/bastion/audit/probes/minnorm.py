@@ -64,7 +64,9 @@ class MinimumNormProbe(Probe):
             batch_size=int(p["batch_size"]),
             seed=ctx.seed_for("deepfool"),
         )
-        runs: dict[str, AttackResult] = {f"deepfool-{ctx.norm}": df(model, ctx.x[:m], ctx.y[:m])}
+        runs: dict[str, AttackResult] = {
+            f"deepfool-{ctx.norm}": ctx.run_attack(df, model, ctx.x[:m], ctx.y[:m], probe=self.name)
+        }
         attacks = {f"deepfool-{ctx.norm}": repr(df)}
         k = min(int(p["n_cw"]), ctx.x.shape[0])
         if k > 0:
@@ -75,7 +77,7 @@ class MinimumNormProbe(Probe):
                 batch_size=int(p["batch_size"]),
                 seed=ctx.seed_for("cw"),
             )
-            runs["cw-l2"] = cw(model, ctx.x[:k], ctx.y[:k])
+            runs["cw-l2"] = ctx.run_attack(cw, model, ctx.x[:k], ctx.y[:k], probe=self.name)
             attacks["cw-l2"] = repr(cw)
         return runs, attacks, k
 

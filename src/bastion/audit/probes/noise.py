@@ -44,7 +44,7 @@ class NoiseProbe(Probe):
         for i, eps in enumerate(ctx.eps):
             ctx.report(self.name, i / len(ctx.eps), f"eps={eps:g}")
             atk = ctx.attack_at(RandomNoise, eps, max_queries=int(p["queries"]), batch_size=int(p["batch_size"]))
-            r = atk(ctx.model, x, y)
+            r = ctx.run_attack(atk, ctx.model, x, y, probe=self.name)
             metrics[f"robust_accuracy[noise]@{eps_key(eps)}"] = r.robust_accuracy
             per_sample[f"noise@{eps_key(eps)}"] = {"robust": (r.pred_adv == y).tolist()}
             curve.append(r.robust_accuracy)

@@ -95,7 +95,8 @@ class WhiteBoxProbe(Probe):
         x, y = ctx.x, ctx.y
         fgsm = FGSM(**self._common(ctx, "fgsm", eps))
         pgd = PGD(steps=int(p["pgd_steps"]), restarts=int(p["pgd_restarts"]), **self._common(ctx, "pgd", eps))
-        rf, rp = fgsm(model, x, y), pgd(model, x, y)
+        rf = ctx.run_attack(fgsm, model, x, y, probe=self.name)
+        rp = ctx.run_attack(pgd, model, x, y, probe=self.name)
         robust = (rf.pred_adv == y) & (rp.pred_adv == y)
         broken_by = torch.zeros(x.shape[0], dtype=torch.int8)  # 0 none, 1 fgsm, 2 pgd, 3 ensemble
         broken_by[rf.pred_adv != y] = 1
@@ -115,7 +116,7 @@ class WhiteBoxProbe(Probe):
             ens = Ensemble(members=members, **self._common(ctx, "ensemble", eps))
             attacks_used["ensemble"] = repr(ens)
             idx = torch.nonzero(robust).flatten()
-            re = ens(model, x[idx], y[idx])
+            re = ctx.run_attack(ens, model, x[idx], y[idx], probe=self.name)
             fell = re.pred_adv != y[idx]
             broken_by[idx[fell]] = 3
             robust[idx[fell]] = False
@@ -248,7 +249,7 @@ class WhiteBoxProbe(Probe):
         big = 0.5 * (hi - lo) * (1.0 if ctx.norm == "linf" else math.sqrt(d))
         m = min(ctx.x.shape[0], 200)
         atk = PGD(steps=int(self.params["pgd_steps"]), **self._common(ctx, "pgd-unbounded", big))
-        r = atk(model, ctx.x[:m], ctx.y[:m])
+        r = ctx.run_attack(atk, model, ctx.x[:m], ctx.y[:m], probe=self.name)
         chance = 1.0 / ctx.model.n_classes
         ev = {"eps": big, "robust_accuracy": r.robust_accuracy, "chance": chance, "inputs": m}
         title = "An unbounded attack reaches chance accuracy"
@@ -311,7 +312,8 @@ class WhiteBoxProbe(Probe):
             )
         ):
             ctx.report(self.name, (len(ctx.eps) + 1 + i) / (len(ctx.eps) + 3), cid)
-            broken = int((atk(model, ctx.x[idx], ctx.y[idx]).pred_adv != ctx.y[idx]).sum()) if idx.numel() else 0
+            r = ctx.run_attack(atk, model, ctx.x[idx], ctx.y[idx], probe=self.name) if idx.numel() else None
+            broken = int((r.pred_adv != ctx.y[idx]).sum()) if r is not None else 0
             other = (int(robust.sum()) - broken) / n
             delta = base - other
             ev = {

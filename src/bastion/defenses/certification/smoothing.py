@@ -39,7 +39,7 @@ from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
 from ...models.torch import TorchClassifier
 from ...models.wrapped import WrappedClassifier
-from ...seeding import make_generator
+from ...seeding import derive_seed, make_generator
 from .bounds import binomial_pvalue, certified_radius, clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "ACCELERATOR_BATCH", "CPU_BATCH", "SmoothedClassifier"]
@@ -220,18 +220,33 @@ class SmoothedClassifier(WrappedClassifier):
             g = self._gens[device] = make_generator(self.seed, None, device)
         return g
 
+    def _keyed_counts(self, x: Tensor, num: int, keys: list[int], stage: str) -> Tensor:
+        """:meth:`_counts` input by input, input i's noise from a generator of its own seeded from (seed, ``stage``,
+        ``keys[i]``), so its counts do not depend on the inputs counted with it (fresh CSPRNG seeds in secure mode
+        or with ``seed=None``)."""
+        if self.generator is not None:
+            raise UsageError("keys derive each input's noise from seed: use seed=, not generator=, to pass keys")
+        seed = None if self.secure else self.seed
+        seeds = [secrets.randbits(64) if seed is None else derive_seed(seed, "smoothing", stage, k) for k in keys]
+        gens = [torch.Generator(device=x.device).manual_seed(s) for s in seeds]
+        rows = [self._counts(x[i : i + 1], num, None, g) for i, g in enumerate(gens)]
+        return torch.cat(rows) if rows else torch.zeros(0, self.n_classes, dtype=torch.long, device=x.device)
+
     def _noise(self, like: Tensor) -> Tensor:
         return torch.randn(like.shape, generator=self._generator(like.device), device=like.device, dtype=like.dtype)
 
     @torch.no_grad()
-    def _counts(self, x: Tensor, num: int, batch_size: int | None = None) -> Tensor:
+    def _counts(
+        self, x: Tensor, num: int, batch_size: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Top-class counts (N, n_classes) of the base model over ``num`` noisy copies of each input.
 
         The N * num samples are enumerated input-major and cut into batches of at most ``batch_size``,
         so a batch holds several inputs when num < batch_size and memory does not depend on num. One
         buffer is reused for every batch (the base model must not keep its input, as none does); the
         noise is drawn into it already scaled, and each input is added to its run of rows by broadcast
-        (a gather only when a batch holds many inputs): two passes over the batch besides the model."""
+        (a gather only when a batch holds many inputs): two passes over the batch besides the model.
+        ``generator``: draw from it instead of the classifier's own."""
         m, c = x.shape[0], self.n_classes
         step = self._batch(x.device) if batch_size is None else batch_size
         counts = torch.zeros(m, c, dtype=torch.long, device=x.device)
@@ -240,7 +255,8 @@ class SmoothedClassifier(WrappedClassifier):
         for start in range(0, total, step):
             stop = min(start + step, total)
             first, last = start // num, (stop - 1) // num
-            noisy = buf[: stop - start].normal_(0.0, float(self.sigma), generator=self._generator(x.device))
+            gen = generator if generator is not None else self._generator(x.device)
+            noisy = buf[: stop - start].normal_(0.0, float(self.sigma), generator=gen)
             owner = torch.arange(start, stop, device=x.device) // num
             if last - first < 8:
                 for i in range(first, last + 1):
@@ -261,6 +277,7 @@ class SmoothedClassifier(WrappedClassifier):
         n: int | None = None,
         alpha: float | None = None,
         return_counts: bool = False,
+        keys: Tensor | None = None,
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Cohen's CERTIFY on each input: (labels (N,) int64, radii (N,) float64[, counts (N,) int64]).
 
@@ -270,14 +287,28 @@ class SmoothedClassifier(WrappedClassifier):
         sigma * Phi^-1(p_lower). With probability >= 1 - alpha (per input, over the noise) the smoothed
         classifier predicts c_A everywhere within that L2 radius. ``n0``, ``n``, ``alpha`` override the
         constructor's for this call (smaller budgets give smaller radii, never unsound ones).
+
+        ``keys`` (N,) integers (e.g. the inputs' indices in the dataset): each input draws its noise from its own
+        generator seeded from (seed, key), so its certificate does not depend on which inputs are certified with
+        it — what lets :func:`bastion.scale.certify_sharded` split a dataset over workers and get the same
+        certificates. Without keys, one generator serves the whole call (batches may span inputs).
         """
         n0, n, alpha = self._budget(n0, n, alpha)
         validate_inputs(self, x)
         x = x.detach()
+        if keys is not None:
+            keys = torch.as_tensor(keys).flatten()
+            if keys.numel() != x.shape[0] or keys.is_floating_point():
+                raise UsageError(f"keys must be {x.shape[0]} integers, one per input, got {tuple(keys.shape)}")
         with self.base.attack_mode():
             self.n_queries += int(x.shape[0]) * (n0 + n)
-            selected = self._counts(x, n0).argmax(dim=1)
-            counts_a = self._counts(x, n).gather(1, selected[:, None]).squeeze(1)
+            if keys is None:
+                selected = self._counts(x, n0).argmax(dim=1)
+                full = self._counts(x, n)
+            else:
+                selected = self._keyed_counts(x, n0, keys.tolist(), "select").argmax(dim=1)
+                full = self._keyed_counts(x, n, keys.tolist(), "estimate")
+            counts_a = full.gather(1, selected[:, None]).squeeze(1)
         p_lower = clopper_pearson_lower(counts_a, n, alpha)
         certified = p_lower >= 0.5
         radii = torch.where(

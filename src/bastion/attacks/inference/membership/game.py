@@ -76,8 +76,10 @@ def membership_game(
     seed: int = 0,
     cache_dir: str | None = None,
     progress: Progress | None = None,
+    executor: Any = None,
 ) -> MembershipSetup:
-    """The membership game on ``2 * train_size`` records drawn (seeded) from ``data``'s train and test splits."""
+    """The membership game on ``2 * train_size`` records drawn (seeded) from ``data``'s train and test splits;
+    ``executor`` (:mod:`bastion.scale`) trains the reference models, one task per model."""
     x, y = _pool(data)
     if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 2:
         raise UsageError(f"train_size must be a whole number >= 2, got {train_size!r}")
@@ -96,7 +98,9 @@ def membership_game(
         seed=seed,
     )
     t_target = time.perf_counter() - start
-    refs = train_references(pop, recipe, references, seed=seed, cache_dir=cache_dir, progress=progress)
+    refs = train_references(
+        pop, recipe, references, seed=seed, cache_dir=cache_dir, progress=progress, executor=executor
+    )
     z = scores_of(target, pop.x_train)
     tr, te = _accuracies(z, pop.y_train, member)
     return MembershipSetup(
@@ -122,9 +126,11 @@ def membership_audit(
     seed: int = 0,
     cache_dir: str | None = None,
     progress: Progress | None = None,
+    executor: Any = None,
 ) -> MembershipSetup:
     """Audit mode: ``model`` scored on ``data``'s train split (taken as its members) and test split (non-members);
-    with ``references`` > 0, reference models of ``recipe`` on random halves of the union."""
+    with ``references`` > 0, reference models of ``recipe`` on random halves of the union (trained on ``executor``,
+    :mod:`bastion.scale`, one task per model)."""
     x, y = _pool(data)
     member = torch.zeros(x.shape[0], dtype=torch.bool)
     member[: data.x_train.shape[0]] = True
@@ -135,7 +141,9 @@ def membership_audit(
     if references:
         if recipe is None:
             raise UsageError("reference models need the model's training recipe: give arch= or a training function")
-        refs = train_references(pop, recipe, references, seed=seed, cache_dir=cache_dir, progress=progress)
+        refs = train_references(
+            pop, recipe, references, seed=seed, cache_dir=cache_dir, progress=progress, executor=executor
+        )
     z = scores_of(model, x)
     tr, te = _accuracies(z, y, member)
     return MembershipSetup(
