@@ -3,7 +3,7 @@ run; the results must be identical, the times are compared as ratios.
 
 - ``certify``: Cohen's CERTIFY of the first --cert-n mnist5k test images (sigma 0.25, n0 100, n --cert-samples) on
   zoo:mnist-cnn fine-tuned with Gaussian noise (``train_with_noise``, 2 epochs, seed 0: what ``bastion harden
-  --method gaussian`` does), through :func:`bastion.scale.certify_sharded`.
+  --defense gaussian`` does), through :func:`bastion.scale.certify_sharded`.
 - ``audit``: ``run_audit`` with the ``standard`` profile's budgets on --audit-n inputs of zoo:mnist-cnn, the probes
   that shard (--audit-probes: model, whitebox, minimum-norm, blackbox, noise by default).
 

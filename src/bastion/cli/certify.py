@@ -77,8 +77,9 @@ def certify(
     predicts and the L2 radius within which that prediction provably cannot change (Cohen et al. 2019), or an
     abstention. Reports certified accuracy at --radii.
 
-    The base model should be trained with noise of the same sigma (`bastion harden --method gaussian`). Input i's
-    noise comes from (--seed, i), so --workers N (or --ray HOST:PORT) gives the same certificates, N times faster."""
+    The base model should be trained with noise of the same sigma (`bastion harden --defense gaussian`). Input i's
+    noise comes from (--seed, i), so --workers N (or --ray HOST:PORT) spreads the inputs over more CPUs or machines and
+    gives the same certificates."""
     from ..defenses.certification import ABSTAIN, SmoothedClassifier
     from ..scale import certify_sharded
 
