@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray  # noqa: F401 - bastion[test] brings the ray extra: a missing Ray fails here, never skips
 
 BASTION = str(Path(sys.executable).parent / "bastion")
 CERTIFY = ["certify", "--model", "zoo:digits-mlp", "--data", "digits", "--sigma", "0.25", "--count", "12"]
@@ -36,7 +37,6 @@ def test_certify_json_rows_and_a_local_ray_give_the_same_certificates(tmp_path):
     assert acc["0"] >= 0.5  # digits-mlp keeps most of the digits under sigma 0.25 noise
     rows = (tmp_path / "rows.tsv").read_text().splitlines()
     assert rows[0] == "idx\tlabel\tpredict\tradius\tcorrect" and len(rows) == 13
-    pytest.importorskip("ray")
     sharded = run(*CERTIFY, "--json", "--workers", "2", "--out", str(tmp_path / "rows2.tsv"))
     assert sharded.returncode == 0, sharded.stderr
     rec2 = json.loads(sharded.stdout)  # stdout is exactly the JSON object, Ray or not
@@ -46,7 +46,6 @@ def test_certify_json_rows_and_a_local_ray_give_the_same_certificates(tmp_path):
 
 
 def test_attack_with_workers_prints_the_same_numbers():
-    pytest.importorskip("ray")
     args = ["attack", "--model", "zoo:digits-mlp", "--data", "digits", "--attack", "pgd", "--eps", "0.1", "--n", "120"]
     args += ["--batch-size", "50", "--json"]
     plain, sharded = run(*args), run(*args, "--workers", "2")
@@ -65,13 +64,11 @@ def test_attack_with_workers_prints_the_same_numbers():
     ],
 )
 def test_bad_scale_settings_are_one_line_errors(extra, needle):
-    pytest.importorskip("ray")
     p = run(*CERTIFY, *extra, timeout=120)
     assert needle in one_line_error(p)
 
 
 def test_the_patch_attack_does_not_shard():
-    pytest.importorskip("ray")
     p = run(
         "attack", "--model", "zoo:mnist-cnn", "--data", "mnist5k", "--attack", "patch", "--n", "10", "--workers", "1"
     )

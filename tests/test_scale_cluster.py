@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray  # noqa: F401 - bastion[test] brings the ray extra: a missing Ray fails here, never skips
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,6 @@ def _listening(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster():
-    pytest.importorskip("ray")
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
     temp = Path(f"/tmp/rayc-{port}")  # short: Ray's unix sockets live under it
