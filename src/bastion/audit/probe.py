@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -28,6 +28,7 @@ from ..errors import UsageError
 from ..models.base import Classifier
 from ..registry import Registry
 from ..scale.executor import Executor, ShardStore
+from ..threat import canonical_norm
 from .result import Example, Plot, ProbeResult, Series
 
 __all__ = [
@@ -35,14 +36,18 @@ __all__ = [
     "AuditContext",
     "Probe",
     "eps_key",
+    "examples_of",
+    "norm_histogram",
     "pick_examples",
     "register_probe",
     "risk_from_ratio",
+    "trigger_examples",
     "wilson_interval",
 ]
 
 
 A = TypeVar("A", bound=Attack)
+M = TypeVar("M")
 
 
 def eps_key(eps: float) -> str:
@@ -134,12 +139,22 @@ class Probe:
     Subclasses set ``name`` (registry key), ``title``, ``threat`` and ``defaults`` (every parameter,
     with its default; the profile overrides some), and implement :meth:`run`. :meth:`skip_reason`
     returns why the probe does not apply, or ``None``.
+
+    The common requirements are declared, each by the skip reason given when it is not met, and the base
+    :meth:`skip_reason` checks them in this order: ``needs_model`` (a classifier type and the reason: the
+    defence the probe audits), ``needs_images`` (inputs (C, H, W)), ``needs_gradients`` (a white-box model),
+    ``needs_lp_norm`` (an audit in linf or l2; ``{norm}`` in the reason stands for the audit's norm). A
+    probe with more conditions extends :meth:`skip_reason`, calling it first.
     """
 
     name: ClassVar[str] = "probe"
     title: ClassVar[str] = "probe"
     threat: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    needs_model: ClassVar[tuple[type[Any], str] | None] = None
+    needs_images: ClassVar[str | None] = None
+    needs_gradients: ClassVar[str | None] = None
+    needs_lp_norm: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.defaults)
@@ -150,7 +165,23 @@ class Probe:
         self.params = {**self.defaults, **params}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
+        if self.needs_model is not None and not isinstance(ctx.model, self.needs_model[0]):
+            return self.needs_model[1]
+        if self.needs_images is not None and ctx.kind != "image":
+            return self.needs_images
+        if self.needs_gradients is not None and not ctx.model.white_box:
+            return self.needs_gradients
+        if self.needs_lp_norm is not None and canonical_norm(ctx.norm) not in ("linf", "l2"):
+            return self.needs_lp_norm.format(norm=ctx.norm)
         return None
+
+    def audited(self, ctx: AuditContext, cls: type[M]) -> M:
+        """``ctx.model`` as the ``cls`` the probe audits (its ``needs_model``); run on another model, a
+        :class:`UsageError` with the skip reason."""
+        model = ctx.model
+        if not isinstance(model, cls):
+            raise UsageError(self.skip_reason(ctx) or f"probe {self.name!r} audits a {cls.__name__}")
+        return model
 
     def run(self, ctx: AuditContext) -> ProbeResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -180,6 +211,12 @@ class RetrainingProbe(Probe):
         if arch is None and isinstance(ctx.model, TorchClassifier):
             arch = ctx.model.arch
         return arch
+
+    @staticmethod
+    def model_test_accuracy(ctx: AuditContext) -> float:
+        """The audited model's accuracy on the data's test split (what a retrained model is compared with)."""
+        with torch.no_grad():
+            return float(ctx.model.predict(ctx.data.x_test).eq(ctx.data.y_test).double().mean())
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         from ..models.architectures import ARCHITECTURES
@@ -229,28 +266,80 @@ def risk_from_ratio(robust: float, clean: float) -> str:
     return "high" if ratio < 0.5 else "medium" if ratio < 0.9 else "low"
 
 
+def examples_of(
+    index: Sequence[int],
+    y: Tensor,
+    pred_clean: Tensor,
+    pred_adv: Tensor,
+    clean: Tensor,
+    adversarial: Tensor,
+    perturbation: Sequence[float],
+    *,
+    attack: str,
+    norm: str,
+    eps: float | None,
+    bounds: tuple[float, float],
+) -> list[Example]:
+    """The gallery's :class:`Example` of each input ``index[j]`` (its index in the report): row ``j`` of the
+    labels ``y``, the predictions, the ``clean`` and ``adversarial`` inputs and the ``perturbation`` sizes."""
+    return [
+        Example(
+            index=int(i),
+            label=int(y[j]),
+            pred_clean=int(pred_clean[j]),
+            pred_adv=int(pred_adv[j]),
+            attack=attack,
+            norm=norm,
+            eps=eps,
+            perturbation=float(perturbation[j]),
+            clean=clean[j].tolist(),
+            adversarial=adversarial[j].tolist(),
+            bounds=bounds,
+        )
+        for j, i in enumerate(index)
+    ]
+
+
 def pick_examples(result: AttackResult, x: Tensor, pred_clean: Tensor, *, attack: str, k: int = 4) -> list[Example]:
     """Up to ``k`` successful examples of an attack's ``result`` on the inputs ``x`` (clean-correct inputs the
     attack flipped, first ones first), with the model's clean predictions ``pred_clean``; norm, eps and bounds
     are the result's threat model."""
     y, pred_adv, threat = result.y, result.pred_adv, result.threat
     rows = torch.nonzero(result.success & (pred_clean == y) & (pred_adv != pred_clean)).flatten()[:k]
-    return [
-        Example(
-            index=int(i),
-            label=int(y[i]),
-            pred_clean=int(pred_clean[i]),
-            pred_adv=int(pred_adv[i]),
-            attack=attack,
-            norm=threat.norm,
-            eps=threat.eps,
-            perturbation=float(result.norms[i]),
-            clean=x[i].tolist(),
-            adversarial=result.x_adv[i].tolist(),
-            bounds=threat.bounds,
-        )
-        for i in rows.tolist()
-    ]
+    return examples_of(
+        rows.tolist(),
+        y[rows],
+        pred_clean[rows],
+        pred_adv[rows],
+        x[rows],
+        result.x_adv[rows],
+        result.norms[rows].tolist(),
+        attack=attack,
+        norm=threat.norm,
+        eps=threat.eps,
+        bounds=threat.bounds,
+    )
+
+
+def trigger_examples(
+    model: Classifier,
+    index: Sequence[int],
+    y: Tensor,
+    clean: Tensor,
+    stamped: Tensor,
+    size: Callable[[Tensor], Tensor],
+    *,
+    attack: str,
+    norm: str,
+    bounds: tuple[float, float],
+) -> list[Example]:
+    """Examples of a trigger: the ``clean`` inputs (report indices ``index``, labels ``y``) and the same inputs
+    ``stamped`` with it, as ``model`` classifies them in attack mode; the perturbation is ``size`` of the
+    difference (stamped minus clean), per input."""
+    with torch.no_grad(), model.attack_mode():
+        pred, pred_t = model.predict(clean), model.predict(stamped)
+    sizes = [float(size(stamped[j] - clean[j])) for j in range(len(index))]
+    return examples_of(index, y, pred, pred_t, clean, stamped, sizes, attack=attack, norm=norm, eps=None, bounds=bounds)
 
 
 def eps_curve(
@@ -266,6 +355,12 @@ def eps_curve(
         y_label=y_label,
         series=[Series(k, [0.0, *ctx.eps], [clean, *v]) for k, v in curves.items()],
     )
+
+
+def norm_histogram(id: str, title: str, norm: str, series: list[Series]) -> Plot:
+    """The audit's histogram of perturbation sizes per input in ``norm`` (noted after ``title``): each series'
+    values are the sizes."""
+    return Plot(id=id, title=f"{title} ({norm})", kind="hist", x_label=f"{norm} norm", y_label="inputs", series=series)
 
 
 def params_of(mapping: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,27 +11,18 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import UsageError
-from .common import (
-    Arch,
-    Data,
-    InputShape,
-    LabelColumn,
-    Model,
-    NClasses,
-    check_output_file,
-    echo_json,
-    load_model_and_data,
-)
+from .common import Data, LoadOptions, Model, check_output_file, echo_json, load_model_and_data, progress_bar
 from .common import fail as _fail
 from .common import log as _log
-from .scaleopts import RayAddress, Workers, executor_for
+from .groups import OptionGroup, expand_groups
+from .scaleopts import ScaleOptions, executor_for
 
 JSON_KEYS = ("clean_accuracy", "robust_accuracy", "success_rate", "median_perturbation", "queries", "seconds")
 """The keys of ``--json``, with ``n_inputs`` (the number of test inputs attacked) and, with ``--constraints``,
@@ -93,6 +84,16 @@ AsJson = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class Tuning(OptionGroup):
+    """The attack's own settings: passed to it only where given, and refused by an attack that does not take one."""
+
+    steps: Steps = None
+    step_size: StepSize = None
+    restarts: Restarts = None
+    max_queries: MaxQueries = None
+
+
 def _read_spec(path: str, option: str) -> dict[str, Any]:
     """A JSON (``.json``) or TOML (``.toml``) file holding one mapping."""
     import tomllib
@@ -135,7 +136,9 @@ def _constraints_budget(
     return {k: v for k, v in spec.items() if k not in ("norm", "eps")}, norm, eps
 
 
-def _attack_kwargs(cls: Any, name: str, norm: str | None, eps: float | None, options: dict[str, Any]) -> dict[str, Any]:
+def _attack_kwargs(
+    cls: Any, name: str, norm: str | None, eps: float | None, tuning: Tuning, options: dict[str, Any]
+) -> dict[str, Any]:
     """The attack's constructor arguments from the options; an option the attack does not take is refused."""
     from ..threat import canonical_norm
 
@@ -153,12 +156,11 @@ def _attack_kwargs(cls: Any, name: str, norm: str | None, eps: float | None, opt
         kwargs["eps"] = eps
     elif not getattr(cls, "minimum_norm", False):
         kwargs["eps"] = _DEFAULT_EPS[norm]
-    for opt in ("--steps", "--step-size", "--restarts", "--max-queries"):
-        key = opt[2:].replace("-", "_")
-        if options[key] is not None:
+    for key, value in tuning.named().items():
+        if value is not None:
             if key not in params:
-                _fail(f"{opt} does not apply to the {name} attack")
-            kwargs[key] = options[key]
+                _fail(f"--{key.replace('_', '-')} does not apply to the {name} attack")
+            kwargs[key] = value
     if "early_stop" in params:
         kwargs["early_stop"] = options["early_stop"]
     return {k: v for k, v in kwargs.items() if k in params}
@@ -203,13 +205,7 @@ def _execute(atk: Any, clf: Any, x: Any, y: Any, targets: Any, label: str, quiet
     if atk.name == "patch":  # (refused with --workers / --ray before anything loads)
         return atk(clf, x, y, targets)
     shards = -(-int(x.shape[0]) // atk.batch_size)
-    if quiet or not sys.stderr.isatty():
-        return shard_attack(atk, clf, x, y, targets, executor=ex, shard_size=atk.batch_size)
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(label, total=shards)
-        progress = lambda done, total: bar.update(task, completed=done)
+    with progress_bar(label, shards, quiet=quiet) as progress:
         return shard_attack(atk, clf, x, y, targets, executor=ex, shard_size=atk.batch_size, progress=progress)
 
 
@@ -251,6 +247,7 @@ def _print_table(atk: Any, result: Any, model: str, data: str, n_inputs: int, ta
     Console().print(t)
 
 
+@expand_groups
 def attack(
     model: Model,
     data: Data,
@@ -258,22 +255,15 @@ def attack(
     eps: Eps = None,
     norm: Norm = None,
     n: N = 1000,
-    steps: Steps = None,
-    step_size: StepSize = None,
-    restarts: Restarts = None,
-    max_queries: MaxQueries = None,
+    tuning: Tuning = Tuning(),
     targeted: Targeted = False,
     early_stop: EarlyStop = True,
-    arch: Arch = None,
-    input_shape: InputShape = None,
-    n_classes: NClasses = None,
-    label_column: LabelColumn = None,
+    load: LoadOptions = LoadOptions(),
     save_patch: SavePatch = None,
     constraints: Constraints = None,
     batch_size: BatchSize = 250,
     seed: Seed = 0,
-    workers: Workers = None,
-    ray: RayAddress = None,
+    scale: ScaleOptions = ScaleOptions(),
     as_json: AsJson = False,
 ) -> None:
     """Attack a model on a dataset and print clean/robust accuracy, success rate, median norm, queries and seconds.
@@ -295,19 +285,17 @@ def attack(
     name = attack_name.strip().lower()
     if name not in ATTACKS:
         _fail(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(sorted(ATTACKS))}")
-    if name == "patch" and (workers is not None or ray is not None):
+    if name == "patch" and scale.given:
         _fail("--workers/--ray: the patch attack trains one patch over all inputs and does not shard")
     spec, norm, eps = _constraints_budget(constraints, name, norm, eps)
     if n < 1:
         _fail(f"--n must be >= 1, got {n}")
-    options = dict(steps=steps, step_size=step_size, restarts=restarts, max_queries=max_queries)
-    options.update(early_stop=early_stop, batch_size=batch_size, seed=seed)
-    kwargs = _attack_kwargs(ATTACKS[name], name, norm, eps, options)
+    options = dict(early_stop=early_stop, batch_size=batch_size, seed=seed)
+    kwargs = _attack_kwargs(ATTACKS[name], name, norm, eps, tuning, options)
     patch_path = _check_save_patch(save_patch, name)
     atk = get_attack(name, **kwargs)
     # a split made for the data is said, --json or not
-    clf, ds = load_model_and_data(model, data, arch=arch, input_shape=input_shape, n_classes=n_classes,
-                                  label_column=label_column, quiet=as_json, say_split=True)  # fmt: skip
+    clf, ds = load_model_and_data(model, data, load, quiet=as_json, say_split=True)
     x, y = ds.x_test[:n], ds.y_test[:n]
     if tuple(x.shape[1:]) != tuple(clf.input_shape):
         _fail(f"--data: {data} has inputs of shape {tuple(x.shape[1:])} but the model expects {tuple(clf.input_shape)}")
@@ -319,7 +307,7 @@ def attack(
     if targeted:
         shift = torch.randint(1, clf.n_classes, y.shape, generator=torch.Generator().manual_seed(seed))
         targets = (y + shift) % clf.n_classes
-    with executor_for(workers, ray, quiet=as_json) as ex:
+    with executor_for(scale, quiet=as_json) as ex:
         result = _execute(atk, clf, x, y, targets, f"{name} on {x.shape[0]} samples", as_json, ex)
     if patch_path is not None:
         _save_patches(result, patch_path, clf.bounds, quiet=as_json)

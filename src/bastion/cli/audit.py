@@ -18,10 +18,11 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from .common import Arch, Data, InputShape, LabelColumn, Model, NClasses, echo_json, load_model_and_data
+from .common import Data, LoadOptions, Model, echo_json, load_model_and_data
 from .common import fail as _fail
 from .common import log as _log
-from .scaleopts import RayAddress, Workers, executor_for
+from .groups import expand_groups
+from .scaleopts import ScaleOptions, executor_for
 
 _PROBES_HELP = (
     "Comma-separated subset of the profile's probes: model, whitebox, minimum-norm, blackbox, noise, patch, "
@@ -275,6 +276,7 @@ def _print_table(report: dict[str, Any], title: str, out: str, seconds: float) -
     c.print(f"report: {Path(out) / 'index.html'}  ({report['settings']['n']} inputs, {took})", markup=False)
 
 
+@expand_groups
 def audit(
     model: Model,
     data: Data,
@@ -286,16 +288,12 @@ def audit(
     probes: Probes = None,
     fail_under: FailUnder = [],  # noqa: B006
     seed: Seed = 0,
-    arch: Arch = None,
-    input_shape: InputShape = None,
-    n_classes: NClasses = None,
-    label_column: LabelColumn = None,
+    load: LoadOptions = LoadOptions(),
     smooth: Smooth = None,
     smooth_n: SmoothN = 1000,
     detector: DetectorOpt = None,
     detector_fpr: DetectorFpr = 0.05,
-    workers: Workers = None,
-    ray: RayAddress = None,
+    scale: ScaleOptions = ScaleOptions(),
     as_json: AsJson = False,
 ) -> None:
     """Audit a model: run every probe of a profile and write a risk report (index.html, report.json, junit.xml).
@@ -316,13 +314,12 @@ def audit(
     args = _check_options(profile, norm, eps, n, probes, fail_under, out)
     _check_defence(smooth, smooth_n, detector, detector_fpr)
     # a split made for the data is said, --json or not
-    clf, ds = load_model_and_data(model, data, arch=arch, input_shape=input_shape, n_classes=n_classes,
-                                  label_column=label_column, quiet=as_json, say_split=True)  # fmt: skip
+    clf, ds = load_model_and_data(model, data, load, quiet=as_json, say_split=True)
     gates = [parse_gate(g, args.eps or default_eps(args.norm, clf.bounds, tuple(clf.input_shape))) for g in fail_under]
     clf, spec = _defend(clf, ds, model, smooth, smooth_n, detector, detector_fpr, seed)
     start = time.perf_counter()
     try:
-        with executor_for(workers, ray, quiet=as_json) as ex:
+        with executor_for(scale, quiet=as_json) as ex:
             report = _run(clf, ds, out, args, gates, seed, (spec, data), quiet=as_json, executor=ex)
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished probes are saved in {out}; run the same command to resume", err=True)

@@ -4,16 +4,17 @@ over Ray workers with ``--workers`` / ``--ray``. The work is the library's (:fun
 
 from __future__ import annotations
 
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .common import Arch, Data, InputShape, LabelColumn, Model, NClasses, check_output_file, emit, refuse
+from .common import Data, LoadOptions, Model, check_output_file, emit, parse_numbers, progress_bar, refuse
 from .common import load_model_and_data as _load
-from .scaleopts import RayAddress, Workers, executor_for
+from .groups import OptionGroup, expand_groups
+from .scaleopts import ScaleOptions, executor_for
 
 JSON_KEYS = ("certified_accuracy", "abstention_rate", "clean_accuracy", "seconds", "n_inputs", "scale")
 
@@ -33,44 +34,42 @@ Out = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
 
 
+@dataclass(frozen=True)
+class Smoothing(OptionGroup):
+    """The smoothed classifier: its noise and Cohen et al.'s sample counts and failure probability."""
+
+    sigma: Sigma
+    n0: N0 = 100
+    n: NSamples = 10_000
+    alpha: Alpha = 0.001
+
+
 def _radii(text: str) -> list[float]:
-    try:
-        out = sorted({float(t) for t in text.split(",") if t.strip()})
-    except ValueError:
-        refuse(f"--radii: {text!r} is not a comma-separated list of numbers")
+    out = sorted(set(parse_numbers(text, "--radii", float, "numbers")))
     if not out or any(r < 0 for r in out):
         refuse(f"--radii: give radii >= 0, e.g. 0,0.25,0.5, got {text!r}")
     return out
 
 
-def _progress(quiet: bool, total: int) -> Any:
-    if quiet or not sys.stderr.isatty():
-        return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _columns() -> tuple[Any, ...]:
+    """The progress bar's columns: what it is, the bar, inputs done of all, time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("certify"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-    task = bar.add_task("certify", total=total)
-    return bar, (lambda done, _total: bar.update(task, completed=done))
+    return TextColumn("certify"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
 
 
+@expand_groups
 def certify(
     model: Model,
     data: Data,
-    sigma: Sigma,
-    n0: N0 = 100,
-    n: NSamples = 10_000,
-    alpha: Alpha = 0.001,
+    smoothing: Smoothing,
     count: Count = 200,
     radii: Radii = "0,0.25,0.5,0.75,1",
     seed: Seed = 0,
     batch_size: BatchSize = None,
     out: Out = None,
-    workers: Workers = None,
-    ray: RayAddress = None,
-    arch: Arch = None,
-    input_shape: InputShape = None,
-    n_classes: NClasses = None,
-    label_column: LabelColumn = None,
+    scale: ScaleOptions = ScaleOptions(),
+    load: LoadOptions = LoadOptions(),
     as_json: AsJson = False,
 ) -> None:
     """Certify a smoothed model: for each of the first --count test inputs, the class the Gaussian-smoothed model
@@ -87,31 +86,20 @@ def certify(
     if count < 1:
         refuse(f"--count must be >= 1, got {count}")
     out_path = check_output_file(out, "--out") if out is not None else None
-    clf, ds = _load(
-        model, data, arch=arch, input_shape=input_shape, n_classes=n_classes, label_column=label_column, quiet=as_json
-    )
-    smoothed = SmoothedClassifier(clf, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed)
+    clf, ds = _load(model, data, load, quiet=as_json)
+    smoothed = SmoothedClassifier(clf, **smoothing.named(), batch_size=batch_size, seed=seed)
     x, y = ds.x_test[:count], ds.y_test[:count]
     start = time.perf_counter()
-    with executor_for(workers, ray, quiet=as_json) as ex:
-        bar, progress = _progress(as_json, int(x.shape[0]))
-        try:
-            if bar is not None:
-                bar.start()
+    with executor_for(scale, quiet=as_json) as ex:
+        with progress_bar("certify", int(x.shape[0]), quiet=as_json, columns=_columns) as progress:
             labels, rad, _counts = certify_sharded(smoothed, x, executor=ex, progress=progress)
-        finally:
-            if bar is not None:
-                bar.stop()
-        scale = ex.describe()
+        described = ex.describe()
     seconds = time.perf_counter() - start
     correct = labels.cpu() == y.cpu()
     record = {
         "model": model,
         "data": data,
-        "sigma": sigma,
-        "n0": n0,
-        "n": n,
-        "alpha": alpha,
+        **smoothing.named(),
         "seed": seed,
         "n_inputs": int(x.shape[0]),
         "certified_accuracy": {f"{r:g}": float((correct & (rad.cpu() >= r)).double().mean()) for r in grid},
@@ -119,7 +107,7 @@ def certify(
         "abstention_rate": float((labels == ABSTAIN).double().mean()),
         "seconds": round(seconds, 3),
         "seconds_per_input": round(seconds / max(1, int(x.shape[0])), 4),
-        "scale": {k: v for k, v in scale.items() if k != "maps"} | {"shards": scale["maps"][0]["shards"]},
+        "scale": {k: v for k, v in described.items() if k != "maps"} | {"shards": described["maps"][0]["shards"]},
     }
     if out_path is not None:
         _write_rows(out_path, labels, rad, y, correct)

@@ -10,13 +10,18 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from ..errors import UsageError
+from .groups import OptionGroup
+
+T = TypeVar("T")
 
 __all__ = [
     "FLAGS",
@@ -24,6 +29,7 @@ __all__ = [
     "Data",
     "InputShape",
     "LabelColumn",
+    "LoadOptions",
     "Model",
     "NClasses",
     "check_output_file",
@@ -38,7 +44,9 @@ __all__ = [
     "load_model_and_data",
     "load_model_option",
     "log",
+    "parse_numbers",
     "parse_shape",
+    "progress_bar",
     "refuse",
     "resumable",
 ]
@@ -82,6 +90,18 @@ NClasses = Annotated[int | None, typer.Option("--n-classes", help=N_CLASSES_HELP
 LabelColumn = Annotated[str | None, typer.Option("--label-column", help=LABEL_COLUMN_HELP)]
 
 
+@dataclass(frozen=True)
+class LoadOptions(OptionGroup):
+    """How to read ``--model`` and ``--data`` where they do not say it themselves: ``--arch``, ``--input-shape``,
+    ``--n-classes`` and ``--label-column`` (one parameter of a command wrapped by
+    :func:`~bastion.cli.groups.expand_groups`)."""
+
+    arch: Arch = None
+    input_shape: InputShape = None
+    n_classes: NClasses = None
+    label_column: LabelColumn = None
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code`` (2: a usage error)."""
     typer.echo(f"error: {flagged(message)}", err=True)
@@ -115,23 +135,42 @@ def json_default(o: Any) -> Any:
     return str(o)
 
 
+def parse_numbers(
+    text: str, option: str, convert: Callable[[str], T], what: str, *, sep: str = ",", skip_empty: bool = True
+) -> list[T]:
+    """The parts of ``text`` split at ``sep`` (a regular expression), each through ``convert`` (empty parts skipped
+    unless not ``skip_empty``); one that does not convert is a :class:`UsageError`: ``option``: ``text`` is not a
+    comma-separated list of ``what``."""
+    try:
+        return [convert(p) for p in re.split(sep, text) if p.strip() or not skip_empty]
+    except ValueError:
+        refuse(f"{option}: {text!r} is not a comma-separated list of {what}")
+
+
 def parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, ...] | None:
     """``"1,28,28"`` -> ``(1, 28, 28)``; ``None`` stays ``None``."""
     if text is None:
         return None
-    try:
-        shape = tuple(int(p) for p in re.split(r"[,x]", text.strip()))  # "1,28,28" or "1x28x28"; no empty part
-    except ValueError:
-        refuse(f"{option}: {text!r} is not a comma-separated list of whole numbers (e.g. 1,28,28)")
+    # "1,28,28" or "1x28x28"; an empty part is not a whole number
+    shape = tuple(
+        parse_numbers(text.strip(), option, int, "whole numbers (e.g. 1,28,28)", sep="[,x]", skip_empty=False)
+    )
     if not shape or any(d < 1 for d in shape):
         refuse(f"{option}: every dimension must be a whole number >= 1, got {text!r}")
     return shape
 
 
-def check_output_file(path: str, option: str) -> Path:
-    """``path`` can be written: its folder exists, is a folder and is writable, and the path is not a folder (an
-    existing file is overwritten). Checked before the work, so a typo costs nothing; a :class:`UsageError`
-    naming ``option`` otherwise."""
+def check_output_file(path: str, option: str, *, suffix: str | None = None, what: str | None = None) -> Path:
+    """``path`` can be written: it ends with ``suffix`` (where one is given), its folder exists, is a folder and is
+    writable, and the path is not a folder (an existing file is overwritten). Checked before the work, so a typo
+    costs nothing; a :class:`UsageError` naming ``option`` otherwise (for a wrong suffix: ``what`` is written as
+    ``suffix``, e.g. ``what="the copy is"``, or without ``what``: ``option`` must end with ``suffix``)."""
+    if suffix is not None and not path.endswith(suffix):
+        refuse(
+            f"{option}: {what} written as {suffix}, got {path!r}"
+            if what
+            else f"{option} must end with {suffix}, got {path!r}"
+        )
     p = Path(path).expanduser()
     parent = p.parent
     if p.is_dir():
@@ -188,21 +227,13 @@ def load_data_option(spec: str, *, label_column: str | None = None, log: Callabl
 
 
 def load_model_and_data(
-    model: str,
-    data: str,
-    *,
-    arch: str | None,
-    input_shape: str | None,
-    n_classes: int | None,
-    label_column: str | None,
-    quiet: bool,
-    say_split: bool = False,
+    model: str, data: str, load: LoadOptions, *, quiet: bool, say_split: bool = False
 ) -> tuple[Any, Any]:
-    """The ``--model`` and the ``--data`` of a command, in that order; what they say goes to stderr unless ``quiet``
-    (``--json``), but a split made for the data is said regardless with ``say_split``."""
+    """The ``--model`` and the ``--data`` of a command, read as ``load`` says, in that order; what they say goes to
+    stderr unless ``quiet`` (``--json``), but a split made for the data is said regardless with ``say_split``."""
     say = None if quiet else log
-    clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=say)
-    ds = load_data_option(data, label_column=label_column, log=log if say_split else say)
+    clf = load_model_option(model, arch=load.arch, input_shape=load.input_shape, n_classes=load.n_classes, log=say)
+    ds = load_data_option(data, label_column=load.label_column, log=log if say_split else say)
     return clf, ds
 
 
@@ -239,6 +270,22 @@ def emit(
         echo_json(record, default=default, finite_values=finite_values)
     else:
         show(record)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    label: str, total: int, *, quiet: bool, columns: Callable[[], tuple[Any, ...]] | None = None
+) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done, total)`` callback that moves a rich bar of ``total`` steps while inside (``columns``: makes
+    its rich columns; default rich's); ``None`` when ``quiet`` (``--json``) or stderr is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(*(columns() if columns else ()), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
 
 
 @contextlib.contextmanager

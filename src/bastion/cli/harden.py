@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from .common import INPUT_SHAPE_HELP, LABEL_COLUMN_HELP, N_CLASSES_HELP, load_data_option, load_model_option, resumable
 from .common import log as _log
 from .common import refuse as _fail
+from .groups import OptionGroup, expand_groups
+from .harden_dp import DPOptions, dp_harden
 
 # the options, named once: the command's signature stays one line per option
 MODEL = typer.Option(
@@ -42,39 +45,6 @@ BATCH_SIZE = typer.Option(
     None, "--batch-size", help="Training batch size (default 128; dp-sgd: the expected Poisson batch of its recipe)."
 )
 LR = typer.Option(None, "--lr", help="Learning rate (default 1e-3 with Adam; dp-sgd: SGD at its recipe's rate).")
-EPSILON = typer.Option(None, "--epsilon", help="dp-sgd: the target epsilon over the run (default 3).")
-DELTA = typer.Option(None, "--delta", help="dp-sgd: the target delta, below 1/N (default 1e-5).")
-MAX_GRAD_NORM = typer.Option(None, "--max-grad-norm", help="dp-sgd: the per-example clipping norm (default 1.0).")
-NOISE_MULTIPLIER = typer.Option(
-    None, "--noise-multiplier", help="dp-sgd: a fixed noise multiplier instead of --epsilon (0: no noise, no privacy)."
-)
-ACCOUNTANT = typer.Option(None, "--accountant", help="dp-sgd: prv (default), rdp or gdp.")
-SECURE = typer.Option(
-    False, "--secure", help="dp-sgd: cryptographically strong noise and sampling (Opacus' secure mode, or os.urandom)."
-)
-STEPS = typer.Option(10, "--steps", help="Inner attack steps (pgd-at, trades).")
-STEP_SIZE = typer.Option(
-    None,
-    "--step-size",
-    help="Inner attack step (default 2.5*eps/steps; fast-at eps/4 with --fast-init prior, 1.25*eps with random).",
-)
-LR_SCHEDULE = typer.Option(
-    "constant",
-    "--lr-schedule",
-    help="constant, cosine (decay to 0) or cyclic (Wong et al.'s triangle, peak --lr at 40%).",
-)
-HOLDOUT = typer.Option(
-    True,
-    "--holdout/--no-holdout",
-    help="Keep the 256 monitoring inputs out of training (default), or train on every input and monitor 256 of them.",
-)
-FAST_INIT = typer.Option(
-    "prior",
-    "--fast-init",
-    help="fast-at's start: prior (each example's perturbation from its previous epoch; ATTA, Zheng et al. 2020) or random (uniform, Wong et al. 2020).",
-)
-BETA = typer.Option(6.0, "--beta", help="TRADES' robustness weight.")
-EPS_WARMUP = typer.Option(0, "--eps-warmup", help="Epochs over which eps ramps up linearly from 0.")
 FROM_SCRATCH = typer.Option(
     False, "--from-scratch", help="Re-initialise the weights (seeded) instead of fine-tuning them."
 )
@@ -90,10 +60,54 @@ N_CLASSES = typer.Option(None, "--n-classes", help=N_CLASSES_HELP)
 LABEL_COLUMN = typer.Option(None, "--label-column", help=LABEL_COLUMN_HELP)
 SEED = typer.Option(0, "--seed", help="Seed for shuffling, random starts, noise and --from-scratch initialisation.")
 JSON_OUT = typer.Option(False, "--json", help="Print exactly one JSON object (the training record).")
+# the adversarial-training options: one option group (fields annotated with their options)
+Steps = Annotated[int, typer.Option("--steps", help="Inner attack steps (pgd-at, trades).")]
+StepSize = Annotated[
+    float | None,
+    typer.Option(
+        "--step-size",
+        help="Inner attack step (default 2.5*eps/steps; fast-at eps/4 with --fast-init prior, 1.25*eps with random).",
+    ),
+]
+LrSchedule = Annotated[
+    str,
+    typer.Option(
+        "--lr-schedule", help="constant, cosine (decay to 0) or cyclic (Wong et al.'s triangle, peak --lr at 40%)."
+    ),
+]
+Holdout = Annotated[
+    bool,
+    typer.Option(
+        "--holdout/--no-holdout",
+        help="Keep the 256 monitoring inputs out of training (default), or train on every input and monitor 256 of them.",
+    ),
+]
+FastInit = Annotated[
+    str,
+    typer.Option(
+        "--fast-init",
+        help="fast-at's start: prior (each example's perturbation from its previous epoch; ATTA, Zheng et al. 2020) or random (uniform, Wong et al. 2020).",
+    ),
+]
+Beta = Annotated[float, typer.Option("--beta", help="TRADES' robustness weight.")]
+EpsWarmup = Annotated[int, typer.Option("--eps-warmup", help="Epochs over which eps ramps up linearly from 0.")]
+
+
+@dataclass(frozen=True)
+class AdversarialOptions(OptionGroup):
+    """The adversarial-training options that go to its configuration as given (one parameter of the command)."""
+
+    steps: Steps = 10
+    step_size: StepSize = None
+    lr_schedule: LrSchedule = "constant"
+    holdout: Holdout = True
+    fast_init: FastInit = "prior"
+    beta: Beta = 6.0
+    eps_warmup: EpsWarmup = 0
 
 
 def _check_options(
-    defense: str, sigma: float | None, out: str, paths: dict[str, str | None], lr_schedule: str, fast_init: str
+    defense: str, sigma: float | None, out: str, paths: dict[str, str | None], adversarial: AdversarialOptions
 ) -> str:
     """Refuse what would fail after the training (an unknown name, a missing sigma, an unusable output path);
     return the defence's canonical name."""
@@ -108,6 +122,7 @@ def _check_options(
         close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         _fail(f"--defense: unknown defense {defense!r}{hint}; choose one of {', '.join(choices)}")
+    lr_schedule, fast_init = adversarial.lr_schedule, adversarial.fast_init
     if lr_schedule not in LR_SCHEDULES:
         _fail(f"--lr-schedule: unknown schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
     if fast_init not in FAST_INITS:
@@ -211,6 +226,7 @@ def _summary(rec: dict[str, Any], out: str, rec_path: Path) -> str:
     )
 
 
+@expand_groups
 def harden(
     model: str | None = MODEL,
     data: str = DATA,
@@ -222,13 +238,7 @@ def harden(
     epochs: int | None = EPOCHS,
     batch_size: int | None = BATCH_SIZE,
     lr: float | None = LR,
-    steps: int = STEPS,
-    step_size: float | None = STEP_SIZE,
-    lr_schedule: str = LR_SCHEDULE,
-    holdout: bool = HOLDOUT,
-    fast_init: str = FAST_INIT,
-    beta: float = BETA,
-    eps_warmup: int = EPS_WARMUP,
+    adversarial: AdversarialOptions = AdversarialOptions(),
     from_scratch: bool = FROM_SCRATCH,
     checkpoint: str | None = CHECKPOINT,
     record: str | None = RECORD,
@@ -237,12 +247,7 @@ def harden(
     n_classes: int | None = N_CLASSES,
     label_column: str | None = LABEL_COLUMN,
     seed: int = SEED,
-    epsilon: float | None = EPSILON,
-    delta: float | None = DELTA,
-    max_grad_norm: float | None = MAX_GRAD_NORM,
-    noise_multiplier: float | None = NOISE_MULTIPLIER,
-    accountant: str | None = ACCOUNTANT,
-    secure: bool = SECURE,
+    dp: DPOptions = DPOptions(),
     as_json: bool = JSON_OUT,
 ) -> None:
     """Harden a torch model; write it as safetensors (its metadata names the architecture and the training, so
@@ -252,34 +257,21 @@ def harden(
     from ..defenses.certification import gaussian_harden
     from ..defenses.training import AdversarialTrainingConfig
     from ..training import save_trained
-    from .harden_dp import DPOptions, dp_harden
 
-    name = _check_options(defense, sigma, out, {"--record": record, "--checkpoint": checkpoint}, lr_schedule, fast_init)
-    dp = DPOptions(epsilon, delta, max_grad_norm, noise_multiplier, accountant, secure, epochs, batch_size, lr, seed)
+    name = _check_options(defense, sigma, out, {"--record": record, "--checkpoint": checkpoint}, adversarial)
     loading = {"input_shape": input_shape, "n_classes": n_classes}
     if name == "dp-sgd":
+        training = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
         paths = {"out": out, "checkpoint": checkpoint, "record": record}
-        return dp_harden(model, arch, data, dp, paths, loading, label_column, as_json)
+        return dp_harden(model, arch, data, dp, training, paths, loading, label_column, as_json)
     dp.refuse_given()
     if model is None:
         _fail(f"--defense {name} needs --model (the torch model to harden)")
     epochs, batch_size, lr = epochs or 10, batch_size or 128, lr if lr is not None else 1e-3
     config = AdversarialTrainingConfig(  # validates the numbers (for gaussian too: epochs, batch size, lr)
-        defense="pgd-at" if name == "gaussian" else name,
-        eps=eps,
-        norm=norm,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        attack_steps=steps,
-        step_size=step_size,
-        beta=beta,
-        eps_warmup=eps_warmup,
-        fast_init=fast_init,
-        holdout=holdout,
-        lr_schedule=lr_schedule,
-        seed=seed,
-    )
+        defense="pgd-at" if name == "gaussian" else name, eps=eps, norm=norm, epochs=epochs, batch_size=batch_size,
+        lr=lr, seed=seed, **adversarial.named(steps="attack_steps"),
+    )  # fmt: skip
     clf, ds, arch_name = _load(model, data, arch, loading, label_column, as_json)
     if name == "gaussian":
         on_epoch = None if as_json else (lambda e, loss: _log(f"epoch {e + 1}/{epochs}  loss {loss:.4f}"))

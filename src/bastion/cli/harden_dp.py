@@ -7,40 +7,53 @@ multiplier, clipping norm, sampling rate, accountant) in the file's metadata and
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from .common import echo_json, load_arch_data, load_model_option, refuse, resumable
 from .common import log as _log
+from .groups import OptionGroup
+
+Epsilon = Annotated[
+    float | None, typer.Option("--epsilon", help="dp-sgd: the target epsilon over the run (default 3).")
+]
+Delta = Annotated[float | None, typer.Option("--delta", help="dp-sgd: the target delta, below 1/N (default 1e-5).")]
+MaxGradNorm = Annotated[
+    float | None, typer.Option("--max-grad-norm", help="dp-sgd: the per-example clipping norm (default 1.0).")
+]
+NoiseMultiplier = Annotated[
+    float | None,
+    typer.Option(
+        "--noise-multiplier", help="dp-sgd: a fixed noise multiplier instead of --epsilon (0: no noise, no privacy)."
+    ),
+]
+Accountant = Annotated[str | None, typer.Option("--accountant", help="dp-sgd: prv (default), rdp or gdp.")]
+Secure = Annotated[
+    bool,
+    typer.Option(
+        "--secure", help="dp-sgd: cryptographically strong noise and sampling (Opacus' secure mode, or os.urandom)."
+    ),
+]
 
 
-@dataclass
-class DPOptions:
-    """The command line's DP-SGD options (``None``: the architecture's DP recipe decides)."""
+@dataclass(frozen=True)
+class DPOptions(OptionGroup):
+    """The command line's DP-SGD options (``None``: the architecture's DP recipe decides); one parameter of
+    ``bastion harden``."""
 
-    epsilon: float | None
-    delta: float | None
-    max_grad_norm: float | None
-    noise_multiplier: float | None
-    accountant: str | None
-    secure: bool
-    epochs: int | None
-    batch_size: int | None
-    lr: float | None
-    seed: int
+    epsilon: Epsilon = None
+    delta: Delta = None
+    max_grad_norm: MaxGradNorm = None
+    noise_multiplier: NoiseMultiplier = None
+    accountant: Accountant = None
+    secure: Secure = False
 
     def refuse_given(self) -> None:
         """Refuse the DP-only options when another defence was chosen."""
-        named: dict[str, object] = {
-            "--epsilon": self.epsilon,
-            "--delta": self.delta,
-            "--max-grad-norm": self.max_grad_norm,
-        }
-        named |= {"--noise-multiplier": self.noise_multiplier, "--accountant": self.accountant}
-        named |= {"--secure": self.secure or None}
+        named = {f"--{k.replace('_', '-')}": v for k, v in self.named().items()}
+        named["--secure"] = self.secure or None
         given = [k for k, v in named.items() if v is not None]
         if given:
             refuse(f"{', '.join(given)}: only for --defense dp-sgd")
@@ -79,13 +92,14 @@ def dp_harden(
     arch: str | None,
     data: str,
     options: DPOptions,
+    training: dict[str, Any],
     paths: dict[str, str | None],
     loading: dict[str, Any],
     label_column: str | None,
     as_json: bool,
 ) -> None:
-    """Train with DP-SGD and save; print the record (``--json``) or a one-line summary. ``paths``: ``out``,
-    ``checkpoint``, ``record``."""
+    """Train with DP-SGD and save; print the record (``--json``) or a one-line summary. ``training``: ``epochs``,
+    ``batch_size``, ``lr`` and ``seed`` (``None``: the recipe's); ``paths``: ``out``, ``checkpoint``, ``record``."""
     out, checkpoint, record = str(paths["out"]), paths["checkpoint"], paths["record"]
     from ..defenses.privacy import dp_config_for, dp_fix, dp_train, dp_train_architecture
     from ..training import accuracy, save_trained
@@ -95,7 +109,7 @@ def dp_harden(
     ds = load_arch_data(data, arch_name, label_column=label_column, say=say)
     if module is not None:
         dp_fix(module, fix=False)  # the output must load back as arch_name: refuse rather than change layers
-    config = dp_config_for(arch_name, **dataclasses.asdict(options))  # every option by its name; None: the recipe's
+    config = dp_config_for(arch_name, **options.named(), **training)  # by name; None: the recipe's
     kwargs: dict[str, Any] = {
         "checkpoint": checkpoint,
         "log": say,

@@ -179,9 +179,7 @@ def he_convert(
     from ..models.loading import save_model
     from ..models.training import he_finetune
 
-    if not out.endswith(".safetensors"):
-        refuse(f"--out must end with .safetensors, got {out!r}")
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", suffix=".safetensors")
     if epochs < 1:
         refuse(f"--epochs must be >= 1, got {epochs}")
     if lr is not None and not lr > 0:

@@ -9,13 +9,14 @@ run_poisoning`).
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
 import typer
 
 from .common import LabelColumn, check_output_file, emit, load_data_option, refuse
 from .common import log as _log
+from .groups import OptionGroup, expand_groups
 
 JSON_KEYS = ("attack", "n_poisoned", "rate", "out", "record")
 """Always in ``--json``; with ``--train-arch`` also ``attack_success_rate`` (backdoors; for label flipping the
@@ -78,6 +79,50 @@ AsJson = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class AttackParams(OptionGroup):
+    """The attack parameters that have a flag of their own (any other: ``--option KEY=VALUE``)."""
+
+    rate: Rate = None
+    target: Target = None
+    seed: Seed = 0
+    trigger_image: TriggerImage = None
+    all_to_all: AllToAll = False
+    size: Size = None
+    location: Location = None
+    alpha: Alpha = None
+    strategy: Strategy = None
+    source: Source = None
+    eps: Eps = None
+
+    def given(self) -> dict[str, Any]:
+        """Every parameter by name, ``None`` where its flag was not given (``--all-to-all`` too)."""
+        return self.named() | {"all_to_all": self.all_to_all or None}
+
+
+@dataclass(frozen=True)
+class Training(OptionGroup):
+    """``--train-arch`` and what goes with it: train that architecture on the poisoned data and measure it."""
+
+    train_arch: TrainArch = None
+    model_out: ModelOut = None
+    epochs: Epochs = None
+
+    def check(self) -> None:
+        """Refuse what would fail after the poisoning: ``--model-out`` without ``--train-arch`` or of another
+        format, an unusable path, an unknown architecture, ``--epochs`` below 1."""
+        if self.model_out is not None:
+            if self.train_arch is None:
+                refuse("--model-out needs --train-arch (the architecture to train on the poisoned data)")
+            check_output_file(self.model_out, "--model-out", suffix=".safetensors")
+        if self.train_arch is not None:
+            from ..models.architectures import ARCHITECTURES
+
+            ARCHITECTURES.get(self.train_arch)
+        if self.epochs is not None and self.epochs < 1:
+            refuse(f"--epochs must be >= 1, got {self.epochs}")
+
+
 def _attack_kwargs(cls: type, given: dict[str, Any], options: list[str]) -> dict[str, Any]:
     """The attack's constructor arguments from the flags that were given and ``--option KEY=VALUE``; a flag or key
     the attack does not take is a usage error naming what it takes."""
@@ -110,41 +155,14 @@ def _build(attack: str, given: dict[str, Any], options: list[str]) -> Any:
     return cls(**_attack_kwargs(cls, given, options))
 
 
-def _check_outputs(out: str, train_arch: str | None, model_out: str | None) -> None:
-    if not out.endswith(".npz"):
-        refuse(f"--out: the poisoned dataset is written as .npz, got {out!r}")
-    check_output_file(out, "--out")
-    if model_out is not None:
-        if train_arch is None:
-            refuse("--model-out needs --train-arch (the architecture to train on the poisoned data)")
-        if not model_out.endswith(".safetensors"):
-            refuse(f"--model-out must end with .safetensors, got {model_out!r}")
-        check_output_file(model_out, "--model-out")
-    if train_arch is not None:
-        from ..models.architectures import ARCHITECTURES
-
-        ARCHITECTURES.get(train_arch)
-
-
+@expand_groups
 def poison(
     data: Data,
     attack: AttackName,
     out: Out,
-    rate: Rate = None,
-    target: Target = None,
-    seed: Seed = 0,
-    trigger_image: TriggerImage = None,
-    all_to_all: AllToAll = False,
-    size: Size = None,
-    location: Location = None,
-    alpha: Alpha = None,
-    strategy: Strategy = None,
-    source: Source = None,
-    eps: Eps = None,
+    params: AttackParams = AttackParams(),
     option: Option = None,
-    train_arch: TrainArch = None,
-    model_out: ModelOut = None,
-    epochs: Epochs = None,
+    training: Training = Training(),
     label_column: LabelColumn = None,
     as_json: AsJson = False,
 ) -> None:
@@ -153,46 +171,24 @@ def poison(
     With --train-arch, also train that architecture on the poisoned data with the zoo's recipe and measure it next
     to the same recipe on clean data: the backdoor's attack success rate (triggered test inputs of other classes
     classified as the target) and the clean accuracy of both models."""
-    _check_outputs(out, train_arch, model_out)
-    if epochs is not None and epochs < 1:
-        refuse(f"--epochs must be >= 1, got {epochs}")
-    given = {
-        "rate": rate,
-        "target": target,
-        "seed": seed,
-        "trigger_image": trigger_image,
-        "all_to_all": all_to_all or None,
-        "size": size,
-        "location": location,
-        "alpha": alpha,
-        "strategy": strategy,
-        "source": source,
-        "eps": eps,
-    }
-    atk = _build(attack, given, option or [])
+    check_output_file(out, "--out", suffix=".npz", what="the poisoned dataset is")
+    training.check()
+    atk = _build(attack, params.given(), option or [])
     say = None if as_json else _log
     ds = load_data_option(data, label_column=label_column, log=say)
-    result = _run(atk, ds, out, train_arch, model_out, epochs, seed, say)
+    result = _run(atk, ds, out, training, params.seed, say)
     emit(result, as_json, _print, default=None, finite_values=True)
 
 
-def _run(
-    atk: Any,
-    ds: Any,
-    out: str,
-    train_arch: str | None,
-    model_out: str | None,
-    epochs: int | None,
-    seed: int,
-    say: Any,
-) -> dict[str, Any]:
+def _run(atk: Any, ds: Any, out: str, training: Training, seed: int, say: Any) -> dict[str, Any]:
     from ..attacks.poisoning import run_poisoning
 
+    train_arch, model_out = training.train_arch, training.model_out
     if train_arch is None:
         poisoned = atk.poison(ds)
         metrics: dict[str, Any] = {}
     else:
-        run = run_poisoning(atk, ds, train_arch, epochs=epochs, seed=seed, log=say)
+        run = run_poisoning(atk, ds, train_arch, epochs=training.epochs, seed=seed, log=say)
         poisoned, metrics = run.poisoned, dict(run.metrics)
         if "attack_success_rate" not in metrics and "targets_hit" not in metrics:
             metrics["attack_success_rate"] = metrics["accuracy_drop"]  # label flipping: what it costs the model

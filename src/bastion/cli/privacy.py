@@ -25,7 +25,8 @@ from .common import (
     refuse,
 )
 from .common import log as _log
-from .scaleopts import RayAddress, Workers, executor_for
+from .groups import expand_groups
+from .scaleopts import ScaleOptions, executor_for
 
 JSON_KEYS = ("mode", "attacks", "target", "references", "n_inputs")
 
@@ -116,6 +117,7 @@ def _rich_bar() -> Any:
     return update
 
 
+@expand_groups
 def privacy(
     ctx: typer.Context,
     data: OptionalData = None,
@@ -130,8 +132,7 @@ def privacy(
     input_shape: InputShape = None,
     n_classes: NClasses = None,
     label_column: LabelColumn = None,
-    workers: Workers = None,
-    ray: RayAddress = None,
+    scale: ScaleOptions = ScaleOptions(),
     as_json: AsJson = False,
 ) -> None:
     """Membership inference: how often can an attacker tell a training record from an unseen one?
@@ -162,7 +163,7 @@ def privacy(
             refuse("give --model (audit mode) or --arch / --train-function with --train-size (game mode)")
         if train_size is None:
             refuse("game mode needs --train-size N (the target's training records; the population is 2N)")
-        with executor_for(workers, ray, quiet=as_json) as ex:
+        with executor_for(scale, quiet=as_json) as ex:
             setup = membership_game(
                 ds, recipe, train_size=train_size, references=refs_needed, seed=seed, progress=progress, executor=ex
             )
@@ -172,7 +173,7 @@ def privacy(
         clf = load_model_option(model, arch=arch, input_shape=input_shape, n_classes=n_classes, log=say)
         if recipe is None and refs_needed and getattr(clf, "arch", None):
             recipe = _recipe(clf.arch, None, epochs)
-        with executor_for(workers, ray, quiet=as_json) as ex:
+        with executor_for(scale, quiet=as_json) as ex:
             setup = membership_audit(
                 clf, ds, recipe=recipe, references=refs_needed, seed=seed, progress=progress, executor=ex
             )

@@ -3,12 +3,14 @@ beside an empirical lower bound (canaries; :func:`bastion.defenses.privacy.canar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 
 from .common import Data, LabelColumn, emit, load_arch_data, refuse
 from .common import log as _log
+from .groups import OptionGroup, expand_groups
 
 JSON_KEYS = ("epsilon", "epsilon_lower_bound", "confidence", "test_accuracy", "violation", "baseline")
 
@@ -38,6 +40,28 @@ FailOnViolation = Annotated[
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the canaries, their inclusion and the training.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object with at least: " + ", ".join(JSON_KEYS))]
+
+
+@dataclass(frozen=True)
+class DPTarget(OptionGroup):
+    """What the dp-sgd recipe aims at (``None``: the architecture's DP recipe decides)."""
+
+    epsilon: Epsilon = None
+    delta: Delta = None
+    max_grad_norm: MaxGradNorm = None
+    epochs: Epochs = None
+
+
+@dataclass(frozen=True)
+class CanaryOptions(OptionGroup):
+    """How the canaries are made, scored and turned into a bound."""
+
+    canaries: Canaries = 500
+    canary_kind: Kind = "ood"
+    score: Score = "loss"
+    references: References = 0
+    runs: Runs = 1
+    confidence: Confidence = 0.95
 
 
 def _row(name: str, r: dict[str, Any]) -> str:
@@ -73,20 +97,13 @@ def _print(report: dict[str, Any]) -> None:
         typer.echo("ok: the empirical bound stays below the claimed epsilon")
 
 
+@expand_groups
 def privacy_audit(
     data: Data,
     arch: ArchOpt,
     defense: Defense = "dp-sgd",
-    epsilon: Epsilon = None,
-    delta: Delta = None,
-    max_grad_norm: MaxGradNorm = None,
-    epochs: Epochs = None,
-    canaries: Canaries = 500,
-    canary_kind: Kind = "ood",
-    score: Score = "loss",
-    references: References = 0,
-    runs: Runs = 1,
-    confidence: Confidence = 0.95,
+    target: DPTarget = DPTarget(),
+    canary: CanaryOptions = CanaryOptions(),
     baseline: Baseline = True,
     fail_on_violation: FailOnViolation = False,
     seed: Seed = 0,
@@ -103,20 +120,19 @@ def privacy_audit(
 
     if defense not in ("dp-sgd", "none"):
         refuse(f"--defense: choose dp-sgd or none, got {defense!r}")
-    if not 0 < confidence < 1:
-        refuse(f"--confidence must be in (0, 1), got {confidence}")
+    if not 0 < canary.confidence < 1:
+        refuse(f"--confidence must be in (0, 1), got {canary.confidence}")
     say = None if as_json else _log
     ds = load_arch_data(data, arch, label_column=label_column, say=say)
     config = None
     if defense == "dp-sgd":
-        config = dp_config_for(arch, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, epochs=epochs)
+        config = dp_config_for(arch, **target.named())
     else:
-        given = [k for k, v in {"--epsilon": epsilon, "--delta": delta, "--max-grad-norm": max_grad_norm}.items() if v]
+        named = {"--epsilon": target.epsilon, "--delta": target.delta, "--max-grad-norm": target.max_grad_norm}
+        given = [k for k, v in named.items() if v]
         if given:
             refuse(f"{', '.join(given)}: only with --defense dp-sgd")
-    common: dict[str, Any] = {"canaries": canaries, "kind": canary_kind, "score": score, "runs": runs}
-    common["references"] = references
-    common |= {"confidence": confidence, "seed": seed, "log": say}
+    common = canary.named(canary_kind="kind") | {"seed": seed, "log": say}
     report = canary_audit(arch, ds, config, **common)
     report["baseline"] = canary_audit(arch, ds, None, **common) if baseline and config is not None else None
     emit(report, as_json, _print, default=None)

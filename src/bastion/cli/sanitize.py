@@ -8,18 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import (
-    Arch,
-    Data,
-    InputShape,
-    LabelColumn,
-    Model,
-    NClasses,
-    check_output_file,
-    emit,
-    load_model_and_data,
-    refuse,
-)
+from .common import Data, LoadOptions, Model, check_output_file, emit, load_model_and_data, refuse
+from .groups import expand_groups
 
 JSON_KEYS = ("method", "n_inputs", "n_removed", "removed_rate", "out", "seconds")
 """Always in ``--json``; when the data records which records were poisoned (a ``bastion poison`` .npz), also
@@ -53,6 +43,7 @@ Reclassify = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
 
 
+@expand_groups
 def sanitize(
     model: Model,
     data: Data,
@@ -60,10 +51,7 @@ def sanitize(
     out: Out,
     expected_rate: ExpectedRate = None,
     reclassify: Reclassify = None,
-    arch: Arch = None,
-    input_shape: InputShape = None,
-    n_classes: NClasses = None,
-    label_column: LabelColumn = None,
+    load: LoadOptions = LoadOptions(),
     as_json: AsJson = False,
 ) -> None:
     """Score every training record for poisoning with the model's internal features, remove the suspicious ones
@@ -72,9 +60,7 @@ def sanitize(
     The model must be the one trained on --data (a white-box torch model with the features capability)."""
     from ..defenses.sanitization import get_sanitizer
 
-    if not out.endswith(".npz"):
-        refuse(f"--out: the kept records are written as .npz, got {out!r}")
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", suffix=".npz", what="the kept records are")
     kwargs: dict[str, Any] = {} if expected_rate is None else {"expected_rate": expected_rate}
     if reclassify is not None:
         from ..defenses.sanitization.clustering import recipe_trainer
@@ -86,9 +72,7 @@ def sanitize(
             refuse(f"--reclassify: unknown architecture {reclassify!r}; choose one of {', '.join(ARCHITECTURES)}")
         kwargs["reclassify"] = recipe_trainer(reclassify)
     sanitizer = get_sanitizer(method, **kwargs)
-    clf, ds = load_model_and_data(
-        model, data, arch=arch, input_shape=input_shape, n_classes=n_classes, label_column=label_column, quiet=as_json
-    )
+    clf, ds = load_model_and_data(model, data, load, quiet=as_json)
     result = sanitizer.sanitize(clf, ds)
     _write(result, ds, out)
     report = {

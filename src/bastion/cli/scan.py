@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import Arch, Data, InputShape, LabelColumn, Model, NClasses, emit, load_model_and_data, refuse
+from .common import Data, LoadOptions, Model, emit, load_model_and_data, parse_numbers, refuse
 from .common import log as _log
+from .groups import expand_groups
 
 JSON_KEYS = ("anomaly_index", "flagged", "norms", "trigger_asr", "seconds", "n_inputs")
 
@@ -31,10 +32,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON obj
 def _classes(text: str | None, n_classes: int) -> list[int] | None:
     if text is None:
         return None
-    try:
-        out = sorted({int(t) for t in text.split(",") if t.strip()})
-    except ValueError:
-        refuse(f"--classes: {text!r} is not a comma-separated list of class indices")
+    out = sorted(set(parse_numbers(text, "--classes", int, "class indices")))
     if not out or any(not 0 <= c < n_classes for c in out):
         refuse(f"--classes: every class must lie in [0, {n_classes - 1}], got {text!r}")
     return out
@@ -51,6 +49,7 @@ def _check_out(out: str | None) -> Path | None:
     return p
 
 
+@expand_groups
 def scan(
     model: Model,
     data: Data,
@@ -60,10 +59,7 @@ def scan(
     steps: Steps = None,
     seed: Seed = 0,
     out: Out = None,
-    arch: Arch = None,
-    input_shape: InputShape = None,
-    n_classes: NClasses = None,
-    label_column: LabelColumn = None,
+    load: LoadOptions = LoadOptions(),
     as_json: AsJson = False,
 ) -> None:
     """Scan a model for a backdoor: reverse-engineer the smallest trigger that flips clean inputs to each class
@@ -79,9 +75,7 @@ def scan(
     if steps is not None:
         kwargs["steps"] = steps
     scanner = NeuralCleanse(**kwargs)
-    clf, ds = load_model_and_data(
-        model, data, arch=arch, input_shape=input_shape, n_classes=n_classes, label_column=label_column, quiet=as_json
-    )
+    clf, ds = load_model_and_data(model, data, load, quiet=as_json)
     chosen = _classes(classes, int(clf.n_classes))
     if chosen is not None:
         scanner = NeuralCleanse(**kwargs, classes=chosen)

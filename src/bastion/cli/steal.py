@@ -14,19 +14,18 @@ from typing import Annotated, Any
 import typer
 
 from .common import (
-    Arch,
     Data,
-    InputShape,
-    LabelColumn,
+    LoadOptions,
     Model,
-    NClasses,
     check_output_file,
     echo_json,
     load_data_option,
     load_model_and_data,
+    parse_numbers,
     refuse,
 )
 from .common import log as _log
+from .groups import expand_groups
 
 JSON_KEYS = ("attack", "budget", "queries", "fidelity", "accuracy", "victim_accuracy", "seconds", "curve", "out")
 """Always in ``--json`` (also ``copy_arch`` and the attack's ``extra``)."""
@@ -66,10 +65,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON obj
 def _checkpoints(text: str | None, budget: int) -> list[int] | None:
     if text is None:
         return None
-    try:
-        points = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        refuse(f"--checkpoints: {text!r} is not a comma-separated list of whole numbers (e.g. 250,500)")
+    points = parse_numbers(text, "--checkpoints", int, "whole numbers (e.g. 250,500)")
     if not points or any(p < 1 or p > budget for p in points) or points != sorted(set(points)):
         refuse(f"--checkpoints must be increasing whole numbers in [1, --budget {budget}], got {text!r}")
     return points
@@ -128,6 +124,7 @@ def _attack_kwargs(attack: str, arch: str, pool: Any, pool_labels: Any, labels_o
     return kwargs
 
 
+@expand_groups
 def steal(
     model: Model,
     data: Data,
@@ -139,10 +136,7 @@ def steal(
     copy_arch: CopyArch = None,
     checkpoints: Checkpoints = None,
     seed: Seed = 0,
-    arch: Arch = None,
-    input_shape: InputShape = None,
-    n_classes: NClasses = None,
-    label_column: LabelColumn = None,
+    load: LoadOptions = LoadOptions(),
     as_json: AsJson = False,
 ) -> None:
     """Steal a copy of a model by querying it (equation solving, Knockoff Nets, Jacobian augmentation); report the
@@ -150,22 +144,18 @@ def steal(
     from ..attacks.extraction import EXTRACTION_ATTACKS
     from ..models.saving import save_model
 
-    if not out.endswith(".safetensors"):
-        refuse(f"--out: the copy is written as .safetensors, got {out!r}")
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", suffix=".safetensors", what="the copy is")
     if budget < 1:
         refuse(f"--budget must be >= 1, got {budget}")
     cls = EXTRACTION_ATTACKS.get(attack)
     attack = cls.name
     points = _checkpoints(checkpoints, budget)
     say = None if as_json else _log
-    victim, ds = load_model_and_data(
-        model, data, arch=arch, input_shape=input_shape, n_classes=n_classes, label_column=label_column, quiet=as_json
-    )
+    victim, ds = load_model_and_data(model, data, load, quiet=as_json)
     if tuple(ds.input_shape) != tuple(victim.input_shape):
         refuse(f"--data {data!r} has inputs of shape {tuple(ds.input_shape)} but the model takes {victim.input_shape}")
     copy = _copy_arch(attack, victim, ds, copy_arch)
-    pool, pool_labels = _pool(victim, ds, surrogate_data, label_column, say)
+    pool, pool_labels = _pool(victim, ds, surrogate_data, load.label_column, say)
     atk = cls(**_attack_kwargs(attack, copy, pool, pool_labels, labels_only, seed))
     atk.check(victim, budget, points)
     if say is not None:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...defenses.sanitization import NeuralCleanse
-from ..probe import AuditContext, Probe, register_probe
+from ..probe import AuditContext, Probe, register_probe, trigger_examples
 from ..result import Check, Example, Plot, ProbeResult, Series
 
 
@@ -38,12 +38,8 @@ class BackdoorProbe(Probe):
         "examples": 4,
     }
 
-    def skip_reason(self, ctx: AuditContext) -> str | None:
-        if ctx.kind != "image":
-            return "the inputs are not images (C, H, W): Neural Cleanse reverse-engineers image triggers"
-        if not ctx.model.white_box:
-            return "the model is a black box: reverse-engineering a trigger needs gradients"
-        return None
+    needs_images = "the inputs are not images (C, H, W): Neural Cleanse reverse-engineers image triggers"
+    needs_gradients = "the model is a black box: reverse-engineering a trigger needs gradients"
 
     def _scanner(self, ctx: AuditContext) -> NeuralCleanse:
         p = self.params
@@ -140,28 +136,19 @@ class BackdoorProbe(Probe):
         out: list[Example] = []
         k = int(self.params["examples"])
         for c in shown:
-            trig = scan.as_trigger(c)
             rows = torch.nonzero(y != c).flatten()[:k]
             xs = x[rows]
-            stamped = trig.apply(xs)
-            with torch.no_grad(), ctx.model.attack_mode():
-                pred, pred_t = ctx.model.predict(xs), ctx.model.predict(stamped)
-            for j, i in enumerate(rows.tolist()):
-                out.append(
-                    Example(
-                        index=i,
-                        label=int(y[i]),
-                        pred_clean=int(pred[j]),
-                        pred_adv=int(pred_t[j]),
-                        attack=f"reversed trigger of class {c}",
-                        norm="l1 mask",
-                        eps=None,
-                        perturbation=float((stamped[j] - xs[j]).abs().sum()),
-                        clean=xs[j].tolist(),
-                        adversarial=stamped[j].tolist(),
-                        bounds=ctx.model.bounds,
-                    )
-                )
+            out += trigger_examples(
+                ctx.model,
+                rows.tolist(),
+                y[rows],
+                xs,
+                scan.as_trigger(c).apply(xs),
+                lambda d: d.abs().sum(),
+                attack=f"reversed trigger of class {c}",
+                norm="l1 mask",
+                bounds=ctx.model.bounds,
+            )
         return out
 
 

@@ -23,8 +23,16 @@ import torch
 
 from ...attacks import HopSkipJump, Square
 from ...attacks.base import AttackResult
-from ...threat import canonical_norm
-from ..probe import AuditContext, Probe, eps_curve, eps_key, pick_examples, register_probe, risk_from_ratio
+from ..probe import (
+    AuditContext,
+    Probe,
+    eps_curve,
+    eps_key,
+    norm_histogram,
+    pick_examples,
+    register_probe,
+    risk_from_ratio,
+)
 from ..result import Check, Plot, ProbeResult, Series
 
 
@@ -43,10 +51,7 @@ class BlackBoxProbe(Probe):
         "batch_size": 1000,
     }
 
-    def skip_reason(self, ctx: AuditContext) -> str | None:
-        if canonical_norm(ctx.norm) not in ("linf", "l2"):
-            return f"Square and HopSkipJump support linf and l2, not {ctx.norm}"
-        return None
+    needs_lp_norm = "Square and HopSkipJump support linf and l2, not {norm}"
 
     def _square(
         self,
@@ -106,16 +111,8 @@ class BlackBoxProbe(Probe):
             "norm": rh.norms.tolist(),
             "queries": rh.extra["queries"].tolist(),
         }
-        plots.append(
-            Plot(
-                id="hsj-hist",
-                title=f"HopSkipJump (labels only): perturbation per input ({ctx.norm})",
-                kind="hist",
-                x_label=f"{ctx.norm} norm",
-                y_label="inputs",
-                series=[Series("HopSkipJump", rh.norms[ok].tolist())],
-            )
-        )
+        hist = [Series("HopSkipJump", rh.norms[ok].tolist())]
+        plots.append(norm_histogram("hsj-hist", "HopSkipJump (labels only): perturbation per input", ctx.norm, hist))
         if med is None:
             return ""
         return f"; HopSkipJump (labels only) median {ctx.norm} {med:.3g} with {int(p['hsj_queries'])} queries"

@@ -124,16 +124,14 @@ class CertificationProbe(Probe):
         "n_predict": 1000,
     }
 
-    def skip_reason(self, ctx: AuditContext) -> str | None:
-        if not isinstance(ctx.model, SmoothedClassifier):
-            return "not a smoothed classifier: wrap the model with bastion.defenses.certification.SmoothedClassifier"
-        return None
+    needs_model = (
+        SmoothedClassifier,
+        "not a smoothed classifier: wrap the model with bastion.defenses.certification.SmoothedClassifier",
+    )
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
-        model = ctx.model
-        if not isinstance(model, SmoothedClassifier):
-            raise UsageError(self.skip_reason(ctx) or "not a smoothed classifier")
+        model = self.audited(ctx, SmoothedClassifier)
         n0 = int(p["n0"]) if p["n0"] is not None else model.n0
         n = int(p["n"]) if p["n"] is not None else model.n
         alpha = float(p["alpha"]) if p["alpha"] is not None else model.alpha

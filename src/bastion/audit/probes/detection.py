@@ -32,9 +32,7 @@ import torch
 from ...attacks import PGD
 from ...attacks.base import AttackResult
 from ...defenses.detection import REJECT, DetectingClassifier, DetectorAwarePGD
-from ...errors import UsageError
 from ...models.base import Classifier
-from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, pick_examples, register_probe, wilson_interval
 from ..result import Check, Plot, ProbeResult, Series
 
@@ -99,17 +97,13 @@ class DetectionProbe(Probe):
         "examples": 2,
     }
 
-    def skip_reason(self, ctx: AuditContext) -> str | None:
-        if not isinstance(ctx.model, DetectingClassifier):
-            return (
-                "the model has no detector in front (wrap it in bastion.defenses.detection.DetectingClassifier "
-                "to audit a detector)"
-            )
-        if not ctx.model.white_box:
-            return "the model behind the detector is a black box; the attacks here need its gradients"
-        if canonical_norm(ctx.norm) not in ("linf", "l2"):
-            return f"the detection attacks support linf and l2, not {ctx.norm}"
-        return None
+    needs_model = (
+        DetectingClassifier,
+        "the model has no detector in front (wrap it in bastion.defenses.detection.DetectingClassifier "
+        "to audit a detector)",
+    )
+    needs_gradients = "the model behind the detector is a black box; the attacks here need its gradients"
+    needs_lp_norm = "the detection attacks support linf and l2, not {norm}"
 
     def _bare_pgd(
         self, ctx: AuditContext, inner: Classifier, det: Any, x: torch.Tensor, y: torch.Tensor
@@ -131,9 +125,7 @@ class DetectionProbe(Probe):
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
-        model = ctx.model
-        if not isinstance(model, DetectingClassifier):
-            raise UsageError(self.skip_reason(ctx) or "no detector in front of the model")
+        model = self.audited(ctx, DetectingClassifier)
         inner, det = model.model, model.detector
         k = min(int(p["n"]), ctx.x.shape[0])
         x, y = ctx.x[:k], ctx.y[:k]

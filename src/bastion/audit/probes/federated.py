@@ -204,8 +204,7 @@ class FederatedProbe(RetrainingProbe):
         cells = {(r["spec"]["attack"], r["spec"]["aggregator"]): r for r in results}
         aggs = [self._outcome(g, cells) for g in p["aggregators"]]
         best = min(aggs, key=_Agg.rank)
-        with torch.no_grad():
-            model_acc = float(ctx.model.predict(ctx.data.x_test).eq(ctx.data.y_test).double().mean())
+        model_acc = self.model_test_accuracy(ctx)
         return self.result(
             ctx,
             risk=best.level,

@@ -19,8 +19,7 @@ import torch
 from ...attacks import CarliniWagnerL2, DeepFool
 from ...attacks.base import AttackResult
 from ...models.base import Classifier
-from ...threat import canonical_norm
-from ..probe import AuditContext, Probe, pick_examples, register_probe
+from ..probe import AuditContext, Probe, norm_histogram, pick_examples, register_probe
 from ..result import Plot, ProbeResult, Series
 
 
@@ -45,12 +44,10 @@ class MinimumNormProbe(Probe):
         "batch_size": 500,
     }
 
-    def skip_reason(self, ctx: AuditContext) -> str | None:
-        if not ctx.model.white_box:
-            return "the model is a black box (no gradients): the black-box probe measures HopSkipJump's minimal norms"
-        if canonical_norm(ctx.norm) not in ("linf", "l2"):
-            return f"DeepFool supports linf and l2, not {ctx.norm}"
-        return None
+    needs_gradients = (
+        "the model is a black box (no gradients): the black-box probe measures HopSkipJump's minimal norms"
+    )
+    needs_lp_norm = "DeepFool supports linf and l2, not {norm}"
 
     def _runs(
         self, ctx: AuditContext, model: Classifier, m: int
@@ -100,14 +97,7 @@ class MinimumNormProbe(Probe):
         for nm, series in hist.items():
             if series:
                 plots.append(
-                    Plot(
-                        id=f"min-norm-hist-{nm}",
-                        title=f"Smallest fooling perturbation per input ({nm})",
-                        kind="hist",
-                        x_label=f"{nm} norm",
-                        y_label="inputs",
-                        series=series,
-                    )
+                    norm_histogram(f"min-norm-hist-{nm}", "Smallest fooling perturbation per input", nm, series)
                 )
         ok = rd.success & rd.clean_correct
         top = float(rd.norms[ok].max()) if bool(ok.any()) else ctx.reference_eps

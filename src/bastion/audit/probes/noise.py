@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 import torch
 
 from ...attacks import RandomNoise
-from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, eps_curve, eps_key, register_probe, risk_from_ratio
 from ..result import Check, ProbeResult
 
@@ -27,10 +26,7 @@ class NoiseProbe(Probe):
     threat = "baseline (no attacker)"
     defaults: ClassVar[dict[str, Any]] = {"n": 500, "queries": 100, "tolerance": 0.01, "batch_size": 1000}
 
-    def skip_reason(self, ctx: AuditContext) -> str | None:
-        if canonical_norm(ctx.norm) not in ("linf", "l2"):
-            return f"the noise baseline supports linf and l2, not {ctx.norm}"
-        return None
+    needs_lp_norm = "the noise baseline supports linf and l2, not {norm}"
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params

@@ -23,7 +23,7 @@ import torch
 
 from ...attacks.evasion.patch import apply, evaluate, fit, patch_side
 from ...errors import UsageError
-from ..probe import AuditContext, Probe, register_probe
+from ..probe import AuditContext, Probe, examples_of, register_probe
 from ..result import Check, Example, Plot, ProbeResult, Series
 
 
@@ -42,11 +42,13 @@ class PatchProbe(Probe):
         "examples": 4,
     }
 
+    needs_images = "the inputs are not images (C, H, W): a patch has nowhere to go"
+    needs_gradients = "the model is a black box: training a patch needs gradients"
+
     def skip_reason(self, ctx: AuditContext) -> str | None:
-        if ctx.kind != "image":
-            return "the inputs are not images (C, H, W): a patch has nowhere to go"
-        if not ctx.model.white_box:
-            return "the model is a black box: training a patch needs gradients"
+        reason = super().skip_reason(ctx)
+        if reason is not None:
+            return reason
         try:
             patch_side(tuple(ctx.model.input_shape), float(self.params["area"]))
         except UsageError as exc:
@@ -136,22 +138,21 @@ class PatchProbe(Probe):
             pa, pc = model.predict(xa), model.predict(xe)
         side = patch.shape[-1]
         area = side * side / (xe.shape[-2] * xe.shape[-1])
-        return [
-            Example(
-                index=int(idx[j]),
-                label=int(ye[j]),
-                pred_clean=int(pc[j]),
-                pred_adv=int(pa[j]),
-                attack="patch",
-                norm="patch",
-                eps=area,
-                perturbation=float((xa[j] != xe[j]).float().mean()),
-                clean=xe[j].tolist(),
-                adversarial=xa[j].tolist(),
-                bounds=model.bounds,
-            )
-            for j in torch.nonzero(pa != ye).flatten()[:k].tolist()
-        ]
+        fooled = torch.nonzero(pa != ye).flatten()[:k]
+        covered = [float((xa[j] != xe[j]).float().mean()) for j in fooled.tolist()]
+        return examples_of(
+            idx[fooled].tolist(),
+            ye[fooled],
+            pc[fooled],
+            pa[fooled],
+            xe[fooled],
+            xa[fooled],
+            covered,
+            attack="patch",
+            norm="patch",
+            eps=area,
+            bounds=model.bounds,
+        )
 
     @staticmethod
     def _plot(metrics: dict[str, float | None], goals: list[int | None]) -> Plot:

@@ -28,7 +28,7 @@ import torch
 
 from ...attacks.poisoning import POISONING_ATTACKS, PoisoningRun, clean_reference, run_poisoning
 from ...errors import UsageError
-from ..probe import AuditContext, RetrainingProbe, register_probe
+from ..probe import AuditContext, RetrainingProbe, register_probe, trigger_examples
 from ..result import Check, Example, Plot, ProbeResult, Series
 
 _RISK = {"high": 2, "medium": 1, "low": 0}
@@ -239,23 +239,15 @@ class PoisoningProbe(RetrainingProbe):
                 d.y_test != (run.poisoned.target if run.poisoned.target is not None else -1)
             ).flatten()[:k]
             x = d.x_test[keep]
-            x_t = trig.apply(x, torch.Generator().manual_seed(0))
-            with torch.no_grad(), run.model.attack_mode():
-                pred, pred_t = run.model.predict(x), run.model.predict(x_t)
-            for j, i in enumerate(keep.tolist()):
-                out.append(
-                    Example(
-                        index=int(i),
-                        label=int(d.y_test[i]),
-                        pred_clean=int(pred[j]),
-                        pred_adv=int(pred_t[j]),
-                        attack=f"{name} @ {rate:.1%}",
-                        norm="trigger",
-                        eps=None,
-                        perturbation=float((x_t[j] - x[j]).abs().max()),
-                        clean=x[j].tolist(),
-                        adversarial=x_t[j].tolist(),
-                        bounds=d.bounds,
-                    )
-                )
+            out += trigger_examples(
+                run.model,
+                keep.tolist(),
+                d.y_test[keep],
+                x,
+                trig.apply(x, torch.Generator().manual_seed(0)),
+                lambda diff: diff.abs().max(),
+                attack=f"{name} @ {rate:.1%}",
+                norm="trigger",
+                bounds=d.bounds,
+            )
         return out

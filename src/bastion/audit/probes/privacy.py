@@ -188,7 +188,7 @@ class PrivacyProbe(RetrainingProbe):
         metrics = _metrics(audit, dp)
         claim = audit["epsilon"] if dp is not None else None
         risk, verdict = _risk(claim, audit)
-        model_acc = float(ctx.model.predict(ctx.data.x_test).eq(ctx.data.y_test).double().mean())
+        model_acc = self.model_test_accuracy(ctx)
         assumptions = _assumptions(meta, dp, audit)
         return self.result(
             ctx,

@@ -37,7 +37,6 @@ from ...attacks import APGD, APGDT, EOT, FGSM, PGD, Ensemble
 from ...attacks.base import AttackResult
 from ...models.base import Classifier
 from ...models.wrapped import averages_randomness
-from ...threat import canonical_norm
 from ..probe import AuditContext, Probe, eps_curve, eps_key, pick_examples, register_probe, risk_from_ratio
 from ..result import Check, CheckStatus, Example, ProbeResult
 
@@ -70,12 +69,8 @@ class WhiteBoxProbe(Probe):
         "tolerance": 0.01,
     }
 
-    def skip_reason(self, ctx: AuditContext) -> str | None:
-        if not ctx.model.white_box:
-            return "the model is a black box (no gradients): see the black-box probe"
-        if canonical_norm(ctx.norm) not in ("linf", "l2"):
-            return f"white-box attacks here support linf and l2, not {ctx.norm}"
-        return None
+    needs_gradients = "the model is a black box (no gradients): see the black-box probe"
+    needs_lp_norm = "white-box attacks here support linf and l2, not {norm}"
 
     def _common(self, ctx: AuditContext, name: str, eps: float) -> dict[str, Any]:
         return {
