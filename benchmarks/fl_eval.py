@@ -13,16 +13,20 @@ the run ends, each with the machine and the run's full spec):
   accuracy within 3 points.
 - ``noniid`` (20 clients) and ``noniid50`` (50 clients): Dirichlet(0.5) over labels, 20 % malicious: the
   omniscient attacks ``none, alie, ipm, min-max, min-sum`` against ``fedavg, median, trimmed-mean, krum, fltrust``.
-- ``backdoor``: model replacement (from round ``rounds // 2 + 1``, boost clients / malicious), IID, against
-  ``fedavg, median, trimmed-mean, krum, fltrust, norm-clip`` (also in ``iid``; this section alone reruns it).
+- ``backdoor``: model replacement (from round ``rounds // 2 + 1``, boost clients / malicious; the attacker's own
+  recipe: lr / 5, 5 x the epochs, stamped copies of half its records; top-left trigger), IID, against every
+  aggregator (also in ``iid``; this section alone reruns it).
 - ``rest``: the remaining cells of the matrix (``label-flip`` and the omniscient attacks on IID data, and
   ``multi-krum``, ``bulyan``, ``norm-clip`` on non-IID data), when there is time.
+- ``full``: every attack against every aggregator, IID and Dirichlet(0.5) with 20 clients, and the omniscient
+  attacks against every aggregator with 50 (with ``--resume``: the cells no other section ran).
 
 Every run: mnist-cnn, 10 rounds, the clients' recipe of ``bastion.federated.FL_RECIPES`` (2 local epochs of SGD,
 lr 0.05, momentum 0.9, batch 32), seed 0; all clients train every round.
 
     OMP_NUM_THREADS=1 python benchmarks/fl_eval.py --out docs/bench-fl-2026-12-05.jsonl
     python benchmarks/fl_eval.py --only recipe --out /tmp/fl.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/fl_eval.py --only noniid50,rest --resume --out docs/bench-fl-2026-12-05.jsonl
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ from bastion.federated import FLSpec
 from bastion.federated.simulate import simulate
 
 AGGS = ["fedavg", "median", "trimmed-mean", "krum", "fltrust"]
+ALL_AGGS = [*AGGS, "multi-krum", "bulyan", "norm-clip"]
 OMNISCIENT = ["none", "alie", "ipm", "min-max", "min-sum"]
+ATTACKS = ["none", "sign-flip", "gaussian", "label-flip", "backdoor", "alie", "ipm", "min-max", "min-sum"]
 
 
 def _sections(rounds: int) -> dict[str, list[FLSpec]]:
@@ -57,7 +63,9 @@ def _sections(rounds: int) -> dict[str, list[FLSpec]]:
         ],
         "noniid": [noniid.replace(attack=a, aggregator=g) for a in OMNISCIENT for g in AGGS],
         "noniid50": [noniid.replace(clients=50, attack=a, aggregator=g) for a in OMNISCIENT for g in AGGS],
-        "backdoor": [iid.replace(attack="backdoor", aggregator=g) for g in [*AGGS, "norm-clip"]],
+        "backdoor": [
+            iid.replace(attack="backdoor", aggregator=g) for g in [*AGGS, "norm-clip", "multi-krum", "bulyan"]
+        ],
         "rest": [
             iid.replace(attack=a, aggregator=g)
             for a in ["label-flip", "alie", "ipm", "min-max", "min-sum"]
@@ -69,6 +77,8 @@ def _sections(rounds: int) -> dict[str, list[FLSpec]]:
             for g in ["multi-krum", "bulyan"]
         ]
         + [noniid.replace(attack=a, aggregator=g) for a in OMNISCIENT for g in ["multi-krum", "bulyan", "norm-clip"]],
+        "full": [split.replace(attack=a, aggregator=g) for split in (iid, noniid) for a in ATTACKS for g in ALL_AGGS]
+        + [noniid.replace(clients=50, attack=a, aggregator=g) for a in OMNISCIENT for g in ALL_AGGS],
     }
 
 
@@ -82,15 +92,28 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _done(out: str) -> set[str]:
+    """The specs (as canonical JSON) that ``out`` already has a result for; superseded sections do not count."""
+    if not os.path.exists(out):
+        return set()
+    with open(out) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return {FLSpec.from_dict(d["spec"]).to_json() for d in lines if "superseded" not in d.get("section", "")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="recipe,iid,noniid,noniid50,rest", help="comma-separated sections, in order")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--out", default=None, help="append JSON lines here")
+    ap.add_argument(
+        "--resume", action="store_true", help="skip the runs whose spec already has a line in --out (any section)"
+    )
     args = ap.parse_args()
     machine = _machine()
     sections = _sections(args.rounds)
+    done = _done(args.out) if args.resume and args.out else set()
 
     def emit(section: str) -> Any:
         def write(result: dict[str, Any]) -> None:
@@ -108,8 +131,10 @@ def main() -> None:
         return write
 
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+        todo = [spec for spec in sections[name] if spec.to_json() not in done]
+        print(f"# section {name}: {len(todo)} of {len(sections[name])} runs to do", flush=True)
         t0 = time.perf_counter()
-        simulate(sections[name], workers=args.workers, on_result=emit(name))
+        simulate(todo, workers=args.workers, on_result=emit(name))
         print(f"# section {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 

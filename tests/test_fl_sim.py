@@ -3,7 +3,8 @@
 One Flower simulation (one Ray start) runs a small matrix on ``digits`` (10 clients, 2 malicious, 5 rounds of
 the digits-mlp recipe); the tests read its numbers. Measured here: attack-free FedAvg 0.867, sign flipping drops
 FedAvg to 0.08 while median / Krum / FLTrust stay within 4 points of their own attack-free runs; model replacement
-reaches backdoor ASR 1.0 on FedAvg and stays below 0.02 under norm clipping and FLTrust.
+(the attacker's own recipe, stamped copies added) reaches backdoor ASR 0.994 on FedAvg at 0.917 accuracy — a
+stealthy backdoor, not sabotage — and stays below 0.04 under norm clipping and FLTrust.
 """
 
 from __future__ import annotations
@@ -114,7 +115,10 @@ def test_aggregators_record_the_weight_given_to_malicious_clients(runs: dict) ->
 
 
 def test_model_replacement_backdoors_fedavg_and_clipping_or_fltrust_stop_it(runs: dict) -> None:
-    assert runs[("backdoor", "fedavg")]["backdoor_asr"] >= 0.9
+    replaced = runs[("backdoor", "fedavg")]
+    assert replaced["backdoor_asr"] >= 0.9
+    # stealthy: the replaced model still does the main task (a diverged attacker sends everything to the target)
+    assert replaced["final_accuracy"] >= runs[("none", "fedavg")]["final_accuracy"] - 0.05
     for agg in ("norm-clip", "fltrust"):
         r = runs[("backdoor", agg)]
         assert r["backdoor_asr"] < 0.2, agg
