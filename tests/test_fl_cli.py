@@ -68,6 +68,10 @@ def test_matrix_writes_the_report(tmp_path: Path) -> None:
         (["simulate", "--out", "/no/such/folder/run.json"], "does not exist"),
         (["simulate", "--arch", "digits-mlp", "--data", "mnist5k"], "architecture 'digits-mlp' takes"),
         (["matrix", "--attacks", "ipm", "--aggregators", "fedavg", "--out", __file__], "is a file"),
+        (["simulate", "--ray", "127.0.0.1:9"], "cannot reach a Ray cluster at 127.0.0.1:9"),
+        (["matrix", "--attacks", "ipm", "--aggregators", "fedavg", "--out", "m", "--ray", "nope"], "HOST:PORT"),
+        (["simulate", "--ray", "127.0.0.1:9", "--workers", "2"], "on a Ray cluster the clients use its CPUs"),
+        (["simulate", "--deploy", "--workers", "2"], "--deploy runs its own superlink"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_before_any_work(

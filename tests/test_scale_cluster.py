@@ -122,3 +122,34 @@ def test_a_killed_worker_loses_nothing_and_the_report_is_the_single_process_one(
                       seed=3, model_spec="zoo:mnist-cnn", data_spec="mnist5k")  # fmt: skip
     assert alone["scale"]["backend"] == "serial"
     assert _comparable(sharded) == _comparable(json.loads(json.dumps(alone)))
+
+
+def test_a_federated_matrix_runs_its_clients_on_the_cluster_with_the_local_numbers(cluster) -> None:
+    from bastion.federated import FLSpec
+    from bastion.federated.simulate import simulate
+
+    base = FLSpec(arch="digits-mlp", data="digits", clients=4, malicious=0.25, rounds=2)
+    cells = [base.replace(attack="none", malicious=0.0), base.replace(attack="sign-flip", aggregator="median")]
+    on_cluster = simulate(cells, address=cluster)
+    local = simulate(cells, workers=2)
+
+    def curves(results: list[dict]) -> list[list[float]]:
+        return [[e["accuracy"] for e in r["rounds"]] for r in results]
+
+    assert curves(on_cluster) == curves(local)
+    assert on_cluster[0]["final_accuracy"] > 0.5  # the federation learned (digits-mlp, 2 rounds)
+    # and from the command line: `bastion fl simulate --ray`
+    bastion = Path(sys.executable).with_name("bastion")
+    args = ["--arch", "digits-mlp", "--data", "digits", "--clients", "4", "--malicious", "0.25", "--rounds", "2",
+            "--attack", "sign-flip", "--aggregator", "median", "--ray", cluster, "--json"]  # fmt: skip
+    run = subprocess.run([str(bastion), "fl", "simulate", *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert curves([json.loads(run.stdout)]) == curves(local[1:])
+    # the clients ran as actors of the cluster, not of a local Ray started for the run
+    assert _cluster_ran_flower_actors(cluster)
+
+
+def _cluster_ran_flower_actors(address: str) -> bool:
+    """The cluster's own worker logs (under its --temp-dir) name Flower's client actors."""
+    logs = Path(f"/tmp/rayc-{address.rsplit(':', 1)[1]}/session_latest/logs")
+    return any("ClientAppActor" in f.read_text(errors="replace") for f in logs.glob("worker-*.out"))

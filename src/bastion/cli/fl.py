@@ -4,12 +4,14 @@ engine (:mod:`bastion.federated`; the ``federated`` extra)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from .common import check_output_file, echo_json, emit, json_default, log, refuse
+from .groups import OptionGroup, expand_groups
 
 SIMULATE_KEYS = ("final_accuracy", "clean_run_accuracy", "backdoor_asr", "rounds", "spec", "seconds")
 
@@ -30,14 +32,55 @@ Boost = Annotated[
         "model-replacement scale (default clients / malicious).",
     ),
 ]
-Params = Annotated[list[str] | None, typer.Option("--param", help="An attack option KEY=VALUE (repeatable).")]
+Params = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        help="An attack option KEY=VALUE (repeatable). backdoor: target, fraction, size, location, start, lr, epochs.",
+    ),
+]
 AggParams = Annotated[
     list[str] | None, typer.Option("--agg-param", help="An aggregator option KEY=VALUE (repeatable).")
 ]
 LocalEpochs = Annotated[int | None, typer.Option("--local-epochs", help="Client epochs per round (default: recipe).")]
 Lr = Annotated[float | None, typer.Option("--lr", help="Client SGD learning rate (default: the recipe's).")]
 Workers = Annotated[int | None, typer.Option("--workers", help="CPUs the simulation may use (default: all).")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="HOST:PORT of a Ray cluster (`ray start --head`): the clients run there as Flower's actors, with the "
+        "local numbers (the ray extra on every node).",
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object: " + ", ".join(SIMULATE_KEYS))]
+
+
+@dataclass(frozen=True)
+class Federation(OptionGroup):
+    """The federated setting both commands take: architecture, data, clients, rounds, split, seed, client training."""
+
+    arch: ArchOpt = "mnist-cnn"
+    data: DataOpt = "mnist5k"
+    clients: Clients = 20
+    malicious: Malicious = 0.2
+    rounds: Rounds = 10
+    alpha: Alpha = None
+    seed: Seed = 0
+    local_epochs: LocalEpochs = None
+    lr: Lr = None
+
+    def base(self) -> Any:
+        """The attack-free run of these settings: the architecture's client recipe with the flags' overrides."""
+        from ..federated.spec import FL_RECIPES, FLSpec, LocalRecipe
+
+        recipe = FL_RECIPES.get(self.arch, LocalRecipe())
+        if self.local_epochs is not None or self.lr is not None:
+            recipe = LocalRecipe(
+                self.local_epochs or recipe.epochs, recipe.batch_size, self.lr or recipe.lr, recipe.momentum
+            )
+        return FLSpec(arch=self.arch, data=self.data, clients=self.clients, malicious=self.malicious,
+                      rounds=self.rounds, alpha=self.alpha, seed=self.seed, local=recipe)  # fmt: skip
 
 
 def _params(items: list[str] | None, option: str) -> dict[str, Any]:
@@ -63,20 +106,6 @@ def _simulate_module() -> Any:
     return simulate
 
 
-def _base(
-    arch: str, data: str, clients: int, malicious: float, rounds: int, alpha: float | None, seed: int,
-    local_epochs: int | None, lr: float | None,
-) -> Any:  # fmt: skip
-    """The attack-free run of these settings: the architecture's client recipe with the flags' overrides."""
-    from ..federated.spec import FL_RECIPES, FLSpec, LocalRecipe
-
-    recipe = FL_RECIPES.get(arch, LocalRecipe())
-    if local_epochs is not None or lr is not None:
-        recipe = LocalRecipe(local_epochs or recipe.epochs, recipe.batch_size, lr or recipe.lr, recipe.momentum)
-    return FLSpec(arch=arch, data=data, clients=clients, malicious=malicious, rounds=rounds, alpha=alpha, seed=seed,
-                  local=recipe)  # fmt: skip
-
-
 def _attacked(base: Any, attack: str, aggregator: str, params: dict[str, Any], boost: float | None = None) -> Any:
     """``base`` with an attack (its options, ``--boost`` where it applies) and an aggregator."""
     if boost is not None:
@@ -94,11 +123,9 @@ def _progress(result: dict[str, Any]) -> None:
     )
 
 
+@expand_groups
 def fl_simulate(
-    arch: ArchOpt = "mnist-cnn",
-    data: DataOpt = "mnist5k",
-    clients: Clients = 20,
-    malicious: Malicious = 0.2,
+    fed: Federation = Federation(),
     attack: Annotated[
         str,
         typer.Option("--attack", help="none, label-flip, backdoor, sign-flip, gaussian, alie, ipm, min-max, min-sum."),
@@ -109,18 +136,14 @@ def fl_simulate(
             "--aggregator", help="fedavg, krum, multi-krum, bulyan, median, trimmed-mean, fltrust, norm-clip."
         ),
     ] = "fedavg",
-    rounds: Rounds = 10,
-    alpha: Alpha = None,
-    seed: Seed = 0,
     boost: Boost = None,
     param: Params = None,
     agg_param: AggParams = None,
-    local_epochs: LocalEpochs = None,
-    lr: Lr = None,
     baseline: Annotated[
         bool, typer.Option("--baseline", help="Also run the aggregator attack-free (clean_run_accuracy).")
     ] = False,
     workers: Workers = None,
+    ray: RayAddress = None,
     deploy: Annotated[
         bool,
         typer.Option(
@@ -135,23 +158,25 @@ def fl_simulate(
     """One federated run on Flower's simulation engine: malicious clients attack, the aggregator defends."""
     simulate = _simulate_module()
     out_path = check_output_file(out, "--out") if out else None
-    base = _base(arch, data, clients, malicious, rounds, alpha, seed, local_epochs, lr)
-    base = base.replace(aggregator_params=_params(agg_param, "--agg-param"))
+    base = fed.base().replace(aggregator_params=_params(agg_param, "--agg-param"))
     specs = [_attacked(base, attack, aggregator, _params(param, "--param"), boost)]
     if baseline and attack != "none":
         specs.append(_attacked(base, "none", aggregator, {}))
     log(
-        f"federated run: {clients} clients ({specs[0].n_malicious} malicious), {rounds} rounds, "
-        f"{'IID' if alpha is None else f'Dirichlet({alpha})'} split of {data}, {arch}"
+        f"federated run: {fed.clients} clients ({specs[0].n_malicious} malicious), {fed.rounds} rounds, "
+        f"{'IID' if fed.alpha is None else f'Dirichlet({fed.alpha})'} split of {fed.data}, {fed.arch}"
     )
     if deploy:
         from ..federated.deploy import run_deployed
+
+        if ray is not None or workers is not None:
+            refuse("--deploy runs its own superlink and supernodes: drop --ray / --workers")
 
         results = run_deployed(specs)
         for r in results:
             _progress(r)
     else:
-        results = simulate.simulate(specs, workers=workers, on_result=_progress)
+        results = simulate.simulate(specs, workers=workers, address=ray, on_result=_progress)
     report = dict(results[0])
     if len(results) > 1:
         report["clean_run_accuracy"] = results[1]["final_accuracy"]
@@ -178,22 +203,16 @@ def _names(text: str, option: str) -> list[str]:
     return names
 
 
+@expand_groups
 def fl_matrix(
     attacks: Annotated[
         str, typer.Option("--attacks", help="Comma-separated attacks (each aggregator's attack-free run is added).")
     ],
     aggregators: Annotated[str, typer.Option("--aggregators", help="Comma-separated aggregators.")],
     out: Annotated[str, typer.Option("--out", help="Folder for the report (index.html, matrix.json).")],
-    arch: ArchOpt = "mnist-cnn",
-    data: DataOpt = "mnist5k",
-    clients: Clients = 20,
-    malicious: Malicious = 0.2,
-    rounds: Rounds = 10,
-    alpha: Alpha = None,
-    seed: Seed = 0,
-    local_epochs: LocalEpochs = None,
-    lr: Lr = None,
+    fed: Federation = Federation(),
     workers: Workers = None,
+    ray: RayAddress = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the matrix table as one JSON object.")] = False,
 ) -> None:
     """Every attack against every aggregator (plus attack-free runs), one Flower simulation; an HTML/JSON report."""
@@ -204,11 +223,11 @@ def fl_matrix(
     if out_dir.exists() and not out_dir.is_dir():
         refuse(f"--out: {out} is a file; give a folder")
     check_output_file(str(out_dir / "matrix.json") if out_dir.exists() else str(out_dir), "--out")
-    base = _base(arch, data, clients, malicious, rounds, alpha, seed, local_epochs, lr)
+    base = fed.base()
     attack_list = ["none"] + [a for a in _names(attacks, "--attacks") if a != "none"]
     specs = [_attacked(base, a, g, {}) for a in attack_list for g in _names(aggregators, "--aggregators")]
     log(f"federated matrix: {len(specs)} runs ({len(attack_list) - 1} attacks + attack-free, x aggregators)")
-    results = simulate.simulate(specs, workers=workers, on_result=_progress)
+    results = simulate.simulate(specs, workers=workers, address=ray, on_result=_progress)
     paths = write_matrix_report(results, out_dir)
     if as_json:
         echo_json(matrix_table(results))

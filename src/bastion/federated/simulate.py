@@ -4,6 +4,14 @@
 matrix — in as few Flower simulations as possible: runs with the same number of clients share one
 simulation (one Ray start; the ``ServerApp`` runs them one after another on the same virtual supernodes),
 which is what makes a 60-cell matrix affordable on a laptop.
+
+On a Ray cluster (``address``: what ``ray start --head`` printed), Flower's Ray backend joins the cluster instead
+of starting a local Ray, and the clients' actors run on its nodes: a round's clients train in parallel across the
+machines, and the numbers are the local run's (every client seeds its training from the run's seed, its
+partition and the round). Cells stay one after another:
+Flower sizes a simulation's actor pool from every CPU of the cluster (``pool_size_from_resources`` over
+``ray.nodes()``) and gives clients to actors Ray has not scheduled yet, so two simulations in flight each claim the
+whole cluster and can wait on each other's actors (docs/federated.md).
 """
 
 from __future__ import annotations
@@ -39,13 +47,16 @@ def simulate(
     specs: FLSpec | Sequence[FLSpec],
     *,
     workers: int | None = None,
+    address: str | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``specs`` in Flower's simulation engine; one result dict per spec, in order.
 
     Args:
-        workers: CPUs Ray may use (one client at a time per CPU); default all.
+        workers: CPUs a local Ray may use (one client at a time per CPU); default all.
+        address: a Ray cluster's HOST:PORT: the clients run on it (checked first: reachable, bastion importable
+            in the same version on its workers); ``workers`` does not apply then.
         on_result: called with each result as soon as its run ends (progress, incremental reports).
         verbose: keep Flower's and Ray's logs (quiet by default).
     """
@@ -60,6 +71,10 @@ def simulate(
         _check(specs)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UsageError(f"workers must be a whole number >= 1, got {workers!r}")
+    if address is not None:
+        if workers is not None:
+            raise UsageError("workers caps a local simulation's CPUs; on a Ray cluster the clients use its CPUs")
+        _check_cluster(address)
     results: dict[int, dict[str, Any]] = {}
     by_clients: dict[int, list[int]] = {}
     for i, s in enumerate(specs):
@@ -72,10 +87,8 @@ def simulate(
             if on_result is not None:
                 on_result(result)
 
-        backend: dict[str, Any] = {
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": workers or os.cpu_count() or 1, "include_dashboard": False},
-        }
+        init: dict[str, Any] = {"num_cpus": workers or os.cpu_count() or 1} if address is None else {"address": address}
+        backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init}
         with _quiet(verbose):
             run_simulation(
                 server_app=make_server_app([specs[i] for i in idx], keep),
@@ -90,6 +103,14 @@ def simulate(
             )
         results.update(zip(idx, got, strict=True))
     return [results[i] for i in range(len(specs))]
+
+
+def _check_cluster(address: str) -> None:
+    """Refuse, in one line and before Flower starts, a cluster that is not there or cannot run bastion's clients
+    (the scale executor's checks); Flower then joins it itself (and leaves it, not stops it, at the end)."""
+    from ..scale.ray_backend import RayExecutor
+
+    RayExecutor(address=address).close()
 
 
 class _quiet:
