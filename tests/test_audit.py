@@ -323,6 +323,33 @@ def test_a_probe_that_raises_is_recorded_and_the_audit_goes_on(tmp_path, digits_
         PROBES.unregister("test-broken")
 
 
+def test_a_probe_declares_its_identity_as_class_keywords():
+    @register_probe
+    class KeywordProbe(Probe, name="test-keywords", title="Keywords", threat="test / keywords"):
+        defaults: ClassVar[dict[str, Any]] = {"k": 1}
+
+    class Attributes(Probe):  # the attribute form, as third-party probes write it
+        name = "test-attributes"
+        title = "Attributes"
+
+    class Both(Attributes, title="Keyword wins"):
+        pass
+
+    try:
+        assert PROBES.get("test-keywords") is KeywordProbe
+        assert (KeywordProbe.name, KeywordProbe.title, KeywordProbe.threat) == (
+            "test-keywords",
+            "Keywords",
+            "test / keywords",
+        )
+        assert (Attributes.name, Attributes.title, Attributes.threat) == ("test-attributes", "Attributes", "")
+        assert (Both.name, Both.title) == ("test-attributes", "Keyword wins")
+        assert (Probe.name, Probe.title, Probe.threat) == ("probe", "probe", "")
+        assert KeywordProbe(k=2).params == {"k": 2}
+    finally:
+        PROBES.unregister("test-keywords")
+
+
 # -- a resumed report's time --------------------------------------------------------------------------------
 def test_a_resumed_report_counts_the_seconds_of_the_probes_run_before(tmp_path, digits_mlp, digits):
     out = tmp_path / "run"

@@ -1,34 +1,45 @@
 """One registry helper for every name the CLI, the audit and the service resolve.
 
 Attacks (``"pgd"``), detectors (``"mahalanobis"``), audit probes (``"whitebox"``), architectures
-(``"mnist-cnn"``), adversarial-training inner steps and, next, poisoning, inference, extraction and
-aggregation methods are each kept in a :class:`Registry`: a read-only mapping from a canonical name to
-the registered object, with one way in (:meth:`Registry.register`, also a decorator) that refuses a
-duplicate unless asked to replace it, and one way out (:meth:`Registry.get`) whose error lists what is
-registered and suggests the closest name.
+(``"mnist-cnn"``), adversarial-training inner steps, poisoning, inference and extraction attacks, sanitisers,
+output policies and aggregation methods are each kept in a :class:`Registry`: a read-only mapping from a
+canonical name to the registered object, with one way in (:meth:`Registry.register`, also a decorator;
+:meth:`Registry.named` for a class that learns its name) that refuses a duplicate unless asked to replace it,
+one way out (:meth:`Registry.get`) whose error lists what is registered and suggests the closest name, and
+:meth:`Registry.create`, which builds what is registered from keyword arguments. Each family keeps its own
+``register_x`` decorator and ``get_x`` builder (documented for that family) on top of these.
 
     >>> shapes = Registry("shape")
     >>> @shapes.register("square")
-    ... class Square: ...
+    ... class Square:
+    ...     def __init__(self, side=1.0):
+    ...         self.side = side
     >>> shapes.get("Square ") is Square
     True
+    >>> shapes.create("square", side=2.0).side
+    2.0
     >>> shapes.get("sqare")
     Traceback (most recent call last):
     ...
     bastion.errors.UsageError: unknown shape 'sqare' (did you mean 'square'?): choose one of square
+
+The plug-ins themselves share :class:`Configured`: ``params()`` (the constructor arguments, for reports) and
+a scikit-learn style ``repr`` built from them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from .errors import UsageError
 
-__all__ = ["Registry"]
+__all__ = ["Configured", "Registry"]
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -105,6 +116,17 @@ class Registry(Mapping[str, T], Generic[T]):
             raise self.unknown(name)
         return self._items[key]
 
+    @overload
+    def create(self: Registry[type[C]], name: str, /, **kwargs: Any) -> C: ...
+
+    @overload
+    def create(self: Registry[Callable[..., C]], name: str, /, **kwargs: Any) -> C: ...
+
+    def create(self: Registry[Any], name: str, /, **kwargs: Any) -> Any:
+        """Build what is registered under ``name`` (a class or a factory) with ``kwargs``: ``get(name)(**kwargs)``,
+        e.g. ``ATTACKS.create("pgd", eps=0.3)``; an unknown name raises :class:`UsageError` with the choices."""
+        return self.get(name)(**kwargs)
+
     def unknown(self, name: str) -> UsageError:
         """The error for an unknown ``name``: the closest registered name, then every choice."""
         key = self.canonical(name) if isinstance(name, str) else str(name)
@@ -130,3 +152,30 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+class Configured:
+    """Mixin of the configurable plug-ins (attacks, detectors, sanitisers, ...): :meth:`params` and a scikit-learn
+    style ``repr``, ``Name(arg=value, ...)``, built from it.
+
+    The parameters are a dataclass's ``init`` fields (less those with ``repr=False``), else the public instance
+    attributes (no leading or trailing underscore: fitted state such as ``threshold_`` is left out); a
+    ``generator`` never is (it is state, not configuration).
+    """
+
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments, as given (for reports; a ``generator`` is left out)."""
+        if dataclasses.is_dataclass(self):
+            names = [f.name for f in dataclasses.fields(self) if f.init and f.repr]
+        else:
+            names = [k for k in vars(self) if not k.startswith("_") and not k.endswith("_")]
+        return {k: getattr(self, k) for k in names if k != "generator"}
+
+    @staticmethod
+    def _param_repr(value: Any) -> str:
+        """How ``repr`` shows one parameter's value (a subclass may abbreviate, e.g. a tensor by its shape)."""
+        return repr(value)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={self._param_repr(v)}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"

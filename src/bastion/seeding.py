@@ -7,7 +7,7 @@ import hashlib
 
 import torch
 
-__all__ = ["derive_seed", "make_generator"]
+__all__ = ["derive_seed", "draw_seed", "make_generator"]
 
 
 def make_generator(
@@ -22,6 +22,12 @@ def make_generator(
     else:
         g.manual_seed(int(seed))
     return g
+
+
+def draw_seed(generator: torch.Generator, device: torch.device | str | None = None) -> int:
+    """A seed in [0, 2**31 - 1) drawn from ``generator`` (one ``randint`` draw, on ``device`` when the generator
+    lives there): how a seeded component seeds one of its own (a copy's initialisation, a trainer's shuffling)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
 
 
 def derive_seed(seed: int, *parts: object, bits: int = 64) -> int:

@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import metrics
 from ..errors import UsageError
 from ..models.base import Classifier, validate_inputs
-from ..registry import Registry
+from ..registry import Configured, Registry
 from ..seeding import make_generator
 from ..threat import ThreatModel, canonical_norm
 
@@ -129,13 +129,12 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 def register(name: str, *, replace: bool = False) -> Callable[[type[Attack]], type[Attack]]:
     """Class decorator adding an attack to :data:`ATTACKS` under ``name`` (a taken name is refused unless
     ``replace=True``)."""
-
     return ATTACKS.named(name, replace=replace)
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:
     """Build a registered attack by name, e.g. ``get_attack('pgd', eps=0.3)``."""
-    return ATTACKS.get(name)(**kwargs)
+    return ATTACKS.create(name, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -179,7 +178,7 @@ def positive(default: Any, *, integer: bool = False, allow_zero: bool = False) -
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
-class Attack:
+class Attack(Configured):
     """Base class of evasion attacks.
 
     Attacks are keyword-only dataclasses, like the poisoning attacks: a subclass declares only its own
@@ -341,14 +340,6 @@ class Attack:
                 extra={**budget.extra, **{k: torch.cat(v) for k, v in budget.per_sample.items()}},
             )
         )
-
-    def params(self) -> dict[str, Any]:
-        """The constructor arguments, as given (for reports; the generator is left out)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "generator"}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
 
 
 @dataclass(kw_only=True, eq=False, repr=False)

@@ -136,9 +136,17 @@ class AuditContext:
 class Probe:
     """Base class of audit probes.
 
-    Subclasses set ``name`` (registry key), ``title``, ``threat`` and ``defaults`` (every parameter,
-    with its default; the profile overrides some), and implement :meth:`run`. :meth:`skip_reason`
-    returns why the probe does not apply, or ``None``.
+    A subclass declares its identity — ``name`` (registry key), ``title`` and ``threat`` — as class keywords, and
+    ``defaults`` (every parameter, with its default; the profile overrides some) in its body, and implements
+    :meth:`run`::
+
+        @register_probe
+        class MarginProbe(Probe, name="margin", title="Logit margin", threat="evasion / margin"):
+            # its docstring here: what it measures, how it decides risk and checks, each parameter of defaults
+            defaults: ClassVar[dict[str, Any]] = {"quantile": 0.5}
+
+    ``name``, ``title`` and ``threat`` set as class attributes in the body work the same (a keyword given as
+    well takes precedence). :meth:`skip_reason` returns why the probe does not apply, or ``None``.
 
     The common requirements are declared, each by the skip reason given when it is not met, and the base
     :meth:`skip_reason` checks them in this order: ``needs_model`` (a classifier type and the reason: the
@@ -155,6 +163,18 @@ class Probe:
     needs_images: ClassVar[str | None] = None
     needs_gradients: ClassVar[str | None] = None
     needs_lp_norm: ClassVar[str | None] = None
+
+    def __init_subclass__(
+        cls, *, name: str | None = None, title: str | None = None, threat: str | None = None, **kw: Any
+    ) -> None:
+        """Set the identity given as class keywords (``class P(Probe, name=..., title=..., threat=...)``)."""
+        super().__init_subclass__(**kw)
+        if name is not None:
+            cls.name = name
+        if title is not None:
+            cls.title = title
+        if threat is not None:
+            cls.threat = threat
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.defaults)

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from .common import Data, LoadOptions, Model, check_output_file, echo_json, load_model_and_data, progress_bar
+from .common import Data, LoadOptions, Model, check_output_file, echo_json, json_help, load_model_and_data, progress_bar
 from .common import fail as _fail
 from .common import log as _log
 from .groups import OptionGroup, expand_groups
@@ -76,11 +76,7 @@ BatchSize = Annotated[
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the attack's random generator.")]
 AsJson = Annotated[
     bool,
-    typer.Option(
-        "--json",
-        help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ", n_inputs (+ snapped_records with "
-        "--constraints).",
-    ),
+    typer.Option("--json", help=json_help((*JSON_KEYS, "n_inputs"), " (+ snapped_records with --constraints).")),
 ]
 
 

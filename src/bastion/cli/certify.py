@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import Data, LoadOptions, Model, check_output_file, emit, parse_numbers, progress_bar, refuse
+from .common import Data, LoadOptions, Model, check_output_file, emit, json_help, parse_numbers, progress_bar, refuse
 from .common import load_model_and_data as _load
 from .groups import OptionGroup, expand_groups
 from .scaleopts import ScaleOptions, executor_for
@@ -31,7 +31,7 @@ BatchSize = Annotated[
 Out = Annotated[
     str | None, typer.Option("--out", "-o", help="Write one row per input (TSV: idx label predict radius correct).")
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
+AsJson = Annotated[bool, typer.Option("--json", help=json_help(JSON_KEYS))]
 
 
 @dataclass(frozen=True)

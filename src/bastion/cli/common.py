@@ -11,7 +11,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -32,6 +32,7 @@ __all__ = [
     "LoadOptions",
     "Model",
     "NClasses",
+    "RecipeEpochs",
     "check_output_file",
     "echo_json",
     "emit",
@@ -39,6 +40,7 @@ __all__ = [
     "finite",
     "flagged",
     "json_default",
+    "json_help",
     "load_arch_data",
     "load_data_option",
     "load_model_and_data",
@@ -88,6 +90,9 @@ Arch = Annotated[str | None, typer.Option("--arch", help=ARCH_HELP)]
 InputShape = Annotated[str | None, typer.Option("--input-shape", help=INPUT_SHAPE_HELP)]
 NClasses = Annotated[int | None, typer.Option("--n-classes", help=N_CLASSES_HELP)]
 LabelColumn = Annotated[str | None, typer.Option("--label-column", help=LABEL_COLUMN_HELP)]
+
+# the epochs of a registered architecture's zoo recipe (`bastion train --arch`, `bastion privacy --arch`)
+RecipeEpochs = Annotated[int | None, typer.Option("--epochs", help="Override the architecture recipe's epochs.")]
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,12 @@ def load_arch_data(data: str, arch: str, *, label_column: str | None, say: Calla
     if tuple(ds.input_shape) != tuple(spec.input_shape):
         refuse(f"--data: {data} has inputs of shape {tuple(ds.input_shape)} but {arch} takes {spec.input_shape}")
     return ds
+
+
+def json_help(keys: Iterable[str], end: str = ".") -> str:
+    """The help of a ``--json`` that prints one object: "Print exactly one JSON object: " and the ``keys`` it always
+    has, then ``end`` (e.g. ``" (+ metrics with training)."``)."""
+    return "Print exactly one JSON object: " + ", ".join(keys) + end
 
 
 def echo_json(record: Any, *, default: Callable[[Any], Any] | None = json_default, finite_values: bool = False) -> None:

@@ -39,21 +39,31 @@ Secure = Annotated[
 
 
 @dataclass(frozen=True)
-class DPOptions(OptionGroup):
-    """The command line's DP-SGD options (``None``: the architecture's DP recipe decides); one parameter of
-    ``bastion harden``."""
+class DPBudget(OptionGroup):
+    """What DP-SGD aims at: the target epsilon and delta and the clipping norm (``None``: the architecture's DP
+    recipe decides); the options ``bastion harden --defense dp-sgd`` and ``bastion privacy audit`` share."""
 
     epsilon: Epsilon = None
     delta: Delta = None
     max_grad_norm: MaxGradNorm = None
+
+    def flags(self) -> dict[str, Any]:
+        """The options by their flags (``--max-grad-norm``), in order."""
+        return {f"--{k.replace('_', '-')}": v for k, v in self.named().items()}
+
+
+@dataclass(frozen=True)
+class DPOptions(DPBudget):
+    """The command line's DP-SGD options (``None``: the architecture's DP recipe decides); one parameter of
+    ``bastion harden``."""
+
     noise_multiplier: NoiseMultiplier = None
     accountant: Accountant = None
     secure: Secure = False
 
     def refuse_given(self) -> None:
         """Refuse the DP-only options when another defence was chosen."""
-        named = {f"--{k.replace('_', '-')}": v for k, v in self.named().items()}
-        named["--secure"] = self.secure or None
+        named = self.flags() | {"--secure": self.secure or None}
         given = [k for k, v in named.items() if v is not None]
         if given:
             refuse(f"{', '.join(given)}: only for --defense dp-sgd")

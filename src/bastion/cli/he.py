@@ -7,6 +7,7 @@ TenSEAL baseline, ``inspect`` says what encrypted inference of a model needs (or
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
@@ -19,11 +20,13 @@ from .common import (
     check_output_file,
     echo_json,
     emit,
+    json_help,
     load_data_option,
     load_model_option,
     refuse,
 )
 from .common import log as _log
+from .groups import OptionGroup, expand_groups
 
 BENCH_KEYS = ("agreement", "max_abs_error", "seconds_per_sample", "seconds_per_batch", "n", "naive_seconds_per_sample")
 
@@ -39,9 +42,23 @@ Epochs = Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs after 
 Lr = Annotated[float | None, typer.Option("--lr", help="Fine-tuning learning rate (default: the recipe's).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning's shuffling.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")]
-BenchJson = Annotated[
-    bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(BENCH_KEYS) + ", ...")
-]
+BenchJson = Annotated[bool, typer.Option("--json", help=json_help(BENCH_KEYS, ", ..."))]
+
+
+@dataclass(frozen=True)
+class FineTuning(OptionGroup):
+    """How ``he convert`` fine-tunes the converted network (one parameter of the command)."""
+
+    epochs: Epochs = 5
+    lr: Lr = None
+    seed: Seed = 0
+
+    def check(self) -> None:
+        """Refuse --epochs below 1 and an --lr that is not positive."""
+        if self.epochs < 1:
+            refuse(f"--epochs must be >= 1, got {self.epochs}")
+        if self.lr is not None and not self.lr > 0:
+            refuse(f"--lr must be > 0, got {self.lr}")
 
 
 def _torch_model(spec: str, arch: str | None, log: Any) -> Any:
@@ -111,11 +128,7 @@ def he_bench_cmd(
 
 
 def _print_bench(r: dict[str, Any]) -> None:
-    p = r["params"]
-    typer.echo(
-        f"CKKS N={p['poly_modulus_degree']}, primes {p['coeff_mod_bit_sizes']}, scale 2^{p['scale_bits']}, "
-        f"{r['security_bits']}-bit security, depth {r['depth']}, {r['slots']} samples per ciphertext"
-    )
+    typer.echo(f"CKKS {_ckks(r)}, depth {r['depth']}, {r['slots']} samples per ciphertext")
     typer.echo(f"agreement with the plaintext model: {r['agreement']:.4f} on {r['n']} inputs")
     if "encrypted_accuracy" in r:
         typer.echo(f"accuracy: plaintext {r['plain_accuracy']:.4f}, encrypted {r['encrypted_accuracy']:.4f}")
@@ -137,6 +150,17 @@ def _print_bench(r: dict[str, Any]) -> None:
         )
 
 
+def _ckks(summary: dict[str, Any], *, bits: bool = False) -> str:
+    """The CKKS parameters of a compiled model's summary, and their security (``bits``: with the modulus bits used
+    of the most that 128-bit security allows)."""
+    p = summary["params"]
+    used = f" ({p['total_bits']} of {p['max_bits_128']} bits)" if bits else ""
+    return (
+        f"N={p['poly_modulus_degree']}, primes {p['coeff_mod_bit_sizes']}{used}, scale 2^{p['scale_bits']}, "
+        f"{summary['security_bits']}-bit security"
+    )
+
+
 def he_inspect(model: Model, arch: Arch = None, as_json: AsJson = False) -> None:
     """What encrypted inference of the model needs: multiplicative depth, 128-bit-secure CKKS parameters, slots,
     plaintext multiplications and the compiled layers. A layer CKKS cannot evaluate (ReLU, max pooling) is named,
@@ -148,25 +172,19 @@ def he_inspect(model: Model, arch: Arch = None, as_json: AsJson = False) -> None
     if as_json:
         echo_json(info)
         return
-    p = info["params"]
     typer.echo(f"{model}: input {info['input_shape']}, {info['n_outputs']} outputs")
-    typer.echo(
-        f"depth {info['depth']}: N={p['poly_modulus_degree']}, primes {p['coeff_mod_bit_sizes']} "
-        f"({p['total_bits']} of {p['max_bits_128']} bits), scale 2^{p['scale_bits']}, {info['security_bits']}-bit "
-        f"security, {info['slots']} samples per ciphertext"
-    )
+    typer.echo(f"depth {info['depth']}: {_ckks(info, bits=True)}, {info['slots']} samples per ciphertext")
     typer.echo(f"{info['plaintext_multiplications']} plaintext multiplications per ciphertext batch")
     for layer in info["layers"]:
         typer.echo(f"  {layer}")
 
 
+@expand_groups
 def he_convert(
     model: Model,
     data: Data,
     out: Out,
-    epochs: Epochs = 5,
-    lr: Lr = None,
-    seed: Seed = 0,
+    tuning: FineTuning = FineTuning(),
     arch: Arch = None,
     label_column: LabelColumn = None,
     as_json: AsJson = False,
@@ -180,17 +198,14 @@ def he_convert(
     from ..models.training import he_finetune
 
     check_output_file(out, "--out", suffix=".safetensors")
-    if epochs < 1:
-        refuse(f"--epochs must be >= 1, got {epochs}")
-    if lr is not None and not lr > 0:
-        refuse(f"--lr must be > 0, got {lr}")
+    tuning.check()
     say = None if as_json else _log
     clf = _torch_model(model, arch, say)
     if clf.arch is None:
         refuse(f"--model: {model!r} is not of a registered architecture; give zoo:NAME or a file from bastion train")
     ds = load_data_option(data, label_column=label_column, log=say)
-    on_epoch = None if say is None else (lambda e, loss: _log(f"epoch {e + 1}/{epochs}  loss {loss:.4f}"))
-    module, record = he_finetune(clf.module, clf.arch, ds, epochs=epochs, lr=lr, seed=seed, on_epoch=on_epoch)
+    on_epoch = None if say is None else (lambda e, loss: _log(f"epoch {e + 1}/{tuning.epochs}  loss {loss:.4f}"))
+    module, record = he_finetune(clf.module, clf.arch, ds, **tuning.named(), on_epoch=on_epoch)
     summary = he_summary(compile_model(module, clf.input_shape, arch=str(record["arch"])))
     record["he"] = summary
     save_model(module, out, arch=str(record["arch"]), metadata={"bastion_record": json.dumps(record)})
@@ -200,6 +215,6 @@ def he_convert(
         return
     typer.echo(
         f"saved {out} ({record['arch']}): test accuracy {record['accuracy_before']:.4f} (original) -> "
-        f"{record['accuracy_swapped']:.4f} (swapped) -> {record['accuracy_after']:.4f} (after {epochs} epochs; "
+        f"{record['accuracy_swapped']:.4f} (swapped) -> {record['accuracy_after']:.4f} (after {tuning.epochs} epochs; "
         f"change {record['accuracy_change']:+.4f}); encrypted inference at depth {summary['depth']}"
     )

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import LabelColumn, check_output_file, emit, load_data_option, refuse
+from .common import LabelColumn, check_output_file, emit, json_help, load_data_option, refuse
 from .common import log as _log
 from .groups import OptionGroup, expand_groups
 
@@ -71,12 +71,7 @@ ModelOut = Annotated[
     str | None, typer.Option("--model-out", help="With --train-arch: write the poisoned model (.safetensors).")
 ]
 Epochs = Annotated[int | None, typer.Option("--epochs", help="With --train-arch: override the recipe's epochs.")]
-AsJson = Annotated[
-    bool,
-    typer.Option(
-        "--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + " (+ metrics with training)."
-    ),
-]
+AsJson = Annotated[bool, typer.Option("--json", help=json_help(JSON_KEYS, " (+ metrics with training)."))]
 
 
 @dataclass(frozen=True)

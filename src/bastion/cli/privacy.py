@@ -19,7 +19,9 @@ from .common import (
     InputShape,
     LabelColumn,
     NClasses,
+    RecipeEpochs,
     emit,
+    json_help,
     load_data_option,
     load_model_option,
     refuse,
@@ -44,7 +46,6 @@ TrainFunction = Annotated[
 TrainSize = Annotated[
     int | None, typer.Option("--train-size", help="Game mode: the target's training records N (population 2N).")
 ]
-Epochs = Annotated[int | None, typer.Option("--epochs", help="Override the architecture recipe's epochs.")]
 Attacks = Annotated[
     str,
     typer.Option(
@@ -55,7 +56,7 @@ Attacks = Annotated[
 ]
 References = Annotated[int, typer.Option("--references", help="Reference (shadow) models to train (cached).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the population draw, the halves and the training.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
+AsJson = Annotated[bool, typer.Option("--json", help=json_help(JSON_KEYS))]
 
 
 def _recipe(arch: str | None, train_function: str | None, epochs: int | None) -> Any:
@@ -125,7 +126,7 @@ def privacy(
     arch: ArchOpt = None,
     train_function: TrainFunction = None,
     train_size: TrainSize = None,
-    epochs: Epochs = None,
+    epochs: RecipeEpochs = None,
     attacks: Attacks = "loss,lira,rmia",
     references: References = 16,
     seed: Seed = 0,

@@ -11,14 +11,12 @@ import typer
 from .common import Data, LabelColumn, emit, load_arch_data, refuse
 from .common import log as _log
 from .groups import OptionGroup, expand_groups
+from .harden_dp import DPBudget
 
 JSON_KEYS = ("epsilon", "epsilon_lower_bound", "confidence", "test_accuracy", "violation", "baseline")
 
 ArchOpt = Annotated[str, typer.Option("--arch", help="The registered architecture the recipe trains (from scratch).")]
 Defense = Annotated[str, typer.Option("--defense", help="dp-sgd (audit DP-SGD) or none (the standard recipe).")]
-Epsilon = Annotated[float | None, typer.Option("--epsilon", help="dp-sgd: the target epsilon (default 3).")]
-Delta = Annotated[float | None, typer.Option("--delta", help="dp-sgd: the target delta, below 1/N (default 1e-5).")]
-MaxGradNorm = Annotated[float | None, typer.Option("--max-grad-norm", help="dp-sgd: the clipping norm (default 1).")]
 Epochs = Annotated[int | None, typer.Option("--epochs", help="dp-sgd: epochs (default: the architecture's recipe).")]
 Canaries = Annotated[int, typer.Option("--canaries", help="Canaries m, each inserted with probability 1/2 (<= N/2).")]
 Kind = Annotated[
@@ -40,16 +38,6 @@ FailOnViolation = Annotated[
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the canaries, their inclusion and the training.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object with at least: " + ", ".join(JSON_KEYS))]
-
-
-@dataclass(frozen=True)
-class DPTarget(OptionGroup):
-    """What the dp-sgd recipe aims at (``None``: the architecture's DP recipe decides)."""
-
-    epsilon: Epsilon = None
-    delta: Delta = None
-    max_grad_norm: MaxGradNorm = None
-    epochs: Epochs = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +90,8 @@ def privacy_audit(
     data: Data,
     arch: ArchOpt,
     defense: Defense = "dp-sgd",
-    target: DPTarget = DPTarget(),
+    target: DPBudget = DPBudget(),
+    epochs: Epochs = None,
     canary: CanaryOptions = CanaryOptions(),
     baseline: Baseline = True,
     fail_on_violation: FailOnViolation = False,
@@ -126,10 +115,9 @@ def privacy_audit(
     ds = load_arch_data(data, arch, label_column=label_column, say=say)
     config = None
     if defense == "dp-sgd":
-        config = dp_config_for(arch, **target.named())
+        config = dp_config_for(arch, **target.named(), epochs=epochs)
     else:
-        named = {"--epsilon": target.epsilon, "--delta": target.delta, "--max-grad-norm": target.max_grad_norm}
-        given = [k for k, v in named.items() if v]
+        given = [k for k, v in target.flags().items() if v]
         if given:
             refuse(f"{', '.join(given)}: only with --defense dp-sgd")
     common = canary.named(canary_kind="kind") | {"seed": seed, "log": say}

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import Data, LoadOptions, Model, check_output_file, emit, load_model_and_data, refuse
+from .common import Data, LoadOptions, Model, check_output_file, emit, json_help, load_model_and_data, refuse
 from .groups import expand_groups
 
 JSON_KEYS = ("method", "n_inputs", "n_removed", "removed_rate", "out", "seconds")
@@ -40,7 +40,7 @@ Reclassify = Annotated[
         "(one training per flagged class).",
     ),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
+AsJson = Annotated[bool, typer.Option("--json", help=json_help(JSON_KEYS))]
 
 
 @expand_groups

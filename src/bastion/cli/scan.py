@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import Data, LoadOptions, Model, emit, load_model_and_data, parse_numbers, refuse
+from .common import Data, LoadOptions, Model, emit, json_help, load_model_and_data, parse_numbers, refuse
 from .common import log as _log
 from .groups import expand_groups
 
@@ -26,7 +26,7 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the scan's random ini
 Out = Annotated[
     str | None, typer.Option("--out", "-o", help="Folder for the reversed triggers (one PNG per class; created).")
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
+AsJson = Annotated[bool, typer.Option("--json", help=json_help(JSON_KEYS))]
 
 
 def _classes(text: str | None, n_classes: int) -> list[int] | None:

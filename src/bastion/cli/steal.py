@@ -19,6 +19,7 @@ from .common import (
     Model,
     check_output_file,
     echo_json,
+    json_help,
     load_data_option,
     load_model_and_data,
     parse_numbers,
@@ -59,7 +60,7 @@ Checkpoints = Annotated[
     typer.Option("--checkpoints", help="knockoff: query counts to measure the copy at, e.g. 250,500,1000."),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the attack (query choice, copy initialisation).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object: " + ", ".join(JSON_KEYS) + ".")]
+AsJson = Annotated[bool, typer.Option("--json", help=json_help(JSON_KEYS))]
 
 
 def _checkpoints(text: str | None, budget: int) -> list[int] | None:

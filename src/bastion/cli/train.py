@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from .common import LABEL_COLUMN_HELP, echo_json, load_data_option
+from .common import LABEL_COLUMN_HELP, RecipeEpochs, echo_json, load_data_option
 from .common import fail as _fail
 from .common import log as _log
 
@@ -24,7 +24,7 @@ def train(
     out: str = typer.Option(
         ..., "--out", "-o", help="Output .safetensors file (architecture name stored in its metadata)."
     ),
-    epochs: int | None = typer.Option(None, "--epochs", help="Override the recipe's number of epochs."),
+    epochs: RecipeEpochs = None,
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation and shuffling."),
     label_column: str | None = typer.Option(None, "--label-column", help=LABEL_COLUMN_HELP),
     he: bool = typer.Option(

@@ -10,6 +10,13 @@ from torch import Tensor
 __all__ = ["Dataset"]
 
 
+def index_mask(indices: Tensor, n: int) -> Tensor:
+    """(n,) bool: True at ``indices`` (positions of records among ``n``), False elsewhere."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[indices] = True
+    return mask
+
+
 @dataclass
 class Dataset:
     """A train/test split of float inputs and int64 labels, with the valid input bounds.
@@ -62,8 +69,7 @@ def stratified_split(y: Tensor, test_size: int, seed: int) -> tuple[Tensor, Tens
         test_idx.append(idx[:k])
     test = torch.cat(test_idx)
     # fix rounding so the test split has exactly test_size samples
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[test] = True
+    mask = index_mask(test, n)
     diff = test_size - int(mask.sum())
     if diff:
         pool = torch.nonzero(~mask if diff > 0 else mask).flatten()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, Self, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -97,6 +97,20 @@ def validate_inputs(
             raise UsageError(f"labels must be integer class indices, got dtype {y.dtype}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= model.n_classes):
             raise UsageError(f"labels must lie in [0, {model.n_classes - 1}], got [{int(y.min())}, {int(y.max())}]")
+
+
+class Closing:
+    """A resource that :meth:`close` releases, and a context manager that closes it on exit (``with obj: ...``)."""
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        """Release what the object holds."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class BaseClassifier:

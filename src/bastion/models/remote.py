@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from .base import BaseClassifier, Output
+from .base import BaseClassifier, Closing, Output
 
 __all__ = ["RemoteClassifier"]
 
@@ -37,7 +37,7 @@ def _server_message(response: Any) -> str:
     return str(body)[:200]
 
 
-class RemoteClassifier(BaseClassifier):
+class RemoteClassifier(BaseClassifier, Closing):
     """Query a classifier served over HTTP (see the module docstring for the JSON protocol).
 
     Args:
@@ -180,12 +180,6 @@ class RemoteClassifier(BaseClassifier):
         if self._client is not None:
             self._client.close()
             self._client = None
-
-    def __enter__(self) -> RemoteClassifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import UsageError
+from ..models.base import Closing
 from ..seeding import derive_seed
 
 __all__ = [
@@ -128,7 +129,7 @@ class MapRecord:
         }
 
 
-class Executor:
+class Executor(Closing):
     """Runs ``fn(shared, item)`` over items. This base runs them here, one after another (:class:`SerialExecutor`);
     :class:`~.ray_backend.RayExecutor` runs them on Ray. ``remote`` says whether tasks run on copies of ``shared``
     (so a model's query counter in this process does not see them)."""
@@ -194,12 +195,6 @@ class Executor:
 
     def close(self) -> None:
         """Release what the executor started (nothing here)."""
-
-    def __enter__(self) -> Executor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class SerialExecutor(Executor):

@@ -24,6 +24,7 @@ from ...errors import UsageError
 from ...models.base import Classifier
 from ...models.torch import TorchClassifier
 from ...models.training import TrainConfig, train_module
+from ...seeding import draw_seed
 from ...threat import ThreatModel
 from ..base import ATTACKS, Attack, AttackBatch, Budget, get_attack, positive, register
 
@@ -180,7 +181,7 @@ class TransferAttack(Attack):
         for _ in range(self.n_augment):
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
             copies.append(threat.project(x, x + u * threat.radius))
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device))
+        seed = draw_seed(generator, x.device)
         return train_surrogate(model, torch.cat(copies), epochs=self.surrogate_epochs, seed=seed)
 
     def _attack(self, batch: AttackBatch) -> Tensor:

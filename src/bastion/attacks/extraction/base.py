@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -30,9 +30,10 @@ from ... import metrics
 from ...errors import UsageError
 from ...models.base import BaseClassifier, Classifier, validate_inputs
 from ...models.torch import TorchClassifier
-from ...registry import Registry
-from ...seeding import make_generator
+from ...registry import Configured, Registry
+from ...seeding import draw_seed, make_generator
 from ...training import Batch, Trainer, TrainingStep
+from .copies import build_copy, default_copy_arch
 
 __all__ = [
     "EXTRACTION_ATTACKS",
@@ -148,84 +149,12 @@ def train_copy(
 ) -> nn.Module:
     """Train ``module`` in place on the transfer set ``(x, targets)`` with the one trainer (Adam, soft
     cross-entropy, shuffled by a generator seeded from ``generator``); returns it in eval mode."""
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    seed = draw_seed(generator)
     with torch.enable_grad():
         Trainer(module, epochs=epochs, batch_size=batch_size, lr=lr, step=SoftTargets(targets), seed=seed).fit(
             x, torch.arange(x.shape[0])
         )
     return module.eval()
-
-
-CopyArch = str | Callable[[], nn.Module] | None
-"""A copy's architecture: a registered name, a factory returning a fresh ``nn.Module``, or ``None`` (a two-hidden-
-layer MLP for any input shape, :func:`~bastion.attacks.evasion.transfer.surrogate_mlp`)."""
-
-
-def check_copy_arch(copy: object) -> None:
-    """Raise :class:`UsageError` unless ``copy`` is a :data:`CopyArch` (a registered name is checked to exist)."""
-    if isinstance(copy, str):
-        from ...models.architectures import ARCHITECTURES
-
-        ARCHITECTURES.get(copy)
-    elif copy is not None and not callable(copy):
-        raise UsageError(f"copy must be an architecture name, a module factory or None, got {type(copy).__name__}")
-
-
-def default_copy_arch(victim: Classifier, dataset: str | None = None, *, own: bool = True) -> str | None:
-    """The copy architecture an attacker takes when told none: the victim's own registered architecture (``own``: a
-    torch model's ``arch``, under any wrappers), else the zoo's network for the built-in ``dataset``
-    (:func:`~bastion.models.zoo.recipe_arch`) — the first that takes the victim's input shape and classes; ``None``
-    when neither does (:func:`build_copy` then builds an MLP)."""
-    from ...models.architectures import ARCHITECTURES
-    from ...models.wrapped import unwrap
-    from ...models.zoo import recipe_arch
-
-    inner = unwrap(victim)
-    candidates = [inner.arch if own and isinstance(inner, TorchClassifier) else None]
-    candidates.append(recipe_arch(dataset) if dataset is not None else None)
-    for name in candidates:
-        if name is not None and name in ARCHITECTURES:
-            arch = ARCHITECTURES.get(name)
-            if arch.input_shape == tuple(victim.input_shape) and arch.n_classes == victim.n_classes:
-                return name
-    return None
-
-
-def build_copy(copy: CopyArch, victim: Classifier, seed: int) -> tuple[nn.Module, str | None]:
-    """A freshly initialised copy module (initialised under ``fork_rng`` with ``seed``: the global RNG is left
-    alone) and its registered architecture name, if it has one; its input shape and classes must be the victim's."""
-    from ...models.architectures import build_architecture
-    from ..evasion.transfer import surrogate_mlp
-
-    shape, k = tuple(victim.input_shape), victim.n_classes
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if copy is None:
-            return surrogate_mlp(shape, k, victim.bounds), None
-        if not isinstance(copy, str):
-            module = copy()
-            if not isinstance(module, nn.Module):
-                raise UsageError(f"the copy factory returned {type(module).__name__}, not a torch.nn.Module")
-            return module, None
-        module, arch = build_architecture(copy)
-    if arch.input_shape != shape or arch.n_classes != k:
-        raise UsageError(
-            f"the copy architecture {copy!r} takes {arch.input_shape} -> {arch.n_classes} classes but the victim "
-            f"{shape} -> {k}: choose an architecture for the victim's inputs"
-        )
-    return module, arch.name
-
-
-def copy_classifier(module: nn.Module, victim: Classifier, arch: str | None) -> TorchClassifier:
-    """``module`` frozen in eval mode as a white-box classifier with the victim's bounds, classes and input shape."""
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    clf = TorchClassifier(
-        module, bounds=victim.bounds, n_classes=victim.n_classes, input_shape=tuple(victim.input_shape)
-    )
-    clf.arch = arch
-    return clf
 
 
 class Evaluation:
@@ -246,7 +175,7 @@ class Evaluation:
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
-class ExtractionAttack:
+class ExtractionAttack(Configured):
     """Base class of extraction attacks.
 
     Attacks are keyword-only dataclasses (like the evasion and poisoning attacks): a subclass declares its own
@@ -373,15 +302,10 @@ class ExtractionAttack:
             raise UsageError(f"checkpoints must lie in [1, {budget}] (the budget), got {checkpoints!r}")
         return points if points and points[-1] == budget else [*points, budget]
 
-    def params(self) -> dict[str, Any]:
-        """The constructor arguments, as given (for reports)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "generator" and f.repr}
-
-    def __repr__(self) -> str:
-        shown = {
-            k: f"<tensor {tuple(v.shape)}>" if isinstance(v, Tensor) else repr(v) for k, v in self.params().items()
-        }
-        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in shown.items())})"
+    @staticmethod
+    def _param_repr(value: Any) -> str:
+        """A tensor (a pool, a seed set) is shown by its shape in ``repr``."""
+        return f"<tensor {tuple(value.shape)}>" if isinstance(value, Tensor) else repr(value)
 
 
 EXTRACTION_ATTACKS: Registry[type[ExtractionAttack]] = Registry("extraction attack")
@@ -397,4 +321,4 @@ def register_extraction(
 
 def get_extraction_attack(name: str, **kwargs: Any) -> ExtractionAttack:
     """Build a registered extraction attack by name, e.g. ``get_extraction_attack('knockoff', pool=x)``."""
-    return EXTRACTION_ATTACKS.get(name)(**kwargs)
+    return EXTRACTION_ATTACKS.create(name, **kwargs)

@@ -29,17 +29,9 @@ from torch import Tensor, nn
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
 from ...models.torch import TorchClassifier
-from .base import (
-    CopyArch,
-    Evaluation,
-    ExtractionAttack,
-    build_copy,
-    check_copy_arch,
-    copy_classifier,
-    query_victim,
-    register_extraction,
-    train_copy,
-)
+from ...seeding import draw_seed
+from .base import Evaluation, ExtractionAttack, query_victim, register_extraction, train_copy
+from .copies import CopyArch, VictimCopy, check_copy_arch
 
 __all__ = ["JacobianAugmentation", "jacobian_step"]
 
@@ -107,33 +99,26 @@ class JacobianAugmentation(ExtractionAttack):
         seeds = self.seed_set.detach().float()
         if seeds.shape[0] > self.n_seed:
             seeds = seeds[torch.randperm(seeds.shape[0], generator=generator)[: self.n_seed]]
-        init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        module, arch = build_copy(self.copy, model, init_seed)
+        copy = VictimCopy(self.copy, model, draw_seed(generator))
         x, labels = seeds, self._labels(model, seeds)
         sizes = []
         for rho in range(self.rounds + 1):
             targets = torch.nn.functional.one_hot(labels, model.n_classes).float()
             train_copy(
-                module, x, targets, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, generator=generator
+                copy.module, x, targets, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, generator=generator
             )
             sizes.append(int(x.shape[0]))
-            evaluation.point(copy_classifier(_clone(module), model, arch), x.shape[0])
+            evaluation.point(copy.snapshot(), x.shape[0])
             left = budget - x.shape[0]
             if rho == self.rounds or left <= 0:
                 break
             lam = self.lam * (-1) ** (rho // self.tau)
-            new = jacobian_step(module, x, labels, lam, model.bounds)
+            new = jacobian_step(copy.module, x, labels, lam, model.bounds)
             if new.shape[0] > left:  # reservoir: a random subset that spends the budget exactly
                 new = new[torch.randperm(new.shape[0], generator=generator)[:left]]
             x, labels = torch.cat([x, new]), torch.cat([labels, self._labels(model, new)])
-        return copy_classifier(module, model, arch), {"set_sizes": sizes, "rounds": len(sizes) - 1}
+        return copy.freeze(), {"set_sizes": sizes, "rounds": len(sizes) - 1}
 
     @staticmethod
     def _labels(model: Classifier, x: Tensor) -> Tensor:
         return query_victim(model, x, labels_only=True).argmax(1)
-
-
-def _clone(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)

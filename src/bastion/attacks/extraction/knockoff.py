@@ -36,18 +36,9 @@ from torch import Tensor
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
 from ...models.torch import TorchClassifier
-from .base import (
-    CopyArch,
-    Evaluation,
-    ExtractionAttack,
-    build_copy,
-    check_copy_arch,
-    copy_classifier,
-    query_victim,
-    register_extraction,
-    soft_cross_entropy,
-    train_copy,
-)
+from ...seeding import draw_seed
+from .base import Evaluation, ExtractionAttack, query_victim, register_extraction, soft_cross_entropy, train_copy
+from .copies import CopyArch, VictimCopy, check_copy_arch
 
 __all__ = ["AdaptiveKnockoffNets", "KnockoffNets", "kmeans"]
 
@@ -180,8 +171,7 @@ class KnockoffNets(ExtractionAttack):
         self, model: Classifier, budget: int, checkpoints: list[int], evaluation: Evaluation, generator: torch.Generator
     ) -> tuple[TorchClassifier, dict[str, Any]]:
         pool = self._pool(model, budget, generator)
-        init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        run = _Run(self, model, pool, init_seed, generator)
+        run = _Run(self, model, pool, draw_seed(generator), generator)
         start, seconds = time.perf_counter(), []
         for checkpoint in checkpoints:
             if self.strategy == "random":
@@ -189,13 +179,13 @@ class KnockoffNets(ExtractionAttack):
             else:
                 run.adaptive_until(checkpoint)
             run.retrain()
-            evaluation.point(run.classifier(), run.n)
+            evaluation.point(run.copy.snapshot(), run.n)
             seconds.append(round(time.perf_counter() - start, 3))
         extra: dict[str, Any] = {"strategy": self.strategy, "checkpoint_seconds": seconds}
         if self.strategy == "adaptive":
             extra["policy"] = torch.softmax(run.preferences, 0).tolist()
             extra["actions"] = int(run.preferences.numel())
-        return run.classifier(), extra
+        return run.copy.snapshot(), extra
 
 
 class _Run:
@@ -204,12 +194,12 @@ class _Run:
     def __init__(
         self, attack: KnockoffNets, model: Classifier, pool: Tensor, init_seed: int, generator: torch.Generator
     ) -> None:
-        self.attack, self.model, self.pool, self.init_seed, self.g = attack, model, pool, init_seed, generator
+        self.attack, self.model, self.pool, self.g = attack, model, pool, generator
         self.order = torch.randperm(pool.shape[0], generator=generator)
         self.queried: list[Tensor] = []  # pool indices, in query order
         self.answers: list[Tensor] = []
         self.n = 0
-        self.module, self.arch = build_copy(attack.copy, model, init_seed)
+        self.copy = VictimCopy(attack.copy, model, init_seed)
         if attack.strategy == "adaptive":
             self._setup_bandit()
 
@@ -223,15 +213,10 @@ class _Run:
     def retrain(self) -> None:
         """A copy from the run's initialisation trained on every answer so far."""
         a = self.attack
-        self.module, self.arch = build_copy(a.copy, self.model, self.init_seed)
+        self.copy.reset()
         x, y = self.pool[torch.cat(self.queried)], torch.cat(self.answers)
-        train_copy(self.module, x, y, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, generator=self.g)
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=a.lr)
-
-    def classifier(self) -> TorchClassifier:
-        import copy
-
-        return copy_classifier(copy.deepcopy(self.module), self.model, self.arch)
+        train_copy(self.copy.module, x, y, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, generator=self.g)
+        self.optimizer = torch.optim.Adam(self.copy.module.parameters(), lr=a.lr)
 
     # -- the adaptive strategy ---------------------------------------------------------------------
     def _setup_bandit(self) -> None:
@@ -244,7 +229,7 @@ class _Run:
         self.used = torch.zeros(len(self.members), dtype=torch.long)
         self.preferences = torch.zeros(len(self.members), dtype=torch.float64)
         self.rewards = _Rewards(a.reward_window)
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=a.lr)
+        self.optimizer = torch.optim.Adam(self.copy.module.parameters(), lr=a.lr)
 
     def _policy(self) -> Tensor:
         left = torch.tensor([len(m) for m in self.members]) > self.used
@@ -260,15 +245,16 @@ class _Run:
                 self.used[act] += 1
             y = self.query(torch.stack([i for _, i in actions]))
             x = self.pool[self.queried[-1]]
+            module = self.copy.module
             with torch.enable_grad():  # the copy learns as it queries: one online step per round
-                self.module.train()
-                loss = soft_cross_entropy(self.module(x), y)
+                module.train()
+                loss = soft_cross_entropy(module(x), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-            self.module.eval()
+            module.eval()
             with torch.no_grad():
-                y_hat = torch.softmax(self.module(x), 1)
+                y_hat = torch.softmax(module(x), 1)
             for (act, _), yi, yh in zip(actions, y, y_hat):
                 self._update(act, *self.rewards(yi, yh))
 

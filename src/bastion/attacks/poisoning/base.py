@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from ... import metrics
-from ...data.dataset import Dataset
+from ...data.dataset import Dataset, index_mask
 from ...errors import UsageError
-from ...registry import Registry
+from ...registry import Configured, Registry
 from ...seeding import make_generator
 from .triggers import Trigger
 
@@ -91,9 +91,7 @@ class PoisonedData:
     def is_poisoned(self) -> Tensor:
         """(N_train,) bool: True at the poisoned records of ``data.x_train`` (the ground truth sanitisers are
         scored against)."""
-        mask = torch.zeros(self.data.x_train.shape[0], dtype=torch.bool)
-        mask[self.indices] = True
-        return mask
+        return index_mask(self.indices, self.data.x_train.shape[0])
 
     def target_labels(self, y: Tensor) -> Tensor:
         """The label the backdoor makes the model answer on a triggered input of true class ``y``."""
@@ -193,7 +191,7 @@ def _jsonable(value: Any) -> Any:
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
-class PoisoningAttack:
+class PoisoningAttack(Configured):
     """Base class of poisoning attacks.
 
     Attacks are keyword-only dataclasses: a subclass declares only its own parameters as fields (with the
@@ -303,13 +301,6 @@ class PoisoningAttack:
         out.data.meta = {**data.meta, "poisoned_by": out.attack, "n_poisoned": out.n_poisoned}
         return out
 
-    def params(self) -> dict[str, Any]:
-        """The constructor arguments, as given (for reports and the record)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "generator"}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
-
 
 POISONING_ATTACKS: Registry[type[PoisoningAttack]] = Registry("poisoning attack")
 """Poisoning attacks by the name ``bastion poison --attack`` and the audit resolve (``"badnets"``, ...)."""
@@ -317,13 +308,12 @@ POISONING_ATTACKS: Registry[type[PoisoningAttack]] = Registry("poisoning attack"
 
 def register_poisoning(name: str, *, replace: bool = False) -> Callable[[type[PoisoningAttack]], type[PoisoningAttack]]:
     """Class decorator adding a poisoning attack to :data:`POISONING_ATTACKS` under ``name``."""
-
     return POISONING_ATTACKS.named(name, replace=replace)
 
 
 def get_poisoning_attack(name: str, **kwargs: Any) -> PoisoningAttack:
     """Build a registered poisoning attack by name, e.g. ``get_poisoning_attack('badnets', rate=0.05)``."""
-    return POISONING_ATTACKS.get(name)(**kwargs)
+    return POISONING_ATTACKS.create(name, **kwargs)
 
 
 @torch.no_grad()

@@ -5,12 +5,6 @@ of the other classes land in that class (:class:`bastion.defenses.sanitization.N
 shortcut to its target class, so that class's trigger is abnormally small: the anomaly index (the distance of
 the trigger's L1 norm below the median, in units of 1.4826 x the median absolute deviation) above
 ``threshold`` (2, the paper's) flags the class. The reversed triggers are shown on audited inputs in the report.
-
-Needs a white-box model and image inputs. Checks: ``reversed-triggers-work`` (every reversed trigger reaches
-``min_trigger_asr`` on the clean inputs; a trigger that does not is an optimisation failure, and its norm is not
-comparable with the others).
-
-Risk: a flagged class is high; an anomaly index above 75% of the threshold is medium; else low.
 """
 
 from __future__ import annotations
@@ -25,10 +19,31 @@ from ..result import Check, Example, Plot, ProbeResult, Series
 
 
 @register_probe
-class BackdoorProbe(Probe):
-    name = "backdoor"
-    title = "Backdoor scan (Neural Cleanse)"
-    threat = "poisoning / backdoored model"
+class BackdoorProbe(
+    Probe, name="backdoor", title="Backdoor scan (Neural Cleanse)", threat="poisoning / backdoored model"
+):
+    """Neural Cleanse on the audited model: per class, the smallest reversed trigger and its anomaly index.
+
+    Needs a white-box model and image inputs. Metrics: ``backdoor_flagged`` (the number of flagged classes),
+    ``anomaly_index[C]`` and ``trigger_asr[C]`` per scanned class, ``max_anomaly_index`` (the largest among the
+    classes whose trigger is no larger than the median). The gallery stamps the reversed trigger of each flagged
+    class (none flagged: the class with the smallest trigger) on audited inputs of other classes.
+
+    Check ``reversed-triggers-work``: warns when some class's reversed trigger sends fewer than
+    ``min_trigger_asr`` of the clean inputs to that class (its optimisation did not converge, so its norm is not
+    comparable with the others); passes otherwise.
+
+    Risk: a flagged class is high; a ``max_anomaly_index`` above 75% of ``threshold`` medium; else low.
+
+    Parameters:
+        n: audited inputs the triggers are reversed on (the first ``n``).
+        steps: optimisation steps per class (``None``: Neural Cleanse's default, 80).
+        threshold: the anomaly index above which a class whose trigger is below the median is flagged.
+        classes: the classes to scan (``None``: all); the anomaly index is computed among them.
+        min_trigger_asr: the share of clean inputs every reversed trigger must send to its class (the check).
+        examples: audited inputs shown per trigger in the gallery.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "n": 500,
         "steps": None,

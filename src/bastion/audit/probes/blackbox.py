@@ -5,14 +5,8 @@
   query-success curve (fraction of inputs fooled against queries spent).
 - HopSkipJump (Chen et al. 2020; labels only) minimum-norm in the audit's norm on ``n_hsj`` inputs.
 
-Check ``gradient-masking`` (Carlini et al. 2019; Athalye et al. 2018): no black-box attack should
-beat the white-box ones. On the same inputs, an input that Square fools at some eps while every
-white-box attack failed on it at that eps means the gradients mislead; when Square's robust accuracy
-is lower than the white-box worst case by more than a point the check fails, when a few inputs are
-only broken by Square it warns.
-
-Risk: Square's robust accuracy at the largest eps relative to clean accuracy (< 50% high, < 90%
-medium, else low).
+No black-box attack should beat the white-box ones (Carlini et al. 2019; Athalye et al. 2018): an input that
+Square fools at some eps while every white-box attack failed on it at that eps means the gradients mislead.
 """
 
 from __future__ import annotations
@@ -37,10 +31,32 @@ from ..result import Check, Plot, ProbeResult, Series
 
 
 @register_probe
-class BlackBoxProbe(Probe):
-    name = "blackbox"
-    title = "Black-box evasion (queries only)"
-    threat = "evasion / black-box (scores, labels)"
+class BlackBoxProbe(
+    Probe, name="blackbox", title="Black-box evasion (queries only)", threat="evasion / black-box (scores, labels)"
+):
+    """Square at every eps of the audit and HopSkipJump's minimal perturbations, with their query counts.
+
+    Needs an audit in linf or l2. Metrics per eps: ``robust_accuracy[square]@eps=E`` and the mean and median
+    queries Square spent on the inputs it fooled; for HopSkipJump ``median_perturbation[hopskipjump]``,
+    ``success_rate[hopskipjump]`` and ``mean_queries[hopskipjump]``.
+
+    Check ``gradient-masking`` (against the white-box probe's per-input results at the same eps; skipped without
+    them): fails when Square's robust accuracy is more than ``tolerance`` below the white-box worst case at some
+    eps, warns when more than ``tolerance`` of the inputs fell to Square only, passes otherwise.
+
+    Risk: Square's robust accuracy at the largest eps relative to the clean accuracy of the same inputs (< 50%
+    high, < 90% medium, else low).
+
+    Parameters:
+        n_square: audited inputs Square attacks (the first ``n_square``).
+        square_queries: Square's query budget per input.
+        n_hsj: audited inputs HopSkipJump attacks (0: it does not run).
+        hsj_queries: HopSkipJump's query budget per input.
+        examples: Square's successful examples at the largest eps shown in the gallery.
+        tolerance: the gradient-masking check's margin (a share of the inputs).
+        batch_size: inputs Square attacks at once.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "n_square": 500,
         "square_queries": 1000,

@@ -12,16 +12,8 @@ and reports:
   and, for an L2 audit, the audit's eps values);
 - the abstention rate, and a histogram of the certified radii.
 
-Check ``certificate-holds``: on up to ``pgd_inputs`` certified inputs, PGD-L2 with eps equal to that
-input's certified radius attacks the soft smoothed classifier (the model's differentiable ``logits``:
-a Monte-Carlo average over noise, i.e. EOT) towards leaving the certified class; the smoothed
-prediction (Cohen's PREDICT, ``n_predict`` samples) at the result must be the certified class or an
-abstention. A *different* class there contradicts the certificate (each certificate and each
-prediction may fail with probability alpha, so a violation is unlikely to be a statistical fluke and
-points at an implementation or noise-source problem): fail.
-
-Risk (L2 audits only; 'n/a' otherwise): certified accuracy at the audit's largest eps relative to
-certified accuracy at radius 0 (< 50% high, < 90% medium, else low).
+The certificates are then put to an adaptive attack: PGD-L2 inside each certified radius against the soft
+smoothed classifier (the model's differentiable ``logits``: a Monte-Carlo average over noise, i.e. EOT).
 """
 
 from __future__ import annotations
@@ -108,10 +100,36 @@ def _plots(
 
 
 @register_probe
-class CertificationProbe(Probe):
-    name = "certification"
-    title = "Certified robustness (randomized smoothing)"
-    threat = "evasion / certified L2"
+class CertificationProbe(
+    Probe, name="certification", title="Certified robustness (randomized smoothing)", threat="evasion / certified L2"
+):
+    """Cohen's CERTIFY on a :class:`SmoothedClassifier`: certified accuracy against L2 radius, checked by attack.
+
+    Metrics: ``certified_accuracy@r=R``, ``abstention_rate``, ``median_certified_radius`` and
+    ``mean_certified_radius`` (over the inputs certified as their label), ``certificate_violations``.
+
+    Check ``certificate-holds``: on up to ``pgd_inputs`` inputs certified with a positive radius, PGD-L2 with eps
+    equal to that input's certified radius attacks the soft smoothed classifier towards leaving the certified
+    class; the smoothed prediction (Cohen's PREDICT, ``n_predict`` samples) at the result must be the certified
+    class or an abstention. A *different* class contradicts the certificate: fail (each certificate and each
+    prediction may fail with probability alpha, so a violation points at an implementation or noise-source
+    problem rather than a statistical fluke). Skipped when the base model is a black box or no input has a
+    positive radius.
+
+    Risk (L2 audits only; 'n/a' otherwise): certified accuracy at the audit's largest eps relative to certified
+    accuracy at radius 0 (< 50% high, < 90% medium, else low).
+
+    Parameters:
+        n_certify: audited inputs certified (the first ``n_certify``; at least 1).
+        n0: CERTIFY's noise samples that select the top class (``None``: the model's).
+        n: CERTIFY's noise samples that estimate its probability (``None``: the model's).
+        alpha: the failure probability of a certificate (``None``: the model's).
+        radii: the L2 radii of the ``certified_accuracy@r=R`` metrics (with 0 and, in an L2 audit, the eps values).
+        pgd_inputs: certified inputs the check attacks.
+        pgd_steps, pgd_restarts: the check's PGD-L2 iterations and random restarts.
+        n_predict: noise samples of the PREDICT run on each attacked input.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "n_certify": 200,
         "n0": None,

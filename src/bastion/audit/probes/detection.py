@@ -14,12 +14,7 @@ audit's reference eps (the largest) and norm, on the first ``n`` audited inputs:
   PGD, Bryniarski et al. 2022; BPDA through non-differentiable detectors, Athalye et al. 2018) attacks
   model and detector together; ``success_rate[adaptive]`` on the same inputs and denominator.
 
-Check ``adaptive-at-least-as-strong``: an adaptive attack that does worse than the non-adaptive one
-against the combination is not a valid evaluation — the numbers would flatter the detector — so the
-check fails (then raise ``adaptive_steps`` / ``adaptive_restarts``, or trust neither number).
-
-Risk: from the adaptive success against the combination (>= 0.5 high, >= 0.1 medium, else low) — a
-detector is worth what survives the attacker who knows about it.
+A detector is worth what survives the attacker who knows about it: the verdict reads the adaptive attack.
 """
 
 from __future__ import annotations
@@ -84,10 +79,29 @@ def _bars(m: dict[str, float], norm: str, eps: float) -> Plot:
 
 
 @register_probe
-class DetectionProbe(Probe):
-    name = "detection"
-    title = "Adversarial-input detection"
-    threat = "evasion / detector in front of the model"
+class DetectionProbe(
+    Probe, name="detection", title="Adversarial-input detection", threat="evasion / detector in front of the model"
+):
+    """False positives, non-adaptive PGD and a detector-aware attack against a :class:`DetectingClassifier`.
+
+    Needs gradients of the model behind the detector and an audit in linf or l2; every attack runs at the audit's
+    largest eps.
+
+    Check ``adaptive-at-least-as-strong``: an adaptive attack that does worse than the non-adaptive one against
+    the combination is not a valid evaluation (its number would flatter the detector), so the check fails (then
+    raise ``adaptive_steps`` / ``adaptive_restarts``, or trust neither number); it is skipped when the
+    combination gets no clean input right.
+
+    Risk: the adaptive success against the combination: >= 0.5 high, >= 0.1 medium, else low.
+
+    Parameters:
+        n: audited inputs attacked (the first ``n``).
+        pgd_steps: iterations of the non-adaptive PGD on the bare model (no early stop).
+        adaptive_steps, adaptive_restarts: iterations and random restarts of the detector-aware attack.
+        batch_size: inputs either attack processes at once.
+        examples: the adaptive attack's successful examples shown in the gallery.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "n": 500,
         "pgd_steps": 40,

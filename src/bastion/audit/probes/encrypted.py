@@ -11,10 +11,6 @@ Metrics: ``he_agreement`` (argmax of the decrypted scores vs the plaintext model
 and ``he_plain_accuracy`` on those inputs, ``he_max_abs_error`` (decrypted scores vs the compiled program in
 float64: the CKKS noise), ``he_seconds_per_sample`` (encrypt + evaluate + decrypt over the batch), ``he_depth``,
 ``he_poly_modulus_degree``, ``he_security_bits``, ``he_request_bytes_per_sample``.
-
-Checks: ``encrypted-agrees`` passes when the agreement is at least ``min_agreement``; ``security-128`` passes when
-the coefficient modulus is within the HE standard's 128-bit bound for the ring degree (always, by construction:
-the check shows the numbers). Risk is ``n/a``: the probe measures a defence's availability and cost.
 """
 
 from __future__ import annotations
@@ -37,10 +33,24 @@ __all__ = ["EncryptedProbe"]
 
 
 @register_probe
-class EncryptedProbe(Probe):
-    name = "encrypted"
-    title = "Private inference on encrypted inputs (CKKS)"
-    threat = "defence / private inference"
+class EncryptedProbe(
+    Probe, name="encrypted", title="Private inference on encrypted inputs (CKKS)", threat="defence / private inference"
+):
+    """CKKS inference on ``n`` audited inputs through the real client/server protocol, against the plaintext model.
+
+    Applies with TenSEAL installed to a torch model that compiles for CKKS (the skip reason names what does not).
+
+    Checks: ``encrypted-agrees`` passes when the argmax agreement is at least ``min_agreement`` and warns
+    otherwise; ``security-128`` passes when the coefficient modulus is within the HE standard's 128-bit bound
+    for the ring degree (always, by construction: the check shows the numbers) and fails otherwise.
+
+    Risk is ``n/a``: the probe measures a defence's availability and cost.
+
+    Parameters:
+        n: audited inputs encrypted and evaluated (the first ``n``; a whole number >= 1).
+        min_agreement: the agreement ``encrypted-agrees`` requires, in (0, 1].
+    """
+
     defaults: ClassVar[dict[str, Any]] = {"n": 200, "min_agreement": 0.995}
 
     def __init__(self, **params: Any) -> None:

@@ -25,13 +25,6 @@ probabilities, or on labels for a label-only model), ``extraction_fidelity`` at 
 ``extraction_budget_for_90pct`` (the first budget whose copy reaches 90 % fidelity; ``None`` when none does); the
 same with ``[labels]`` for the label-only run; ``extraction_equation_queries`` and ``extraction_equation_fidelity``
 (logistic models); ``extraction_victim_accuracy`` (the model on the audited inputs).
-
-Check ``copy-beats-chance``: the copy's fidelity at the largest budget (or the equation-solving copy's) closes at least ``min_gap_closed`` of the
-gap between the majority-class rate (a copy answering the model's most frequent prediction) and 1 — otherwise
-nothing was stolen, and the low risk comes from a failed attack or answers with no information in them.
-
-Risk, by the fewest queries any of the attacks needed for 90 % fidelity: at most ``high_budget`` (1,000) high,
-within the largest budget medium, never low.
 """
 
 from __future__ import annotations
@@ -112,10 +105,32 @@ class Outcome:
 
 
 @register_probe
-class ExtractionProbe(Probe):
-    name = "extraction"
-    title = "Model extraction"
-    threat = "confidentiality / model extraction"
+class ExtractionProbe(Probe, name="extraction", title="Model extraction", threat="confidentiality / model extraction"):
+    """Knockoff Nets (and equation solving on logistic models): the queries a faithful copy of the model costs.
+
+    Needs a training split (the attacker's pool) and a test split.
+
+    Check ``copy-beats-chance``: warns unless the best copy's fidelity (the main knockoff copy at the largest
+    budget, or the equation-solving copy when it is more faithful) closes at least ``min_gap_closed`` of the gap
+    between the majority-class rate (a copy answering the model's most frequent prediction) and 1 — otherwise
+    nothing was stolen, and the low risk comes from a failed attack or answers with no information in them.
+
+    Risk, by the fewest queries any of the attacks needed for 90 % fidelity: at most ``high_budget`` high, more
+    medium; no copy reaching 90 % within the largest budget, low.
+
+    Parameters:
+        budgets: the query budgets the copy is measured at (whole numbers >= 1; those above the pool's size are
+            replaced by that size).
+        labels_only_too: with probabilities available, also train a copy on the labels alone.
+        copy: the copy's registered architecture (``None``: :func:`~bastion.attacks.extraction.default_copy_arch`).
+        epochs: the copy's training epochs at each budget (``None``: Knockoff Nets' default).
+        equation_solving: attack a logistic model answering probabilities by equation solving too.
+        n_transfer: audited inputs of the transferability measurement (the first ``n_transfer``).
+        transfer_steps: PGD iterations on the copy for the transferability measurement.
+        high_budget: the most queries for 90 % fidelity that still make the risk high.
+        min_gap_closed: the share of the gap to a perfect copy the check requires.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "budgets": [100, 250, 500, 1000, 2000],
         "labels_only_too": True,

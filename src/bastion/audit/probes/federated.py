@@ -18,16 +18,6 @@ Metrics: ``fl_clean_accuracy[AGG]`` (attack-free final test accuracy), ``fl_accu
 ``fl_drop[ATTACK,AGG]`` (the same aggregator's attack-free accuracy minus the attacked one), ``fl_backdoor_asr[AGG]``
 (with ``backdoor``: triggered test inputs of other classes sent to the target), and ``fl_worst_drop``: the smallest,
 over the aggregators, of the largest drop over the attacks (what the best aggregator still loses).
-
-Checks: ``robust-aggregator-holds`` passes when some aggregator's largest drop is at most ``max_drop`` and its
-backdoor success below ``max_asr`` (a warning names the best one otherwise); ``fedavg-is-vulnerable`` passes when
-the attacks hurt plain FedAvg (a drop above ``max_drop`` or a backdoor above ``max_asr``; otherwise they are too weak
-for the others' hold to mean much); ``federation-trains`` warns when an aggregator's attack-free run ends more than
-``max_accuracy_gap`` below the audited model's test accuracy (its drops are then measured on a model that never
-learned).
-
-Risk, read on the best aggregator (the lowest risk, then the smallest drop): it loses >= 10 accuracy points under
-some attack or keeps a backdoor success >= 50% high; >= 5 points or >= 20% medium; else low.
 """
 
 from __future__ import annotations
@@ -112,10 +102,34 @@ def _num(x: Any) -> float:
 
 
 @register_probe
-class FederatedProbe(RetrainingProbe):
-    name = "federated"
-    title = "Federated learning under attack"
-    threat = "poisoning / federated clients"
+class FederatedProbe(
+    RetrainingProbe, name="federated", title="Federated learning under attack", threat="poisoning / federated clients"
+):
+    """Every aggregator of ``aggregators``, attack-free and under every attack of ``attacks``, in one simulation.
+
+    Checks: ``robust-aggregator-holds`` passes when some aggregator's largest drop is at most ``max_drop`` and its
+    backdoor success below ``max_asr`` (a warning names the best one otherwise); ``fedavg-is-vulnerable`` passes
+    when the attacks hurt plain FedAvg (a drop above ``max_drop`` or a backdoor success of at least ``max_asr``),
+    warns otherwise (they are too weak for the others' hold to mean much), and is skipped without ``fedavg``;
+    ``federation-trains`` warns when an aggregator's attack-free run ends more than ``max_accuracy_gap`` below the
+    audited model's test accuracy (its drops are then measured on a model that never learned).
+
+    Risk, read on the best aggregator (the lowest risk, then the smallest drop): it loses >= 10 accuracy points
+    under some attack or keeps a backdoor success >= 50% high; >= 5 points or >= 20% medium; else low.
+
+    Parameters:
+        clients: the federation's clients.
+        malicious: the share of the clients that are malicious.
+        rounds: federated rounds per run.
+        alpha: Dirichlet concentration of the label split over the clients (``None``: IID).
+        attacks: the federated attacks run (names of :func:`bastion.federated.attacks.attack_names`).
+        aggregators: the aggregators compared (names of ``bastion.federated.strategies.AGGREGATORS``).
+        workers: the CPUs Ray uses (``None``: all).
+        arch: the registered architecture to federate (``None``: the audited model's).
+        max_drop, max_asr: what an aggregator may lose, and the backdoor success it must stay below, to hold.
+        max_accuracy_gap: how far below the audited model an attack-free run may end.
+    """
+
     retrains = "it cannot be trained by federated clients"
     defaults: ClassVar[dict[str, Any]] = {
         "clients": 10,

@@ -9,9 +9,6 @@
   training record but one feature, and its label; reported as the advantage over a baseline that guesses the
   feature from the others (half the test split is the attacker's auxiliary data, the other half the unseen
   records the same advantage is measured on), with a 95 % interval.
-
-Risk: images — the evaluator recognises >= 80 % of the reconstructions high, >= 50 % medium; tabular — an
-advantage whose interval lies above 5 points (on training records) high, above 0 medium.
 """
 
 from __future__ import annotations
@@ -27,10 +24,27 @@ from ..result import Example, Plot, ProbeResult, Series
 
 
 @register_probe
-class InversionProbe(Probe):
-    name = "inversion"
-    title = "Model inversion and attribute inference"
-    threat = "privacy / inversion"
+class InversionProbe(
+    Probe, name="inversion", title="Model inversion and attribute inference", threat="privacy / inversion"
+):
+    """MI-FACE on image models, attribute inference on tabular ones.
+
+    Applies to images with a white-box model and to tabular records, with at least 20 records in the test split.
+    Metrics: images — ``inversion_recognition_rate`` and ``inversion_nearest_distance[C]`` per class; tabular —
+    per feature ``attribute_advantage[F]``, ``attribute_advantage_ci_low[F]`` (on training records) and
+    ``attribute_advantage_unseen[F]``. No checks.
+
+    Risk: images — the evaluator recognises >= 80 % of the reconstructions high, >= 50 % medium, else low;
+    tabular — on the feature whose interval starts highest, an advantage whose interval lies above 5 points (on
+    training records) high, above 0 medium, else low.
+
+    Parameters:
+        steps: MI-FACE's most iterations per class.
+        step_size: MI-FACE's gradient step.
+        features: the tabular features attacked, by index or name (``None``: every feature).
+        n_bins: quantile bins a continuous feature is discretised into for attribute inference.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {"steps": 1000, "step_size": 0.3, "features": None, "n_bins": 4}
 
     def skip_reason(self, ctx: AuditContext) -> str | None:

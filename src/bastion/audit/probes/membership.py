@@ -9,14 +9,6 @@ registered architecture and the zoo's training settings) on random halves of tra
 report says so). Every attack reports ROC AUC, balanced accuracy and the true-positive rate at 0.1 % and 1 % false
 positives — the low-FPR regime, where an attacker is right about some records with near certainty, is the
 breach that the AUC hides.
-
-Check ``references-match-target``: the reference models' accuracy on their non-members is within
-``max_reference_gap`` of the target's on its non-members (the likelihood ratio assumes they were trained the same
-way; a mismatch makes LiRA and RMIA miscalibrated).
-
-Risk: the best attack's TPR at 0.1 % FPR >= 10x what a random guess gets there is high, >= 3x medium, else low;
-a random guess gets the FPR, or 1 / (N + 1) with N non-members when 0.1 % is below 1 / N (then no non-member may
-be flagged).
 """
 
 from __future__ import annotations
@@ -40,10 +32,24 @@ _LOW_FPR = 0.001
 
 
 @register_probe
-class MembershipProbe(Probe):
-    name = "membership"
-    title = "Membership inference"
-    threat = "privacy / membership inference"
+class MembershipProbe(Probe, name="membership", title="Membership inference", threat="privacy / membership inference"):
+    """The membership attacks of ``attacks`` on the training split (members) against the test split.
+
+    Check ``references-match-target``: warns when the reference models' accuracy on their non-members is more than
+    ``max_reference_gap`` from the target's on its non-members (the likelihood ratio assumes they were trained the
+    same way; a mismatch makes LiRA and RMIA miscalibrated), passes otherwise; skipped without reference models.
+
+    Risk: the best attack's TPR at 0.1 % FPR >= 10x what a random guess gets there is high, >= 3x medium, else
+    low; a random guess gets the FPR, or 1 / (N + 1) with N non-members when 0.1 % is below 1 / N (then no
+    non-member may be flagged).
+
+    Parameters:
+        attacks: the membership attacks run, by name (``bastion.attacks.inference.membership.MEMBERSHIP_ATTACKS``).
+        references: the reference models trained when an attack needs them (``lira``, ``rmia``).
+        arch: the registered architecture of the reference models (``None``: the audited model's).
+        max_reference_gap: the accuracy gap on non-members the check allows.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "attacks": ["loss", "modified-entropy", "lira", "rmia"],
         "references": 8,

@@ -5,9 +5,6 @@ and Carlini-Wagner L2 (2017) on a smaller subset: the distribution of the smalle
 fools the model, per input, as a histogram and as the curve "fraction of inputs still correct
 against perturbation size" (robust accuracy as a function of eps, read off the minimal norms — an
 upper bound, since a minimal-norm attack only finds a perturbation, not the smallest one).
-
-Risk: the median DeepFool norm against the audit's largest eps: at most eps high, at most 2 eps
-medium, else low.
 """
 
 from __future__ import annotations
@@ -30,10 +27,28 @@ def _curve(norms: torch.Tensor, ok: torch.Tensor, correct: torch.Tensor, grid: l
 
 
 @register_probe
-class MinimumNormProbe(Probe):
-    name = "minimum-norm"
-    title = "Minimum-norm perturbations"
-    threat = "evasion / white-box (minimal perturbation)"
+class MinimumNormProbe(
+    Probe, name="minimum-norm", title="Minimum-norm perturbations", threat="evasion / white-box (minimal perturbation)"
+):
+    """DeepFool and Carlini-Wagner L2: the median smallest fooling perturbation and the accuracy curve it implies.
+
+    Needs a white-box model and an audit in linf or l2; a randomised model is attacked through EOT (10 draws).
+    Metrics: ``median_min_perturbation[deepfool]`` / ``[cw]`` (over the clean-correct inputs fooled) and
+    ``success_rate[deepfool]`` / ``[cw]``. No checks.
+
+    Risk: the median DeepFool norm against the audit's largest eps: at most eps high, at most 2 eps medium, else
+    low; ``n/a`` when DeepFool fooled nothing.
+
+    Parameters:
+        n_deepfool: audited inputs DeepFool attacks (the first ``n_deepfool``).
+        deepfool_steps: DeepFool's most iterations.
+        n_cw: audited inputs C&W-L2 attacks (the first ``n_cw``; 0: it does not run).
+        cw_search_steps: C&W's binary-search steps over its constant.
+        cw_iterations: C&W's optimisation iterations per search step.
+        examples: DeepFool's successful examples shown in the gallery.
+        batch_size: inputs either attack processes at once.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "n_deepfool": 1000,
         "deepfool_steps": 50,

@@ -1,16 +1,6 @@
 """The model probe: clean accuracy with a confidence interval, and the sanity checks every later
-number depends on — is the model deterministic, does it output logits, are its gradients usable.
-
-Checks (AutoAttack's ``checks.py``; Carlini et al. 2019, section 4):
-
-- ``deterministic``: two forward passes on the same inputs agree exactly. A randomised model gets
-  attacked through :class:`~bastion.attacks.EOT` by the white-box probes, and the report says so.
-- ``logits``: the scores are logits. Probabilities (declared, or rows that sum to one) let
-  cross-entropy saturate and hide gradients; the attacks work on log-probabilities and the ensemble
-  adds the scale-invariant DLR loss, but the report warns.
-- ``gradients``: input gradients of the margin loss (which, unlike cross-entropy, does not
-  underflow on confident inputs) are finite and non-zero. Zero gradients are the signature of
-  non-differentiable preprocessing (quantisation, JPEG, thresholds) or saturation.
+number depends on — is the model deterministic, does it output logits, are its gradients usable (the checks of
+AutoAttack's ``checks.py``; Carlini et al. 2019, section 4).
 """
 
 from __future__ import annotations
@@ -26,10 +16,28 @@ from ..result import Check, Plot, ProbeResult, Series
 
 
 @register_probe
-class ModelProbe(Probe):
-    name = "model"
-    title = "Model and clean accuracy"
-    threat = "baseline"
+class ModelProbe(Probe, name="model", title="Model and clean accuracy", threat="baseline"):
+    """Clean accuracy on the whole test split (with a 95% Wilson interval) and per class, and three sanity checks.
+
+    Metrics: ``clean_accuracy`` (with ``_ci_low`` / ``_ci_high``), ``clean_accuracy_audited`` (on the audited
+    inputs), ``n_test``, ``deterministic`` (1 when the determinism check passed). Risk is ``n/a``.
+
+    Checks, on the first ``check_inputs`` audited inputs:
+
+    - ``deterministic``: two forward passes on the same inputs agree exactly, else a warning. A randomised model
+      gets attacked through :class:`~bastion.attacks.EOT` by the white-box probes, and the report says so.
+    - ``logits``: the scores are logits. Probabilities (declared, or rows that sum to one) let cross-entropy
+      saturate and hide gradients; the attacks work on log-probabilities and the ensemble adds the
+      scale-invariant DLR loss, but the check warns. Skipped for a black box.
+    - ``gradients``: input gradients of the margin loss (which, unlike cross-entropy, does not underflow on
+      confident inputs) are finite and non-zero. Zero gradients are the signature of non-differentiable
+      preprocessing (quantisation, JPEG, thresholds) or saturation: no gradient, a non-finite one or a zero one on
+      more than half the inputs fails, zero ones on fewer warn. Skipped for a black box.
+
+    Parameters:
+        check_inputs: audited inputs the sanity checks run on.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {"check_inputs": 64}
 
     def run(self, ctx: AuditContext) -> ProbeResult:

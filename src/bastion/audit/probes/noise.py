@@ -2,10 +2,7 @@
 
 :class:`~bastion.attacks.RandomNoise` at every eps of the audit: the floor that any attack must beat.
 Its robust accuracy is the risk from accidental corruption at that size; an attack that does no
-better than noise is broken (check ``attacks-beat-noise``, read against the white-box worst case or,
-for black-box models, Square).
-
-Risk: noise robust accuracy at the largest eps relative to clean (< 50% high, < 90% medium, else low).
+better than noise is broken.
 """
 
 from __future__ import annotations
@@ -20,10 +17,24 @@ from ..result import Check, ProbeResult
 
 
 @register_probe
-class NoiseProbe(Probe):
-    name = "noise"
-    title = "Random-noise baseline"
-    threat = "baseline (no attacker)"
+class NoiseProbe(Probe, name="noise", title="Random-noise baseline", threat="baseline (no attacker)"):
+    """Robust accuracy against random perturbations at every eps of the audit (``robust_accuracy[noise]@eps=E``).
+
+    Needs an audit in linf or l2.
+
+    Check ``attacks-beat-noise``, read against the white-box worst case or, when the white-box probe has no
+    result, Square: fails when at some eps the attack leaves more than ``tolerance`` above noise's robust
+    accuracy, passes otherwise; skipped with neither result.
+
+    Risk: noise robust accuracy at the largest eps relative to clean (< 50% high, < 90% medium, else low).
+
+    Parameters:
+        n: audited inputs perturbed (the first ``n``).
+        queries: random draws per input at most (the first that fools the model is kept).
+        tolerance: how much more robust accuracy than noise the attacks may leave.
+        batch_size: inputs perturbed at once.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {"n": 500, "queries": 100, "tolerance": 0.01, "batch_size": 1000}
 
     needs_lp_norm = "the noise baseline supports linf and l2, not {norm}"

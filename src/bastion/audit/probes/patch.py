@@ -5,12 +5,8 @@ One patch covering at most ``area`` of the image, trained with expectation over 
 images, then pasted on the audited (held-out) images under fresh random transformations.
 Untargeted: the share of correctly classified images the patch makes wrong; targeted (``targets``):
 the share of images not of the target class it makes that class. A random patch of the same size is
-the baseline; a trained patch that does worse than it is an optimiser failure (validity check
-``patch-beats-random`` warns). The patch's side is ``floor(sqrt(area * H * W))``, so it covers at most
-``area`` (on 28x28 images ``area=0.1`` gives 8x8 = 8.2%); the summary and ``params["patch_area"]`` state the
-real share. Needs image inputs (C, H, W) and a white-box model.
-
-Risk: untargeted success >= 50% high, >= 20% medium, else low.
+the baseline. The patch's side is ``floor(sqrt(area * H * W))``, so it covers at most ``area`` (on 28x28
+images ``area=0.1`` gives 8x8 = 8.2%); the summary and ``params["patch_area"]`` state the real share.
 """
 
 from __future__ import annotations
@@ -28,10 +24,30 @@ from ..result import Check, Example, Plot, ProbeResult, Series
 
 
 @register_probe
-class PatchProbe(Probe):
-    name = "patch"
-    title = "Adversarial patch (physical)"
-    threat = "evasion / physical (universal patch)"
+class PatchProbe(
+    Probe, name="patch", title="Adversarial patch (physical)", threat="evasion / physical (universal patch)"
+):
+    """A universal patch, untargeted and per target class, against a random patch under the same placements.
+
+    Needs image inputs (C, H, W), a white-box model, a training split and a patch side of at least one pixel.
+    Metrics: ``patch_success[untargeted]``, ``patch_success[target=T]`` and ``patch_success[random,...]`` for the
+    random patch of each.
+
+    Check ``patch-beats-random`` (:func:`patch_beats_random`): a trained patch that does worse than the random
+    one is an optimiser failure, so the check warns; passes otherwise.
+
+    Risk: untargeted success >= 50% high, >= 20% medium, else low.
+
+    Parameters:
+        area: the largest share of the image the patch covers.
+        steps: the patch's optimisation steps.
+        fit_images: training images the patch is fitted on (the first ``fit_images``).
+        batch_size: images per optimisation step.
+        lr: the optimiser's learning rate.
+        targets: target classes, one targeted patch each (``[]``: the untargeted patch only).
+        examples: audited inputs the untargeted patch fools shown in the gallery.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "area": 0.1,
         "steps": 500,

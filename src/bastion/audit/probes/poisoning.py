@@ -10,13 +10,6 @@ the accuracy drop. The result is a curve against the poison rate.
 It retrains, so it needs an architecture bastion can build: the audited model's registered architecture
 (``zoo:`` models, ``.safetensors`` files), or the ``arch`` parameter naming one (register your own factory with
 :func:`bastion.models.register_architecture`), and a dataset with a training split of that input shape.
-
-Checks: ``poisoned-recipe-trains`` (the poisoned models keep their clean accuracy within ``max_clean_drop``:
-otherwise the rates measured are those of a broken training, not of a backdoor) and ``trigger-needs-poison``
-(the trigger alone barely moves the clean model: otherwise it is an evasion patch, not a backdoor).
-
-Risk: the backdoor's success at the largest rate >= 50% high, >= 20% medium, else low; label flipping costing
->= 10 accuracy points at its largest rate is high, >= 3 medium.
 """
 
 from __future__ import annotations
@@ -40,10 +33,29 @@ def rate_key(rate: float) -> str:
 
 
 @register_probe
-class PoisoningProbe(RetrainingProbe):
-    name = "poisoning"
-    title = "Training-data poisoning"
-    threat = "poisoning / training data"
+class PoisoningProbe(
+    RetrainingProbe, name="poisoning", title="Training-data poisoning", threat="poisoning / training data"
+):
+    """Each attack of ``attacks`` at each of its poison rates, retrained with the recipe next to the clean recipe.
+
+    Checks, both skipped when no backdoor ran: ``poisoned-recipe-trains`` warns when a backdoored model loses more
+    than ``max_clean_drop`` clean accuracy (the rates measured are then those of a broken training, not of a
+    backdoor); ``trigger-needs-poison`` warns when a trigger alone makes the clean model answer the target on
+    20% or more of the inputs (it is then an evasion patch, not a backdoor).
+
+    Risk, per attack at its largest rate, the highest over the attacks: a backdoor's success >= 50% high, >= 20%
+    medium, else low; label flipping costing >= 10 accuracy points high, >= 3 medium, else low.
+
+    Parameters:
+        attacks: poisoning attack names (``bastion.attacks.poisoning.POISONING_ATTACKS``), each mapped to a list of
+            poison rates in (0, 1).
+        target: the backdoors' target class (label flipping has none).
+        arch: the registered architecture retrained (``None``: the audited model's).
+        epochs: training epochs (``None``: the architecture's recipe).
+        max_clean_drop: the clean accuracy a backdoored model may lose (``poisoned-recipe-trains``).
+        examples: triggered test inputs shown per backdoor, on its model at its largest rate.
+    """
+
     retrains = "it cannot be retrained on poisoned data"
     defaults: ClassVar[dict[str, Any]] = {
         "attacks": {"badnets": [0.005, 0.01, 0.02, 0.05], "label-flip": [0.05, 0.2]},

@@ -18,16 +18,6 @@ Metrics: ``privacy_epsilon`` (the claim: the epsilon the accountant spent; only 
 ``privacy_epsilon_lower_bound`` (and ``[multi-run]`` with several runs), ``privacy_test_accuracy`` (the retrained
 model on the test split), ``privacy_canary_auc``, ``privacy_canary_tpr@fpr=0.001`` / ``@fpr=0.01`` and
 ``privacy_natural_auc`` (the same attack on ordinary training records against the test split).
-
-Checks: ``empirical-epsilon-below-claim`` fails when the lower bound exceeds the claimed epsilon — impossible
-for a correct DP implementation except with probability 1 - confidence, so a bug in the training or the
-accounting; without DP there is no claim and the check passes, reporting the bound as the measured leakage.
-``retrained-matches-model``: the retrained model's test accuracy is within ``max_accuracy_gap`` of the audited
-model's (otherwise the recipe audited is not the one that trained the model).
-
-Risk: a violated claim is high; without a finite claim (no DP, or DP without noise) a lower bound >= 1 is high,
->= 0.1 medium, else low; a kept claim is low, medium when the claim is above 10 (a guarantee too weak to bound
-a practical attack).
 """
 
 from __future__ import annotations
@@ -110,10 +100,36 @@ def dp_config_from(arch: str, config: Mapping[str, Any]) -> Any:
 
 
 @register_probe
-class PrivacyProbe(RetrainingProbe):
-    name = "privacy"
-    title = "Differential privacy (canary audit)"
-    threat = "privacy / training-data leakage"
+class PrivacyProbe(
+    RetrainingProbe,
+    name="privacy",
+    title="Differential privacy (canary audit)",
+    threat="privacy / training-data leakage",
+):
+    """The model's recorded DP claim next to a canary audit's lower bound on epsilon for its training recipe.
+
+    Checks: ``empirical-epsilon-below-claim`` fails when the lower bound exceeds the claimed epsilon — impossible
+    for a correct DP implementation except with probability 1 - confidence, so a bug in the training or the
+    accounting; without DP there is no claim and the check passes, reporting the bound as the measured leakage.
+    ``retrained-matches-model`` warns when the retrained model's test accuracy is more than ``max_accuracy_gap``
+    from the audited model's (the recipe audited is then not the one that trained the model).
+
+    Risk: a violated claim is high; without a claim (no DP, or DP without noise) a lower bound >= 1 is high,
+    >= 0.1 medium, else low; a kept claim is low, medium when it is above 10 (a guarantee too weak to bound a practical attack).
+
+    Parameters:
+        canaries: canaries inserted (a whole number >= 2; capped at half the training split).
+        runs: trainings (>= 1); two or more add the across-runs bound.
+        kind: the canaries: ``ood`` (noise inputs with random labels) or ``mislabel`` (mislabelled training records).
+        score: the membership score per canary: ``loss``, ``confidence``, ``logit`` or ``lira``.
+        references: reference models per run for ``lira`` (>= 2 with it; only it uses them).
+        confidence: the confidence the lower bound holds at, in (0, 1).
+        arch: the registered architecture retrained (``None``: the audited model's).
+        model_file: the ``.safetensors`` file whose metadata holds the training record (``None``: the
+            classifier's ``metadata``).
+        max_accuracy_gap: the test-accuracy gap ``retrained-matches-model`` allows.
+    """
+
     retrains = "its training cannot be audited with canaries"
     defaults: ClassVar[dict[str, Any]] = {
         "canaries": 500,

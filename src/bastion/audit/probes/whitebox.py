@@ -5,24 +5,8 @@ Per eps, on the audited inputs: FGSM and PGD run on every input (their own curve
 iterative-vs-single-step check need that); APGD-CE then APGD-T (Croce & Hein 2020) run on the
 inputs still robust after both. An input counts as robust only if every attack failed on it, so
 ``robust_accuracy[whitebox]@eps`` is the per-input worst case. Randomised models are attacked
-through EOT (see the model probe's ``deterministic`` check).
-
-Checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness", section 5):
-
-- ``iterative-beats-single-step``: PGD is at least as strong as FGSM at every eps;
-- ``monotone-in-eps``: worst-case robust accuracy does not rise as eps grows;
-- ``unbounded-attack``: PGD with an eps of half the input range (every input can then reach the same
-  mid-range point) drives accuracy to chance;
-- ``convergence``: doubling PGD's iterations changes the reported (worst-case) robust accuracy by less
-  than a point;
-- ``restarts``: extra random restarts change it by less than a point.
-
-The last two run the stronger PGD on the inputs the worst case left robust, at the eps where the worst
-case is nearest half the clean accuracy (where a weak evaluation would show most): they ask whether the
-reported number has converged, not whether PGD alone has.
-
-Risk: worst-case robust accuracy at the largest eps, relative to clean accuracy (< 50%: high, < 90%:
-medium, else low).
+through EOT (see the model probe's ``deterministic`` check). The checks are those of Carlini et al. 2019,
+"On Evaluating Adversarial Robustness", section 5.
 """
 
 from __future__ import annotations
@@ -51,10 +35,44 @@ def attack_model(ctx: AuditContext, eot_samples: int) -> tuple[Classifier, bool]
 
 
 @register_probe
-class WhiteBoxProbe(Probe):
-    name = "whitebox"
-    title = "White-box evasion"
-    threat = "evasion / white-box (gradients)"
+class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="evasion / white-box (gradients)"):
+    """FGSM, PGD and the APGD ensemble at every eps of the audit: robust accuracy per attack and per-input worst case.
+
+    Needs a white-box model and an audit in linf or l2. Metrics per eps: ``robust_accuracy[fgsm]@eps=E``,
+    ``robust_accuracy[pgd]@eps=E`` and ``robust_accuracy[whitebox]@eps=E`` (the worst case).
+
+    Checks:
+
+    - ``iterative-beats-single-step``: PGD is at least as strong as FGSM at every eps (FGSM lower by more than
+      ``tolerance`` warns, by more than 5 x ``tolerance`` fails);
+    - ``monotone-in-eps``: worst-case robust accuracy does not rise by more than ``tolerance`` / 2 as eps grows
+      (else fails);
+    - ``unbounded-attack``: PGD with an eps of half the input range (every input can then reach the same
+      mid-range point), on up to 200 inputs, drives accuracy to chance (else fails);
+    - ``convergence``: PGD with ``convergence_factor`` times the iterations newly breaks less than ``tolerance``
+      of the inputs, so robust accuracy changes by less than that (else warns);
+    - ``restarts``: PGD with ``extra_restarts`` more random restarts does the same (else warns).
+
+    The last two run the stronger PGD on the inputs the worst case left robust, at the eps where the worst case
+    is nearest half the clean accuracy (where a weak evaluation would show most): they ask whether the reported
+    number has converged, not whether PGD alone has.
+
+    Risk: worst-case robust accuracy at the largest eps, relative to clean accuracy (< 50%: high, < 90%:
+    medium, else low).
+
+    Parameters:
+        pgd_steps, pgd_restarts: PGD's iterations and random restarts.
+        apgd_steps: the iterations of APGD-CE and APGD-T.
+        apgd_t_targets: the target classes APGD-T tries (at most the number of classes - 1).
+        ensemble: run the APGD ensemble on the inputs FGSM and PGD left robust.
+        convergence_factor: the iteration multiple of the ``convergence`` check's PGD.
+        extra_restarts: the restarts the ``restarts`` check's PGD adds.
+        examples: PGD's successful examples shown, at the smallest eps at which it fooled an input.
+        eot_samples: draws per expectation (EOT) when the model is randomised.
+        batch_size: inputs each attack processes at once.
+        tolerance: the checks' margin, a share of the inputs.
+    """
+
     defaults: ClassVar[dict[str, Any]] = {
         "pgd_steps": 40,
         "pgd_restarts": 1,

@@ -27,12 +27,12 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
-from ...registry import Registry
+from ...registry import Configured, Registry
 
 __all__ = ["DETECTORS", "Detector", "get_detector", "register_detector"]
 
 
-class Detector:
+class Detector(Configured):
     """Base class of adversarial-input detectors.
 
     Subclasses set ``name`` and ``differentiable`` and implement :meth:`_fit` (on clean inputs and
@@ -187,14 +187,6 @@ class Detector:
         thr = self._require_calibrated("detect")
         return self.score(x) > thr
 
-    # -- configuration -----------------------------------------------------------------------------
-    def params(self) -> dict[str, Any]:
-        """The constructor arguments, as given (for reports)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
-
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
 """Adversarial-input detectors by name (``"mahalanobis"``, ``"activations"``, ``"squeeze"``)."""
@@ -203,10 +195,9 @@ DETECTORS: Registry[type[Detector]] = Registry("detector")
 def register_detector(name: str, *, replace: bool = False) -> Callable[[type[Detector]], type[Detector]]:
     """Class decorator adding a detector to :data:`DETECTORS` under ``name`` (a taken name is refused unless
     ``replace=True``)."""
-
     return DETECTORS.named(name, replace=replace)
 
 
 def get_detector(name: str, **kwargs: Any) -> Detector:
     """Build a registered detector by name, e.g. ``get_detector('mahalanobis', ridge=1e-3)``."""
-    return DETECTORS.get(name)(**kwargs)
+    return DETECTORS.create(name, **kwargs)

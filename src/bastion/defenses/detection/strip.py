@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -159,9 +159,6 @@ class STRIP(Detector):
         self.superimpose = superimpose
         self.seed = seed
         self.generator = generator
-
-    def params(self) -> dict[str, Any]:
-        return {k: v for k, v in super().params().items() if k != "generator"}
 
     def _fit(self, model: Classifier, x: Tensor, y: Tensor) -> None:
         if x.dim() != 4:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ...errors import UsageError
+from ...models.base import Closing
 from .protocol import HEClient, HEError
 from .wire import MEDIA_TYPE, encode_request
 
@@ -29,7 +30,7 @@ SPEC_PATH = "/v1/encrypted/spec"
 PREDICT_PATH = "/v1/predict-encrypted"
 
 
-class EncryptedClient:
+class EncryptedClient(Closing):
     """Private inference against the bastion service at ``url`` (its base URL, e.g. ``http://127.0.0.1:8000``).
 
     Args:
@@ -98,12 +99,6 @@ class EncryptedClient:
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._http.close()
-
-    def __enter__(self) -> EncryptedClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         params = self.he.params

@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ...errors import UsageError
+from ...models.base import Closing
 from .program import HEProgram
 from .protocol import HEError, HEServer, unpack
 
@@ -62,7 +63,7 @@ def _evaluate(context: bytes, payload: bytes) -> bytes:
         ) from None
 
 
-class IsolatedHEServer:
+class IsolatedHEServer(Closing):
     """:class:`~.protocol.HEServer` with ``evaluate`` in a child process (see the module docstring).
 
     Args:
@@ -138,12 +139,6 @@ class IsolatedHEServer:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> IsolatedHEServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

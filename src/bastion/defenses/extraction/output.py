@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ...errors import UsageError
-from ...registry import Registry
+from ...registry import Configured, Registry
 
 __all__ = [
     "OUTPUT_POLICIES",
@@ -52,7 +52,7 @@ OUTPUT_POLICIES: Registry[type[OutputPolicy]] = Registry("output policy")
 
 def get_output_policy(name: str, **params: Any) -> OutputPolicy:
     """Build a registered output policy by name, e.g. ``get_output_policy("round", decimals=2)``."""
-    return OUTPUT_POLICIES.get(name)(**params)
+    return OUTPUT_POLICIES.create(name, **params)
 
 
 def check_probabilities(probs: Tensor, x: Tensor | None = None, *, needs_inputs: bool = False) -> Tensor:
@@ -88,7 +88,7 @@ def keep_label(out: Tensor, label: Tensor, margin: float) -> Tensor:
     return (1 - a) * out + a * onehot
 
 
-class OutputPolicy:
+class OutputPolicy(Configured):
     """Base class: ``policy(probs, x=None)`` returns what the client is sent, (N, K), in the dtype of ``probs``.
 
     Class attributes: ``name`` (the registered name), ``returns_probabilities`` (False: only the label is sent),
@@ -111,9 +111,6 @@ class OutputPolicy:
     def params(self) -> dict[str, Any]:
         """The constructor arguments, as given."""
         return {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
 
 def _number(name: str, value: Any, *, low: float, high: float | None = None, integer: bool = False) -> Any:

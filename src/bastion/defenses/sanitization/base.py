@@ -29,11 +29,11 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import Tensor
 
-from ...data.dataset import Dataset
+from ...data.dataset import Dataset, index_mask
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
 from ...models.features import HasFeatures, Pool
-from ...registry import Registry
+from ...registry import Configured, Registry
 
 __all__ = ["SANITIZERS", "SanitizationResult", "Sanitizer", "check_seed", "get_sanitizer", "register_sanitizer"]
 
@@ -72,9 +72,7 @@ class SanitizationResult:
     @property
     def removed_mask(self) -> Tensor:
         """(N,) bool: True at the removed records (compare with ``PoisonedData.is_poisoned``)."""
-        mask = torch.zeros(self.n_train, dtype=torch.bool)
-        mask[self.removed] = True
-        return mask
+        return index_mask(self.removed, self.n_train)
 
     @property
     def kept(self) -> Tensor:
@@ -100,7 +98,7 @@ class SanitizationResult:
         return f"SanitizationResult({self.method!r}, removed {self.n_removed} of {self.n_train} records)"
 
 
-class Sanitizer:
+class Sanitizer(Configured):
     """Base class of training-set sanitisers.
 
     Subclasses set ``name`` (by :func:`register_sanitizer`) and implement :meth:`_fit`; everything else —
@@ -237,15 +235,8 @@ class Sanitizer:
 
     # -- configuration -----------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        """The constructor arguments, as given (for reports); a ``generator`` is left out."""
-        return {
-            k: getattr(v, "__qualname__", repr(v)) if callable(v) else v
-            for k, v in vars(self).items()
-            if not k.startswith("_") and not k.endswith("_") and k != "generator"
-        }
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+        """The constructor arguments, as given (for reports); a ``generator`` is left out, a callable named."""
+        return {k: getattr(v, "__qualname__", repr(v)) if callable(v) else v for k, v in super().params().items()}
 
 
 def finite_number(v: object) -> bool:
@@ -280,4 +271,4 @@ def register_sanitizer(name: str, *, replace: bool = False) -> Callable[[type[Sa
 
 def get_sanitizer(name: str, **kwargs: Any) -> Sanitizer:
     """Build a registered sanitiser by name, e.g. ``get_sanitizer('spectral', expected_rate=0.1)``."""
-    return SANITIZERS.get(name)(**kwargs)
+    return SANITIZERS.create(name, **kwargs)

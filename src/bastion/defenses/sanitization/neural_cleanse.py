@@ -43,7 +43,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +50,7 @@ from torch import Tensor
 
 from ...errors import UsageError
 from ...models.base import Classifier, validate_inputs
+from ...registry import Configured
 from ...seeding import make_generator
 from .base import check_seed
 from .reverse_trigger import EPS, CostSchedule, TriggerSearch, to_tanh
@@ -70,7 +70,7 @@ def _shuffled_batches(x: Tensor, batch_size: int, g: torch.Generator) -> Iterato
             yield x[order[i : i + batch_size]]
 
 
-class NeuralCleanse:
+class NeuralCleanse(Configured):
     """Neural Cleanse backdoor scanner (Wang et al. 2019); see the module docstring for the algorithm.
 
     ``NeuralCleanse().scan(model, x)`` with a white-box image classifier and clean inputs x (N, C, H, W)
@@ -172,13 +172,6 @@ class NeuralCleanse:
                     f"classes must be a non-empty list of distinct class indices (or None for all), got {self.classes!r}"
                 )
         check_seed(self.seed, self.generator)
-
-    def params(self) -> dict[str, Any]:
-        """The configuration, as given (recorded in every :class:`ScanResult`)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "generator"}
-
-    def __repr__(self) -> str:
-        return f"NeuralCleanse({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
     # -- scanning -----------------------------------------------------------------------------------
     def _check(self, model: Classifier, x: Tensor, y: Tensor | None) -> list[int]:

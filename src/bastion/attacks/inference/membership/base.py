@@ -26,7 +26,7 @@ from torch import Tensor
 from .... import metrics
 from ....errors import UsageError
 from ....models.base import Classifier, validate_inputs
-from ....registry import Registry
+from ....registry import Configured, Registry
 from .references import ReferenceModels, scores_of
 
 __all__ = [
@@ -43,7 +43,7 @@ FPRS = (0.001, 0.01)
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
-class MembershipAttack:
+class MembershipAttack(Configured):
     """Base class of membership-inference attacks (keyword-only dataclasses, as the poisoning attacks).
 
     Subclasses set ``needs_references`` and implement :meth:`score_from`; those that need reference models read
@@ -105,13 +105,6 @@ class MembershipAttack:
         """Membership scores from the target's scores (N, n_classes) on the records (the pure part)."""
         raise NotImplementedError
 
-    def params(self) -> dict[str, Any]:
-        """The constructor arguments (for reports)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
-
 
 MEMBERSHIP_ATTACKS: Registry[type[MembershipAttack]] = Registry("membership attack")
 """Membership-inference attacks by the name ``bastion privacy --attacks`` and the audit resolve."""
@@ -126,7 +119,7 @@ def register_membership(
 
 def get_membership_attack(name: str, **kwargs: Any) -> MembershipAttack:
     """Build a registered membership attack by name, e.g. ``get_membership_attack('lira', online=False)``."""
-    return MEMBERSHIP_ATTACKS.get(name)(**kwargs)
+    return MEMBERSHIP_ATTACKS.create(name, **kwargs)
 
 
 def _loglog_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 60) -> dict[str, list[float]]:
