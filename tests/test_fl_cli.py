@@ -13,7 +13,7 @@ import pytest
 from bastion.cli import main
 
 # flwr is the optional `federated` extra (in `test`, so CI runs these); without it the module is skipped, not failed
-pytest.importorskip("flwr")  # the `federated` extra: in the `test` extra, so CI runs these; a bare install skips
+pytest.importorskip("flwr")
 
 BASTION = str(Path(sys.executable).parent / "bastion")
 SMALL = ["--arch", "digits-mlp", "--data", "digits", "--clients", "4", "--malicious", "0.25"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 # flwr is the optional `federated` extra (in `test`, so CI runs these); without it the module is skipped, not failed
-pytest.importorskip("flwr")  # the `federated` extra: in the `test` extra, so CI runs these; a bare install skips
+pytest.importorskip("flwr")
 
 from bastion.audit import PROBES, run_audit
 from bastion.audit.probes import federated as fl_probe

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 # flwr is the optional `federated` extra (in `test`, so CI runs these); without it the module is skipped, not failed
-flwr = pytest.importorskip("flwr")  # the `federated` extra: in `test`, so CI runs these; a bare install skips
+flwr = pytest.importorskip("flwr")
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum  # noqa: E402

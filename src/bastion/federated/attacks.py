@@ -53,7 +53,7 @@ import numpy as np
 from scipy.stats import norm
 
 from ..errors import UsageError
-from ..registry import Registry
+from ..registry import Configured, Registry
 from .aggregators import validate_updates
 
 __all__ = [
@@ -86,7 +86,7 @@ def _positive(value: object, name: str, hint: str) -> float:
     return number
 
 
-class UpdateAttack(abc.ABC):
+class UpdateAttack(Configured, abc.ABC):
     """Base class of the update attacks: :meth:`craft` the malicious clients' updates from the benign ones.
 
     Subclasses take keyword-only constructor arguments (kept as given, as attributes of the same name) and
@@ -117,14 +117,6 @@ class UpdateAttack(abc.ABC):
     @abc.abstractmethod
     def _craft(self, benign: np.ndarray, n_malicious: int, rng: np.random.Generator) -> np.ndarray:
         """The malicious rows from validated float64 ``benign`` updates."""
-
-    def params(self) -> dict[str, Any]:
-        """The constructor arguments, as given (for reports and round records)."""
-        signature = inspect.signature(type(self).__init__)
-        return {p: getattr(self, p) for p in signature.parameters if p != "self"}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
 
 UPDATE_ATTACKS: Registry[type[UpdateAttack]] = Registry("federated attack")
