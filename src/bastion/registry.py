@@ -6,8 +6,9 @@ output policies and aggregation methods are each kept in a :class:`Registry`: a 
 canonical name to the registered object, with one way in (:meth:`Registry.register`, also a decorator;
 :meth:`Registry.named` for a class that learns its name) that refuses a duplicate unless asked to replace it,
 one way out (:meth:`Registry.get`) whose error lists what is registered and suggests the closest name, and
-:meth:`Registry.create`, which builds what is registered from keyword arguments. Each family keeps its own
-``register_x`` decorator and ``get_x`` builder (documented for that family) on top of these.
+:meth:`Registry.create`, which builds what is registered from keyword arguments. A family's ``register_x``
+decorator and ``get_x`` builder are these two bound to its registry (``register_detector = DETECTORS.named``,
+``get_detector = DETECTORS.create``), documented with the registry.
 
     >>> shapes = Registry("shape")
     >>> @shapes.register("square")

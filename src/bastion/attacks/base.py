@@ -123,18 +123,12 @@ def is_adversarial(scores: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
-"""Evasion attacks by the name the CLI and the audit resolve (``"pgd"``, ``"square"``, ...)."""
+"""Evasion attacks by the name the CLI and the audit resolve (``"pgd"``, ``"square"``, ...). ``register(name)`` is
+the class decorator adding an attack (a taken name is refused unless ``replace=True``); ``get_attack('pgd',
+eps=0.3)`` builds one."""
 
-
-def register(name: str, *, replace: bool = False) -> Callable[[type[Attack]], type[Attack]]:
-    """Class decorator adding an attack to :data:`ATTACKS` under ``name`` (a taken name is refused unless
-    ``replace=True``)."""
-    return ATTACKS.named(name, replace=replace)
-
-
-def get_attack(name: str, **kwargs: Any) -> Attack:
-    """Build a registered attack by name, e.g. ``get_attack('pgd', eps=0.3)``."""
-    return ATTACKS.create(name, **kwargs)
+register = ATTACKS.named
+get_attack = ATTACKS.create
 
 
 @dataclass(frozen=True)

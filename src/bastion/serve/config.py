@@ -36,6 +36,9 @@ __all__ = [
 
 Action = Literal["answer", "flag", "abstain"]
 ClientAction = Literal["flag", "throttle", "block"]
+# the number kinds the keys take; the constraints are read back for the messages and the rendered file
+Probability = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]  # strictly between 0 and 1
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # a finite number above 0
 # names people reach for that are spelled differently here (the README once called `action` "policy")
 _SYNONYMS = {"policy": "action", "mode": "action", "threshold": "fpr", "method": "test", "detectors": "detector"}
 
@@ -75,9 +78,7 @@ class ConfidenceConfig(_Section):
     reference data (the curve is served at /v1/admin/risk-coverage)."""
 
     section: ClassVar[str] = "confidence"
-    target_risk: float = Field(
-        default=0.02, gt=0, lt=1, allow_inf_nan=False, description="Error rate allowed among the answered inputs."
-    )
+    target_risk: Probability = Field(default=0.02, description="Error rate allowed among the answered inputs.")
     action: Action = Field(
         default="abstain",
         description="What a low-confidence input gets: answer (scored only), flag "
@@ -97,11 +98,8 @@ class OodConfig(_Section):
         "of PGD inputs at eps 0.3 on mnist-cnn), mahalanobis (penultimate features, Lee "
         "et al. 2018; blind to that PGD) or squeeze (feature squeezing, Xu et al. 2018).",
     )
-    fpr: float = Field(
+    fpr: Probability = Field(
         default=0.05,
-        gt=0,
-        lt=1,
-        allow_inf_nan=False,
         description="Share of clean held-out reference inputs flagged (the threshold's quantile).",
     )
     action: Action = Field(default="flag", description="What a flagged input gets: answer, flag or abstain.")
@@ -119,11 +117,8 @@ class BackdoorConfig(_Section):
     detector: Literal["strip"] = Field(
         default="strip", description="strip (superimposition and entropy, Gao et al. 2019)."
     )
-    fpr: float = Field(
+    fpr: Probability = Field(
         default=0.01,
-        gt=0,
-        lt=1,
-        allow_inf_nan=False,
         description="Share of clean held-out reference inputs flagged (the paper presets 1%); the calibration needs "
         "at least 1/fpr held-out inputs.",
     )
@@ -146,7 +141,7 @@ class DriftConfig(_Section):
         description="mmd (penultimate features), ks (raw inputs, tabular) or auto (mmd for images with features).",
     )
     window: int = Field(default=200, ge=10, description="Inputs per tested window.")
-    alpha: float = Field(default=0.01, gt=0, lt=1, allow_inf_nan=False, description="False-alarm rate per window.")
+    alpha: Probability = Field(default=0.01, description="False-alarm rate per window.")
     permutations: int = Field(
         default=500, ge=19, description="Random splits for the MMD p-value (at least 1/alpha - 1)."
     )
@@ -157,13 +152,7 @@ class ExtractionConfig(_Section):
     client's successive queries) and a query budget."""
 
     section: ClassVar[str] = "extraction"
-    delta: float = Field(
-        default=0.9,
-        gt=0,
-        lt=1,
-        allow_inf_nan=False,
-        description="A client whose Shapiro-Wilk W falls below this is flagged.",
-    )
+    delta: Probability = Field(default=0.9, description="A client whose Shapiro-Wilk W falls below this is flagged.")
     budget: int = Field(default=0, ge=0, description="Queries allowed per key before it is throttled (0: no budget).")
     action: ClientAction = Field(
         default="block",
@@ -200,11 +189,9 @@ class OutputConfig(_Section):
     decimals: int = Field(default=2, ge=0, le=6, description="round: decimals kept.")
     k: int = Field(default=1, ge=1, description="top-k: probabilities kept.")
     renormalize: bool = Field(default=True, description="top-k: rescale the kept probabilities to sum to 1.")
-    beta: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="reverse-sigmoid: magnitude.")
-    gamma: float = Field(default=0.1, gt=0, allow_inf_nan=False, description="reverse-sigmoid: convergence.")
-    epsilon: float = Field(
-        default=0.5, gt=0, le=2, allow_inf_nan=False, description="prediction-poisoning: L1 budget of the change."
-    )
+    beta: Positive = Field(default=1.0, description="reverse-sigmoid: magnitude.")
+    gamma: Positive = Field(default=0.1, description="reverse-sigmoid: convergence.")
+    epsilon: Positive = Field(default=0.5, le=2, description="prediction-poisoning: L1 budget of the change.")
     surrogate: str = Field(
         default="",
         description="prediction-poisoning: the torch model standing for the thief's (a --model spec, e.g. "
@@ -241,16 +228,11 @@ class LimitsConfig(_Section):
         "CKKS context and its ciphertexts, which are far larger than plain inputs; more: 413. max_body_bytes "
         "applies to every other endpoint.",
     )
-    rate: float = Field(
-        default=200.0,
-        gt=0,
-        allow_inf_nan=False,
-        description="Requests per second per key (token bucket; more: 429 with Retry-After).",
+    rate: Positive = Field(
+        default=200.0, description="Requests per second per key (token bucket; more: 429 with Retry-After)."
     )
     burst: int = Field(default=400, ge=1, description="Requests a key may send at once before the rate applies.")
-    throttled_rate: float = Field(
-        default=2.0, gt=0, allow_inf_nan=False, description="Requests per second of a throttled key (burst 1)."
-    )
+    throttled_rate: Positive = Field(default=2.0, description="Requests per second of a throttled key (burst 1).")
 
 
 class GuardConfig(_Section):

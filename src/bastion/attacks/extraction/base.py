@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -309,16 +309,9 @@ class ExtractionAttack(Configured):
 
 
 EXTRACTION_ATTACKS: Registry[type[ExtractionAttack]] = Registry("extraction attack")
-"""Extraction attacks by the name ``bastion steal --attack`` resolves (``"knockoff"``, ...)."""
+"""Extraction attacks by the name ``bastion steal --attack`` resolves (``"knockoff"``, ...).
+``register_extraction(name)`` is the class decorator adding an extraction attack (a taken name is refused unless
+``replace=True``); ``get_extraction_attack('knockoff', pool=x)`` builds one."""
 
-
-def register_extraction(
-    name: str, *, replace: bool = False
-) -> Callable[[type[ExtractionAttack]], type[ExtractionAttack]]:
-    """Class decorator adding an extraction attack to :data:`EXTRACTION_ATTACKS` under ``name``."""
-    return EXTRACTION_ATTACKS.named(name, replace=replace)
-
-
-def get_extraction_attack(name: str, **kwargs: Any) -> ExtractionAttack:
-    """Build a registered extraction attack by name, e.g. ``get_extraction_attack('knockoff', pool=x)``."""
-    return EXTRACTION_ATTACKS.create(name, **kwargs)
+register_extraction = EXTRACTION_ATTACKS.named
+get_extraction_attack = EXTRACTION_ATTACKS.create

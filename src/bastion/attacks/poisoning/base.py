@@ -303,17 +303,12 @@ class PoisoningAttack(Configured):
 
 
 POISONING_ATTACKS: Registry[type[PoisoningAttack]] = Registry("poisoning attack")
-"""Poisoning attacks by the name ``bastion poison --attack`` and the audit resolve (``"badnets"``, ...)."""
+"""Poisoning attacks by the name ``bastion poison --attack`` and the audit resolve (``"badnets"``, ...).
+``register_poisoning(name)`` is the class decorator adding a poisoning attack (a taken name is refused unless
+``replace=True``); ``get_poisoning_attack('badnets', rate=0.05)`` builds one."""
 
-
-def register_poisoning(name: str, *, replace: bool = False) -> Callable[[type[PoisoningAttack]], type[PoisoningAttack]]:
-    """Class decorator adding a poisoning attack to :data:`POISONING_ATTACKS` under ``name``."""
-    return POISONING_ATTACKS.named(name, replace=replace)
-
-
-def get_poisoning_attack(name: str, **kwargs: Any) -> PoisoningAttack:
-    """Build a registered poisoning attack by name, e.g. ``get_poisoning_attack('badnets', rate=0.05)``."""
-    return POISONING_ATTACKS.create(name, **kwargs)
+register_poisoning = POISONING_ATTACKS.named
+get_poisoning_attack = POISONING_ATTACKS.create
 
 
 @torch.no_grad()

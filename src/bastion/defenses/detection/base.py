@@ -19,8 +19,7 @@ Fitted state ends with ``_`` (``model_``, ``threshold_``, ...). Detectors are re
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import torch
 from torch import Tensor
@@ -189,15 +188,9 @@ class Detector(Configured):
 
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
-"""Adversarial-input detectors by name (``"mahalanobis"``, ``"activations"``, ``"squeeze"``)."""
+"""Adversarial-input detectors by name (``"mahalanobis"``, ``"activations"``, ``"squeeze"``).
+``register_detector(name)`` is the class decorator adding a detector (a taken name is refused unless
+``replace=True``); ``get_detector('mahalanobis', ridge=1e-3)`` builds one."""
 
-
-def register_detector(name: str, *, replace: bool = False) -> Callable[[type[Detector]], type[Detector]]:
-    """Class decorator adding a detector to :data:`DETECTORS` under ``name`` (a taken name is refused unless
-    ``replace=True``)."""
-    return DETECTORS.named(name, replace=replace)
-
-
-def get_detector(name: str, **kwargs: Any) -> Detector:
-    """Build a registered detector by name, e.g. ``get_detector('mahalanobis', ridge=1e-3)``."""
-    return DETECTORS.create(name, **kwargs)
+register_detector = DETECTORS.named
+get_detector = DETECTORS.create

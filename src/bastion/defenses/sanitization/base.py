@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -260,15 +259,8 @@ def per_class(y: Tensor, n_classes: int) -> list[Tensor]:
 
 SANITIZERS: Registry[type[Sanitizer]] = Registry("sanitizer")
 """Training-set sanitisers by the name ``bastion sanitize --method`` and the audit resolve (``"spectral"``,
-``"clustering"``)."""
+``"clustering"``). ``register_sanitizer(name)`` is the class decorator adding a sanitiser (a taken name is refused
+unless ``replace=True``); ``get_sanitizer('spectral', expected_rate=0.1)`` builds one."""
 
-
-def register_sanitizer(name: str, *, replace: bool = False) -> Callable[[type[Sanitizer]], type[Sanitizer]]:
-    """Class decorator adding a sanitiser to :data:`SANITIZERS` under ``name`` (a taken name is refused unless
-    ``replace=True``)."""
-    return SANITIZERS.named(name, replace=replace)
-
-
-def get_sanitizer(name: str, **kwargs: Any) -> Sanitizer:
-    """Build a registered sanitiser by name, e.g. ``get_sanitizer('spectral', expected_rate=0.1)``."""
-    return SANITIZERS.create(name, **kwargs)
+register_sanitizer = SANITIZERS.named
+get_sanitizer = SANITIZERS.create

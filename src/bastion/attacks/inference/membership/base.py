@@ -15,7 +15,7 @@ is), the log-log ROC curve, and the most exposed records.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Self
 
@@ -107,19 +107,12 @@ class MembershipAttack(Configured):
 
 
 MEMBERSHIP_ATTACKS: Registry[type[MembershipAttack]] = Registry("membership attack")
-"""Membership-inference attacks by the name ``bastion privacy --attacks`` and the audit resolve."""
+"""Membership-inference attacks by the name ``bastion privacy --attacks`` and the audit resolve.
+``register_membership(name)`` is the class decorator adding a membership attack (a taken name is refused unless
+``replace=True``); ``get_membership_attack('lira', online=False)`` builds one."""
 
-
-def register_membership(
-    name: str, *, replace: bool = False
-) -> Callable[[type[MembershipAttack]], type[MembershipAttack]]:
-    """Class decorator adding a membership attack to :data:`MEMBERSHIP_ATTACKS` under ``name``."""
-    return MEMBERSHIP_ATTACKS.named(name, replace=replace)
-
-
-def get_membership_attack(name: str, **kwargs: Any) -> MembershipAttack:
-    """Build a registered membership attack by name, e.g. ``get_membership_attack('lira', online=False)``."""
-    return MEMBERSHIP_ATTACKS.create(name, **kwargs)
+register_membership = MEMBERSHIP_ATTACKS.named
+get_membership_attack = MEMBERSHIP_ATTACKS.create
 
 
 def _loglog_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 60) -> dict[str, list[float]]:
