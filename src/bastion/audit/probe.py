@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -25,6 +27,7 @@ from torch import Tensor
 from ..attacks.base import Attack, AttackResult
 from ..data import Dataset
 from ..errors import UsageError
+from ..metrics import wilson_interval
 from ..models.base import Classifier
 from ..registry import Registry
 from ..scale.executor import Executor, ShardStore
@@ -48,6 +51,22 @@ __all__ = [
 
 A = TypeVar("A", bound=Attack)
 M = TypeVar("M")
+
+
+def _typed(probe: str, key: str, default: Any, value: Any) -> Any:
+    """``value`` of parameter ``key`` checked against, and stored as, the type of its ``default`` (see Probe)."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = number and (isinstance(value, numbers.Integral) or float(value).is_integer()), "a whole number"
+    elif isinstance(default, float):
+        ok, want = number and abs(value) <= sys.float_info.max, "a finite number" if number else "a number"
+    else:
+        return value
+    if not ok:
+        raise UsageError(f"probe {probe!r}: {key} must be {want}, got {value!r}")
+    return type(default)(value)
 
 
 def eps_key(eps: float) -> str:
@@ -153,6 +172,10 @@ class Probe:
     defence the probe audits), ``needs_images`` (inputs (C, H, W)), ``needs_gradients`` (a white-box model),
     ``needs_lp_norm`` (an audit in linf or l2; ``{norm}`` in the reason stands for the audit's norm). A
     probe with more conditions extends :meth:`skip_reason`, calling it first.
+
+    Parameters are typed by their defaults — ``bool``: True or False; ``int``: a whole number (``1000.0``, as TOML or
+    JSON may give, is stored as ``1000``); ``float``: a finite number, stored as a float; the probe checks others —
+    and a probe's own rules (ranges, names) go in :meth:`check_params`, which the constructor runs last.
     """
 
     name: ClassVar[str] = "probe"
@@ -182,7 +205,11 @@ class Probe:
             raise UsageError(
                 f"probe {self.name!r}: unknown parameters {sorted(unknown)}; it takes {sorted(self.defaults)}"
             )
-        self.params = {**self.defaults, **params}
+        self.params = {k: _typed(self.name, k, v, params.get(k, v)) for k, v in self.defaults.items()}
+        self.check_params(self.params)
+
+    def check_params(self, p: dict[str, Any]) -> None:
+        """A probe's own checks of its typed ``self.params`` (UsageError), or their normalisation in place; run last."""
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if self.needs_model is not None and not isinstance(ctx.model, self.needs_model[0]):
@@ -228,9 +255,7 @@ class RetrainingProbe(Probe):
         from ..models.torch import TorchClassifier
 
         arch = self.params["arch"]
-        if arch is None and isinstance(ctx.model, TorchClassifier):
-            arch = ctx.model.arch
-        return arch
+        return ctx.model.arch if arch is None and isinstance(ctx.model, TorchClassifier) else arch
 
     @staticmethod
     def model_test_accuracy(ctx: AuditContext) -> float:
@@ -265,17 +290,6 @@ def register_probe(cls: type[Probe]) -> type[Probe]:
     """Class decorator: make a probe available to profiles and ``--probes`` by its ``name`` (a taken name is
     refused; ``PROBES.register(name, cls, replace=True)`` replaces one on purpose)."""
     return PROBES.register(cls.name, cls)
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (95% by default)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def risk_from_ratio(robust: float, clean: float) -> str:
@@ -381,8 +395,3 @@ def norm_histogram(id: str, title: str, norm: str, series: list[Series]) -> Plot
     """The audit's histogram of perturbation sizes per input in ``norm`` (noted after ``title``): each series'
     values are the sizes."""
     return Plot(id=id, title=f"{title} ({norm})", kind="hist", x_label=f"{norm} norm", y_label="inputs", series=series)
-
-
-def params_of(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters as stored in a report (attacks by repr)."""
-    return {k: (repr(v) if hasattr(v, "params") else v) for k, v in mapping.items()}

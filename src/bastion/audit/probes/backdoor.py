@@ -58,7 +58,7 @@ class BackdoorProbe(
 
     def _scanner(self, ctx: AuditContext) -> NeuralCleanse:
         p = self.params
-        kwargs: dict[str, Any] = {"threshold": float(p["threshold"]), "seed": ctx.seed_for(self.name)}
+        kwargs: dict[str, Any] = {"threshold": p["threshold"], "seed": ctx.seed_for(self.name)}
         if p["steps"] is not None:
             kwargs["steps"] = int(p["steps"])
         if p["classes"] is not None:
@@ -67,7 +67,7 @@ class BackdoorProbe(
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
-        m = min(int(p["n"]), ctx.x.shape[0])
+        m = min(p["n"], ctx.x.shape[0])
         x, y = ctx.x[:m], ctx.y[:m]
 
         def progress(done: int, total: int, message: str = "") -> None:
@@ -76,7 +76,7 @@ class BackdoorProbe(
         scan = self._scanner(ctx).scan(ctx.model, x, y, progress=progress)
         rep = scan.to_dict()
         classes = rep.get("classes") or list(range(len(rep["norms"])))
-        thr = float(p["threshold"])
+        thr = p["threshold"]
         metrics: dict[str, float | None] = {"backdoor_flagged": float(len(rep["flagged"]))}
         for c, idx, asr in zip(classes, rep["anomaly_index"], rep["trigger_asr"]):
             metrics[f"anomaly_index[{c}]"] = idx
@@ -124,7 +124,7 @@ class BackdoorProbe(
 
     def _triggers_work(self, classes: list[int], rep: dict[str, Any]) -> Check:
         title = "Every reversed trigger works"
-        need = float(self.params["min_trigger_asr"])
+        need = self.params["min_trigger_asr"]
         weak = [(c, a) for c, a in zip(classes, rep["trigger_asr"]) if a < need]
         ev = {"trigger_asr": dict(zip(map(str, classes), rep["trigger_asr"])), "required": need}
         if weak:
@@ -149,7 +149,7 @@ class BackdoorProbe(
         self, ctx: AuditContext, scan: Any, shown: list[int], x: torch.Tensor, y: torch.Tensor
     ) -> list[Example]:
         out: list[Example] = []
-        k = int(self.params["examples"])
+        k = self.params["examples"]
         for c in shown:
             rows = torch.nonzero(y != c).flatten()[:k]
             xs = x[rows]

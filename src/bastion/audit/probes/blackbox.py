@@ -82,7 +82,7 @@ class BlackBoxProbe(
     ) -> tuple[AttackResult, Series]:
         """Square at ``eps``: its result (metrics, per-input results and repr recorded) and its queries curve."""
         p = self.params
-        sq = ctx.attack_at(Square, eps, max_queries=int(p["square_queries"]), batch_size=int(p["batch_size"]))
+        sq = ctx.attack_at(Square, eps, max_queries=p["square_queries"], batch_size=p["batch_size"])
         r = ctx.run_attack(sq, ctx.model, x, y, probe=self.name)
         attacks[f"square@{eps_key(eps)}"] = repr(sq)
         key = eps_key(eps)
@@ -92,7 +92,7 @@ class BlackBoxProbe(
         metrics[f"mean_queries[square]@{key}"] = float(q[fooled].float().mean()) if bool(fooled.any()) else None
         metrics[f"median_queries[square]@{key}"] = float(q[fooled].float().median()) if bool(fooled.any()) else None
         per_sample[f"square@{key}"] = {"robust": (r.pred_adv == y).tolist(), "queries": q.tolist()}
-        budget = int(p["square_queries"])
+        budget = p["square_queries"]
         grid = sorted({1, *[max(1, round(budget * j / 50)) for j in range(1, 51)]})
         n_ok = max(int(clean_correct.sum()), 1)
         return r, Series(
@@ -110,11 +110,11 @@ class BlackBoxProbe(
     ) -> str:
         """HopSkipJump (labels only) on the first ``n_hsj`` inputs, recorded; returns its part of the summary."""
         p = self.params
-        k = min(int(p["n_hsj"]), ctx.x.shape[0])
+        k = min(p["n_hsj"], ctx.x.shape[0])
         if k <= 0:
             return ""
         ctx.report(self.name, fraction, "HopSkipJump")
-        hsj = HopSkipJump(norm=ctx.norm, max_queries=int(p["hsj_queries"]), seed=ctx.seed_for("hopskipjump"))
+        hsj = HopSkipJump(norm=ctx.norm, max_queries=p["hsj_queries"], seed=ctx.seed_for("hopskipjump"))
         rh = ctx.run_attack(hsj, ctx.model, ctx.x[:k], ctx.y[:k], probe=self.name)
         attacks["hopskipjump"] = repr(hsj)
         ok = rh.success & rh.clean_correct
@@ -131,11 +131,11 @@ class BlackBoxProbe(
         plots.append(norm_histogram("hsj-hist", "HopSkipJump (labels only): perturbation per input", ctx.norm, hist))
         if med is None:
             return ""
-        return f"; HopSkipJump (labels only) median {ctx.norm} {med:.3g} with {int(p['hsj_queries'])} queries"
+        return f"; HopSkipJump (labels only) median {ctx.norm} {med:.3g} with {p['hsj_queries']} queries"
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
-        m = min(int(p["n_square"]), ctx.x.shape[0])
+        m = min(p["n_square"], ctx.x.shape[0])
         x, y = ctx.x[:m], ctx.y[:m]
         model = ctx.model
         metrics: dict[str, float | None] = {}
@@ -178,7 +178,7 @@ class BlackBoxProbe(
         rr = results[ref]
         with torch.no_grad():
             pred_clean = model.predict(x)
-        examples = pick_examples(rr, x, pred_clean, attack="square", k=int(p["examples"]))
+        examples = pick_examples(rr, x, pred_clean, attack="square", k=p["examples"])
         mq = metrics.get(f"mean_queries[square]@{eps_key(ref)}")
         ctx.report(self.name, 1.0, "done")
         return self.result(
@@ -186,9 +186,7 @@ class BlackBoxProbe(
             risk=risk_from_ratio(rr.robust_accuracy, clean_acc),
             summary=(
                 f"Square leaves robust accuracy {rr.robust_accuracy:.3f} at {ctx.norm} eps={ref:g} with at most "
-                f"{int(p['square_queries'])} queries"
-                + (f" (mean {mq:.0f} per fooled input)" if mq else "")
-                + hsj_summary
+                f"{p['square_queries']} queries" + (f" (mean {mq:.0f} per fooled input)" if mq else "") + hsj_summary
             ),
             params={**p, "eps": ctx.eps, "norm": ctx.norm, "attacks": attacks},
             metrics=metrics,
@@ -208,7 +206,7 @@ class BlackBoxProbe(
                 "skipped",
                 "No white-box results to compare with (black-box model, or the white-box probe did not run).",
             )
-        tol = float(self.params["tolerance"])
+        tol = self.params["tolerance"]
         rows: list[dict[str, Any]] = []
         worst: tuple[float, float] | None = None
         for eps, r in results.items():

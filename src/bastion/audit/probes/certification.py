@@ -153,9 +153,9 @@ class CertificationProbe(
         n0 = int(p["n0"]) if p["n0"] is not None else model.n0
         n = int(p["n"]) if p["n"] is not None else model.n
         alpha = float(p["alpha"]) if p["alpha"] is not None else model.alpha
-        if int(p["n_certify"]) < 1:
+        if p["n_certify"] < 1:
             raise UsageError(f"probe 'certification': n_certify must be >= 1, got {p['n_certify']!r}")
-        m = min(int(p["n_certify"]), ctx.x.shape[0])
+        m = min(p["n_certify"], ctx.x.shape[0])
         x, y = ctx.x[:m], ctx.y[:m]
         ctx.report(self.name, 0.0, f"CERTIFY on {m} inputs, n={n}")
         with_counts = certify_sharded(
@@ -222,7 +222,7 @@ class CertificationProbe(
                 "skipped",
                 "The base model is a black box: the soft smoothed classifier has no gradients to attack.",
             )
-        idx = torch.nonzero((labels != ABSTAIN) & (radii > 0)).flatten()[: int(p["pgd_inputs"])]
+        idx = torch.nonzero((labels != ABSTAIN) & (radii > 0)).flatten()[: p["pgd_inputs"]]
         if idx.numel() == 0:
             return Check("certificate-holds", title, "skipped", "No input was certified with a positive radius.")
         soft = _SoftView(model)
@@ -232,8 +232,8 @@ class CertificationProbe(
             pgd = PGD(
                 eps=float(radii[i]),
                 norm="l2",
-                steps=int(p["pgd_steps"]),
-                restarts=int(p["pgd_restarts"]),
+                steps=p["pgd_steps"],
+                restarts=p["pgd_restarts"],
                 early_stop=False,
                 seed=ctx.seed_for(f"{self.name}:pgd:{i}"),
             )
@@ -242,7 +242,7 @@ class CertificationProbe(
             x_adv[j] = r.x_adv[0]
             soft_moved += int(r.pred_adv[0] != target[0])
             ctx.report(self.name, 0.6 + 0.3 * (j + 1) / idx.numel(), f"PGD-L2 {j + 1}/{idx.numel()}")
-        pred = model.predict(x_adv, n=int(p["n_predict"]), alpha=alpha).cpu()
+        pred = model.predict(x_adv, n=p["n_predict"], alpha=alpha).cpu()
         cert = labels[idx]
         flipped = (pred != cert) & (pred != ABSTAIN)
         norms = (x_adv - x[idx]).flatten(1).norm(dim=1).cpu()
@@ -257,12 +257,12 @@ class CertificationProbe(
             "max_norm_over_radius": float((norms / radii[idx]).max()),
             "pgd": {
                 "norm": "l2",
-                "steps": int(p["pgd_steps"]),
-                "restarts": int(p["pgd_restarts"]),
+                "steps": p["pgd_steps"],
+                "restarts": p["pgd_restarts"],
                 "eot_samples": model.n_logits,
                 "early_stop": False,
             },
-            "predict": {"n": int(p["n_predict"]), "alpha": alpha},
+            "predict": {"n": p["n_predict"], "alpha": alpha},
         }
         if bool(flipped.any()):
             return Check(
@@ -279,7 +279,7 @@ class CertificationProbe(
             "certificate-holds",
             title,
             "pass",
-            f"PGD-L2 ({int(p['pgd_steps'])} steps through the Monte-Carlo soft classifier, i.e. EOT over "
+            f"PGD-L2 ({p['pgd_steps']} steps through the Monte-Carlo soft classifier, i.e. EOT over "
             f"{model.n_logits} noise draws) with eps equal to each input's certified radius never made the "
             f"smoothed prediction a different class on {idx.numel()} certified inputs "
             f"({int((pred == ABSTAIN).sum())} abstained, which a certificate allows).",

@@ -127,9 +127,9 @@ class DetectionProbe(
         pgd = PGD(
             eps=ctx.reference_eps,
             norm=ctx.norm,
-            steps=int(p["pgd_steps"]),
+            steps=p["pgd_steps"],
             early_stop=False,
-            batch_size=int(p["batch_size"]),
+            batch_size=p["batch_size"],
             seed=ctx.seed_for("detection:pgd"),
         )
         r = ctx.run_attack(pgd, inner, x, y, probe=self.name)
@@ -141,7 +141,7 @@ class DetectionProbe(
         p = self.params
         model = self.audited(ctx, DetectingClassifier)
         inner, det = model.model, model.detector
-        k = min(int(p["n"]), ctx.x.shape[0])
+        k = min(p["n"], ctx.x.shape[0])
         x, y = ctx.x[:k], ctx.y[:k]
         eps, norm = ctx.reference_eps, ctx.norm
         ctx.report(self.name, 0.0, "clean inputs")
@@ -158,9 +158,9 @@ class DetectionProbe(
         adaptive = DetectorAwarePGD(
             eps=eps,
             norm=norm,
-            steps=int(p["adaptive_steps"]),
-            restarts=int(p["adaptive_restarts"]),
-            batch_size=int(p["batch_size"]),
+            steps=p["adaptive_steps"],
+            restarts=p["adaptive_restarts"],
+            batch_size=p["batch_size"],
             seed=ctx.seed_for("detection:adaptive"),
         )
         ra = ctx.run_attack(adaptive, model, x, y, probe=self.name)  # on model + detector together
@@ -180,7 +180,7 @@ class DetectionProbe(
         ]
         checks = [self._check(m["success_rate[nonadaptive]"], m["success_rate[adaptive]"], *counts)]
         lo, hi = wilson_interval(int(rejected_clean.sum()), k)
-        examples = pick_examples(ra, x, pred_clean, attack="detector-aware-pgd", k=int(p["examples"]))
+        examples = pick_examples(ra, x, pred_clean, attack="detector-aware-pgd", k=p["examples"])
         per_sample = {
             "clean": {"rejected": rejected_clean.tolist(), "correct": combo_correct.tolist()},
             "pgd": {"fooled": fooled_bare.tolist(), "detected": detected_pgd.tolist()},

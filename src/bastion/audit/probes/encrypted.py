@@ -52,15 +52,14 @@ class EncryptedProbe(
     """
 
     defaults: ClassVar[dict[str, Any]] = {"n": 200, "min_agreement": 0.995}
+    _program: Any = None  # the compiled program, set by skip_reason
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        n, agree = self.params["n"], self.params["min_agreement"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    def check_params(self, p: dict[str, Any]) -> None:
+        n, agree = p["n"], p["min_agreement"]
+        if n < 1:
             raise UsageError(f"probe 'encrypted': n must be a whole number >= 1, got {n!r}")
-        if not 0 < float(agree) <= 1:
+        if not 0 < agree <= 1:
             raise UsageError(f"probe 'encrypted': min_agreement must lie in (0, 1], got {agree!r}")
-        self._program: Any = None
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if importlib.util.find_spec("tenseal") is None:
@@ -82,7 +81,7 @@ class EncryptedProbe(
         program, model = self._program, ctx.model
         if program is None or not isinstance(model, TorchClassifier):
             raise UsageError(f"probe 'encrypted' does not apply: {self.skip_reason(ctx)}")
-        n = min(int(self.params["n"]), int(ctx.x.shape[0]))
+        n = min(self.params["n"], int(ctx.x.shape[0]))
         x, y = ctx.x[:n], ctx.y[:n].numpy()
         ctx.report(self.name, 0.0, f"depth {program.depth}: encrypting {n} inputs")
         server = HEServer(program, model=model.arch or "")
@@ -121,7 +120,7 @@ class EncryptedProbe(
         )
 
     def _agrees(self, agreement: float, n: int) -> Check:
-        bound = float(self.params["min_agreement"])
+        bound = self.params["min_agreement"]
         ok = agreement >= bound
         return Check(
             "encrypted-agrees",

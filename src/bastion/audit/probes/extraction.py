@@ -143,9 +143,7 @@ class ExtractionProbe(Probe, name="extraction", title="Model extraction", threat
         "min_gap_closed": 0.5,
     }
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        p = self.params
+    def check_params(self, p: dict[str, Any]) -> None:
         b = p["budgets"]
         ok = isinstance(b, (list, tuple)) and b and all(isinstance(v, int) and not isinstance(v, bool) for v in b)
         if not ok or min(b) < 1:
@@ -210,7 +208,7 @@ class ExtractionProbe(Probe, name="extraction", title="Model extraction", threat
         if ctx.norm != "linf":
             notes.append(f"transferability not measured: it runs Linf PGD and the audit's norm is {ctx.norm}")
             return {}
-        n = int(self.params["n_transfer"])
+        n = self.params["n_transfer"]
         x, y = ctx.x[:n], ctx.y[:n]
         return {
             eps: transferability(
@@ -219,7 +217,7 @@ class ExtractionProbe(Probe, name="extraction", title="Model extraction", threat
                 x,
                 y,
                 eps,
-                steps=int(self.params["transfer_steps"]),
+                steps=self.params["transfer_steps"],
                 seed=ctx.seed_for(f"{self.name}:transfer:{eps_key(eps)}"),
             )
             for eps in ctx.eps
@@ -276,7 +274,7 @@ class ExtractionProbe(Probe, name="extraction", title="Model extraction", threat
         if reached:
             best = min(reached, key=lambda name: reached[name])
             q = reached[best]
-            risk = "high" if q <= int(self.params["high_budget"]) else "medium"
+            risk = "high" if q <= self.params["high_budget"] else "medium"
             parts.insert(0, f"{best} reaches {TARGET:.0%} fidelity with {q} queries")
         else:
             risk = "low"
@@ -314,7 +312,7 @@ class ExtractionProbe(Probe, name="extraction", title="Model extraction", threat
     def _beats_chance(self, out: Outcome) -> Check:
         title = "The copy beats a constant answer"
         run, chance = out.best, out.majority
-        share = float(self.params["min_gap_closed"])
+        share = self.params["min_gap_closed"]
         floor = chance + share * (1.0 - chance)
         fid = run.fidelity
         ev = {"fidelity": fid, "majority_rate": chance, "floor": floor, "queries": run.queries}

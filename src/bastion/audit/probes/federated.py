@@ -145,11 +145,11 @@ class FederatedProbe(
         "max_accuracy_gap": 0.2,
     }
 
-    def __init__(self, **params: Any) -> None:
+    _source: tuple[int, str | None, str | None] | None = None  # (id of the data, its source, why not), by _data
+
+    def check_params(self, p: dict[str, Any]) -> None:
         from ...federated.attacks import attack_names
 
-        super().__init__(**params)
-        p = self.params
         for key in ("attacks", "aggregators"):
             if not isinstance(p[key], (list, tuple)) or not p[key] or not all(isinstance(v, str) for v in p[key]):
                 raise UsageError(f"probe 'federated': {key} must be a non-empty list of names")
@@ -164,7 +164,7 @@ class FederatedProbe(
             for agg in p["aggregators"]:
                 AGGREGATORS.get(agg)  # an unknown name fails here, before any probe runs
         for key in ("max_drop", "max_asr", "max_accuracy_gap"):
-            if not 0 < float(p[key]) <= 1:
+            if not 0 < p[key] <= 1:
                 raise UsageError(f"probe 'federated': {key} must lie in (0, 1], got {p[key]!r}")
         w = p["workers"]
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
@@ -172,7 +172,6 @@ class FederatedProbe(
         FLSpec(
             clients=p["clients"], malicious=p["malicious"], rounds=p["rounds"], alpha=p["alpha"], attack=p["attacks"][0]
         )
-        self._source: tuple[int, str | None, str | None] | None = None
 
     def _data(self, ctx: AuditContext) -> tuple[str | None, str | None]:
         if self._source is None or self._source[0] != id(ctx.data):
@@ -195,9 +194,9 @@ class FederatedProbe(
         base = FLSpec(
             arch=arch,
             data=source,
-            clients=int(p["clients"]),
-            malicious=float(p["malicious"]),
-            rounds=int(p["rounds"]),
+            clients=p["clients"],
+            malicious=p["malicious"],
+            rounds=p["rounds"],
             alpha=None if p["alpha"] is None else float(p["alpha"]),
             seed=ctx.seed_for(self.name),
         )
@@ -298,7 +297,7 @@ class FederatedProbe(
 
     def _holds(self, aggs: list[_Agg], best: _Agg) -> Check:
         title = "A robust aggregator holds"
-        max_drop, max_asr = float(self.params["max_drop"]), float(self.params["max_asr"])
+        max_drop, max_asr = self.params["max_drop"], self.params["max_asr"]
         ev = {
             "worst_drop": {a.name: a.worst_drop for a in aggs},
             "backdoor_asr": {a.name: a.asr for a in aggs if a.asr is not None},
@@ -331,7 +330,7 @@ class FederatedProbe(
         plain = next((a for a in aggs if a.name == "fedavg"), None)
         if plain is None:
             return Check("fedavg-is-vulnerable", title, "skipped", "FedAvg was not among the aggregators.")
-        max_drop, max_asr = float(self.params["max_drop"]), float(self.params["max_asr"])
+        max_drop, max_asr = self.params["max_drop"], self.params["max_asr"]
         ev = {"worst_drop": plain.worst_drop, "worst_attack": plain.worst_attack, "backdoor_asr": plain.asr}
         if plain.worst_drop > max_drop or (plain.asr is not None and plain.asr >= max_asr):
             asr = "" if plain.asr is None else f", backdoor success {plain.asr:.1%}"
@@ -354,7 +353,7 @@ class FederatedProbe(
 
     def _trains(self, aggs: list[_Agg], model_acc: float) -> Check:
         title = "The federation learns without attack"
-        gap = float(self.params["max_accuracy_gap"])
+        gap = self.params["max_accuracy_gap"]
         ev = {"model_accuracy": model_acc, "clean_accuracy": {a.name: a.clean for a in aggs}, "max_gap": gap}
         low = [a for a in aggs if not a.clean >= model_acc - gap]
         if low:

@@ -70,7 +70,7 @@ class InversionProbe(
             return torch.as_tensor(svm.predict(x.flatten(1).numpy()))
 
         ctx.report(self.name, 0.1, "reconstructing")
-        result = MIFace(steps=int(self.params["steps"]), step_size=float(self.params["step_size"])).invert(ctx.model)
+        result = MIFace(steps=self.params["steps"], step_size=self.params["step_size"]).invert(ctx.model)
         rate, labels = recognition_rate(evaluator, result)
         dist = nearest_distances(result, d.x_train, d.y_train)
         ctx.report(self.name, 1.0, "done")
@@ -117,7 +117,7 @@ class InversionProbe(
         for i, f in enumerate(feats):
             f = names.index(f) if isinstance(f, str) else int(f)
             ctx.report(self.name, i / len(feats), names[f])
-            ai = AttributeInference(feature=f, n_bins=int(self.params["n_bins"])).fit(x_aux, y_aux)
+            ai = AttributeInference(feature=f, n_bins=self.params["n_bins"]).fit(x_aux, y_aux)
             mem, non = ai.evaluate(ctx.model, d.x_train, d.y_train), ai.evaluate(ctx.model, x_out, y_out)
             metrics[f"attribute_advantage[{names[f]}]"] = mem["advantage"]
             metrics[f"attribute_advantage_ci_low[{names[f]}]"] = mem["ci_low"]

@@ -57,9 +57,8 @@ class MembershipProbe(Probe, name="membership", title="Membership inference", th
         "max_reference_gap": 0.05,
     }
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        for name in self.params["attacks"]:
+    def check_params(self, p: dict[str, Any]) -> None:
+        for name in p["attacks"]:
             MEMBERSHIP_ATTACKS.get(name)  # an unknown name fails before any probe runs
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
@@ -86,7 +85,7 @@ class MembershipProbe(Probe, name="membership", title="Membership inference", th
                 notes.append(
                     f"{', '.join(dropped)} skipped: the model's training recipe (a registered architecture) is unknown"
                 )
-        k = int(p["references"]) if any(a.needs_references for a in attacks) else 0
+        k = p["references"] if any(a.needs_references for a in attacks) else 0
         if not attacks:
             raise UsageError("no membership attack can run on this model: give reference-free attacks such as 'loss'")
 
@@ -163,7 +162,7 @@ class MembershipProbe(Probe, name="membership", title="Membership inference", th
         correct = refs.logits.argmax(dim=2) == y.unsqueeze(0)  # (k, N)
         ref_acc = float(correct[~refs.keep].double().mean())
         gap = abs(ref_acc - setup.test_accuracy)
-        limit = float(self.params["max_reference_gap"])
+        limit = self.params["max_reference_gap"]
         ev = {"reference_nonmember_accuracy": ref_acc, "target_nonmember_accuracy": setup.test_accuracy, "limit": limit}
         if gap > limit:
             return Check(

@@ -72,21 +72,21 @@ class MinimumNormProbe(
         ctx.report(self.name, 0.0, "DeepFool")
         df = DeepFool(
             norm=ctx.norm,
-            steps=int(p["deepfool_steps"]),
-            batch_size=int(p["batch_size"]),
+            steps=p["deepfool_steps"],
+            batch_size=p["batch_size"],
             seed=ctx.seed_for("deepfool"),
         )
         runs: dict[str, AttackResult] = {
             f"deepfool-{ctx.norm}": ctx.run_attack(df, model, ctx.x[:m], ctx.y[:m], probe=self.name)
         }
         attacks = {f"deepfool-{ctx.norm}": repr(df)}
-        k = min(int(p["n_cw"]), ctx.x.shape[0])
+        k = min(p["n_cw"], ctx.x.shape[0])
         if k > 0:
             ctx.report(self.name, 0.5, "Carlini-Wagner L2")
             cw = CarliniWagnerL2(
-                binary_search_steps=int(p["cw_search_steps"]),
-                max_iterations=int(p["cw_iterations"]),
-                batch_size=int(p["batch_size"]),
+                binary_search_steps=p["cw_search_steps"],
+                max_iterations=p["cw_iterations"],
+                batch_size=p["batch_size"],
                 seed=ctx.seed_for("cw"),
             )
             runs["cw-l2"] = ctx.run_attack(cw, model, ctx.x[:k], ctx.y[:k], probe=self.name)
@@ -134,7 +134,7 @@ class MinimumNormProbe(
         from .whitebox import attack_model
 
         model, eot = attack_model(ctx, 10)
-        m = min(int(p["n_deepfool"]), ctx.x.shape[0])
+        m = min(p["n_deepfool"], ctx.x.shape[0])
         x = ctx.x[:m]
         runs, attacks, k = self._runs(ctx, model, m)
         rd = runs[f"deepfool-{ctx.norm}"]
@@ -143,7 +143,7 @@ class MinimumNormProbe(
         ref = ctx.reference_eps
         risk = "n/a" if med is None else "high" if med <= ref else "medium" if med <= 2 * ref else "low"
         pred_clean = torch.where(rd.clean_correct, rd.y, -1)
-        examples = pick_examples(rd, x, pred_clean, attack="deepfool", k=int(p["examples"]))
+        examples = pick_examples(rd, x, pred_clean, attack="deepfool", k=p["examples"])
         cw_med = metrics.get("median_min_perturbation[cw]")
         summary = (
             f"median smallest {ctx.norm} perturbation {med:.3g} (DeepFool, {m} inputs)"

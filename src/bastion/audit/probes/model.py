@@ -56,7 +56,7 @@ class ModelProbe(Probe, name="model", title="Model and clean accuracy", threat="
             for c in range(model.n_classes)
         ]
         ctx.report(self.name, 0.5, "sanity checks")
-        m = min(int(self.params["check_inputs"]), ctx.x.shape[0])
+        m = min(self.params["check_inputs"], ctx.x.shape[0])
         xs, ys = ctx.x[:m], ctx.y[:m]
         checks = [self._determinism(ctx, xs), self._logits(ctx, xs), self._gradients(ctx, xs, ys)]
         deterministic = checks[0].status == "pass"

@@ -41,7 +41,7 @@ class NoiseProbe(Probe, name="noise", title="Random-noise baseline", threat="bas
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
-        m = min(int(p["n"]), ctx.x.shape[0])
+        m = min(p["n"], ctx.x.shape[0])
         x, y = ctx.x[:m], ctx.y[:m]
         metrics: dict[str, float | None] = {}
         per_sample: dict[str, dict[str, list[Any]]] = {}
@@ -50,7 +50,7 @@ class NoiseProbe(Probe, name="noise", title="Random-noise baseline", threat="bas
             clean_acc = float((ctx.model.predict(x) == y).float().mean())
         for i, eps in enumerate(ctx.eps):
             ctx.report(self.name, i / len(ctx.eps), f"eps={eps:g}")
-            atk = ctx.attack_at(RandomNoise, eps, max_queries=int(p["queries"]), batch_size=int(p["batch_size"]))
+            atk = ctx.attack_at(RandomNoise, eps, max_queries=p["queries"], batch_size=p["batch_size"])
             r = ctx.run_attack(atk, ctx.model, x, y, probe=self.name)
             metrics[f"robust_accuracy[noise]@{eps_key(eps)}"] = r.robust_accuracy
             per_sample[f"noise@{eps_key(eps)}"] = {"robust": (r.pred_adv == y).tolist()}
@@ -60,7 +60,7 @@ class NoiseProbe(Probe, name="noise", title="Random-noise baseline", threat="bas
         return self.result(
             ctx,
             risk=risk_from_ratio(curve[-1], clean_acc),
-            summary=f"{int(p['queries'])} random {ctx.norm} perturbations of size eps={ref:g} leave accuracy "
+            summary=f"{p['queries']} random {ctx.norm} perturbations of size eps={ref:g} leave accuracy "
             f"{curve[-1]:.3f} (clean {clean_acc:.3f})",
             params={**p, "eps": ctx.eps, "norm": ctx.norm},
             metrics=metrics,
@@ -80,7 +80,7 @@ class NoiseProbe(Probe, name="noise", title="Random-noise baseline", threat="bas
 
     def _beaten(self, ctx: AuditContext, noise: list[float], m: int) -> Check:
         title = "Attacks beat random noise of the same size"
-        tol = float(self.params["tolerance"])
+        tol = self.params["tolerance"]
         for name, key in (("whitebox", "robust_accuracy[whitebox]@"), ("blackbox", "robust_accuracy[square]@")):
             res = ctx.results.get(name)
             if res is None or res.status != "ok":

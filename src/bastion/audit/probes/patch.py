@@ -66,7 +66,7 @@ class PatchProbe(
         if reason is not None:
             return reason
         try:
-            patch_side(tuple(ctx.model.input_shape), float(self.params["area"]))
+            patch_side(tuple(ctx.model.input_shape), self.params["area"])
         except UsageError as exc:
             return str(exc)
         if ctx.data.x_train.shape[0] == 0:
@@ -76,7 +76,7 @@ class PatchProbe(
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
         model = ctx.model
-        k = min(int(p["fit_images"]), ctx.data.x_train.shape[0])
+        k = min(p["fit_images"], ctx.data.x_train.shape[0])
         goals = [None, *[int(t) for t in p["targets"]]]
         metrics: dict[str, float | None] = {}
         examples: list[Example] = []
@@ -102,7 +102,7 @@ class PatchProbe(
             ctx,
             risk="high" if un >= 0.5 else "medium" if un >= 0.2 else "low",
             summary=(
-                f"a {side}x{side} patch ({area:.1%} of the image; at most {float(p['area']):.0%} asked, the side is "
+                f"a {side}x{side} patch ({area:.1%} of the image; at most {p['area']:.0%} asked, the side is "
                 f"rounded down) at a random place makes {un:.1%} of correctly classified held-out images wrong "
                 f"(random patch: {random_un:.1%})"
             ),
@@ -121,10 +121,10 @@ class PatchProbe(
             ctx.data.x_train[:k],
             ctx.data.y_train[:k],
             target,
-            area=float(p["area"]),
-            steps=int(p["steps"]),
-            batch_size=int(p["batch_size"]),
-            lr=float(p["lr"]),
+            area=p["area"],
+            steps=p["steps"],
+            batch_size=p["batch_size"],
+            lr=p["lr"],
             generator=ctx.generator(f"patch:{label}"),
         )
 
@@ -144,7 +144,7 @@ class PatchProbe(
     def _examples(self, ctx: AuditContext, patch: torch.Tensor, rows: torch.Tensor) -> list[Example]:
         """Up to ``examples`` correctly classified audited inputs the untargeted patch fools, with their index
         among the audited inputs."""
-        model, k = ctx.model, int(self.params["examples"])
+        model, k = ctx.model, self.params["examples"]
         idx = rows[: 4 * k]
         if idx.numel() == 0:
             return []

@@ -66,9 +66,8 @@ class PoisoningProbe(
         "examples": 4,
     }
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        attacks = self.params["attacks"]
+    def check_params(self, p: dict[str, Any]) -> None:
+        attacks = p["attacks"]
         if not isinstance(attacks, dict) or not attacks:
             raise UsageError("probe 'poisoning': attacks must map attack names to lists of poison rates")
         for name, rates in attacks.items():
@@ -80,7 +79,7 @@ class PoisoningProbe(
         cls = POISONING_ATTACKS.get(name)
         kwargs: dict[str, Any] = {"rate": rate, "seed": ctx.seed_for(f"poisoning:{name}:{rate_key(rate)}")}
         if name != "label-flip":
-            kwargs["target"] = int(self.params["target"])
+            kwargs["target"] = self.params["target"]
         return cls(**kwargs)
 
     def run(self, ctx: AuditContext) -> ProbeResult:
@@ -107,7 +106,7 @@ class PoisoningProbe(
             metrics=metrics,
             plots=self._plots(runs),
             checks=[self._trains(runs), self._needs_poison(runs)],
-            examples=self._examples(runs, int(p["examples"])),
+            examples=self._examples(runs, p["examples"]),
         )
 
     @staticmethod
@@ -178,7 +177,7 @@ class PoisoningProbe(
 
     def _trains(self, runs: dict[str, list[tuple[float, PoisoningRun]]]) -> Check:
         title = "The poisoned recipe still trains"
-        limit = float(self.params["max_clean_drop"])
+        limit = self.params["max_clean_drop"]
         worst = max(
             (
                 (name, r, run.metrics["accuracy_drop"])

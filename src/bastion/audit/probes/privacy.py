@@ -143,22 +143,20 @@ class PrivacyProbe(
         "max_accuracy_gap": 0.05,
     }
 
-    def __init__(self, **params: Any) -> None:
+    def check_params(self, p: dict[str, Any]) -> None:
         from ...defenses.privacy.audit import CANARY_KINDS, CANARY_SCORES
 
-        super().__init__(**params)
-        p = self.params
         for key, low in (("canaries", 2), ("runs", 1)):
             v = p[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            if v < low:
                 raise UsageError(f"probe 'privacy': {key} must be a whole number >= {low}, got {v!r}")
         if p["kind"] not in CANARY_KINDS:
             raise UsageError(f"probe 'privacy': kind must be one of {', '.join(CANARY_KINDS)}, got {p['kind']!r}")
         if p["score"] not in CANARY_SCORES:
             raise UsageError(f"probe 'privacy': score must be one of {', '.join(CANARY_SCORES)}, got {p['score']!r}")
-        if (p["score"] == "lira") != (isinstance(p["references"], int) and p["references"] >= 2):
+        if (p["score"] == "lira") != (p["references"] >= 2):
             raise UsageError("probe 'privacy': score 'lira' needs references >= 2, and only lira uses them")
-        if not 0 < float(p["confidence"]) < 1:
+        if not 0 < p["confidence"] < 1:
             raise UsageError(f"probe 'privacy': confidence must lie in (0, 1), got {p['confidence']!r}")
         if p["model_file"] is not None and not Path(p["model_file"]).is_file():
             raise UsageError(f"probe 'privacy': model_file {p['model_file']!r} is not a file")
@@ -172,8 +170,8 @@ class PrivacyProbe(
         meta = model_metadata(ctx.model, p["model_file"])
         dp = dp_summary(meta)
         config = dp_config_from(arch, (meta or {}).get("bastion_defense") or {}) if dp is not None else None
-        m = min(int(p["canaries"]), int(ctx.data.x_train.shape[0]) // 2)
-        runs = int(p["runs"])
+        m = min(p["canaries"], int(ctx.data.x_train.shape[0]) // 2)
+        runs = p["runs"]
         started = [0]
 
         def log(message: str) -> None:
@@ -189,9 +187,9 @@ class PrivacyProbe(
             canaries=m,
             kind=p["kind"],
             score=p["score"],
-            references=int(p["references"]),
+            references=p["references"],
             runs=runs,
-            confidence=float(p["confidence"]),
+            confidence=p["confidence"],
             seed=ctx.seed_for(self.name),
             log=log,
         )
@@ -224,7 +222,7 @@ class PrivacyProbe(
 
     def _matches_model(self, audit: dict[str, Any], model_acc: float) -> Check:
         title = "The retrained model behaves like the audited one"
-        retrained, limit = float(audit["test_accuracy"]), float(self.params["max_accuracy_gap"])
+        retrained, limit = float(audit["test_accuracy"]), self.params["max_accuracy_gap"]
         ev = {"retrained_test_accuracy": retrained, "model_test_accuracy": model_acc, "limit": limit}
         if abs(retrained - model_acc) > limit:
             return Check(

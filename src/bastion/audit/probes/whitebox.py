@@ -94,7 +94,7 @@ class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="e
         return {
             "eps": eps,
             "norm": ctx.norm,
-            "batch_size": int(self.params["batch_size"]),
+            "batch_size": self.params["batch_size"],
             "seed": ctx.seed_for(f"{self.name}:{name}:{eps_key(eps)}"),
         }
 
@@ -107,7 +107,7 @@ class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="e
         p = self.params
         x, y = ctx.x, ctx.y
         fgsm = FGSM(**self._common(ctx, "fgsm", eps))
-        pgd = PGD(steps=int(p["pgd_steps"]), restarts=int(p["pgd_restarts"]), **self._common(ctx, "pgd", eps))
+        pgd = PGD(steps=p["pgd_steps"], restarts=p["pgd_restarts"], **self._common(ctx, "pgd", eps))
         rf = ctx.run_attack(fgsm, model, x, y, probe=self.name)
         rp = ctx.run_attack(pgd, model, x, y, probe=self.name)
         robust = (rf.pred_adv == y) & (rp.pred_adv == y)
@@ -117,10 +117,10 @@ class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="e
         attacks_used.update(fgsm=repr(fgsm), pgd=repr(pgd))
         if p["ensemble"] and bool(robust.any()):
             members = [
-                APGD(steps=int(p["apgd_steps"]), loss="ce", **self._common(ctx, "apgd-ce", eps)),
+                APGD(steps=p["apgd_steps"], loss="ce", **self._common(ctx, "apgd-ce", eps)),
                 APGDT(
-                    steps=int(p["apgd_steps"]),
-                    n_target_classes=min(int(p["apgd_t_targets"]), ctx.model.n_classes - 1),
+                    steps=p["apgd_steps"],
+                    n_target_classes=min(p["apgd_t_targets"], ctx.model.n_classes - 1),
                     **self._common(ctx, "apgd-t", eps),
                 ),
             ]
@@ -142,7 +142,7 @@ class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="e
             ctx.reference_eps,
         )
         rp = pgd_results[shown]
-        return pick_examples(rp, ctx.x, pred_clean, attack="pgd", k=int(self.params["examples"]))
+        return pick_examples(rp, ctx.x, pred_clean, attack="pgd", k=self.params["examples"])
 
     def run(self, ctx: AuditContext) -> ProbeResult:
         p = self.params
@@ -211,7 +211,7 @@ class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="e
 
     # -- checks ------------------------------------------------------------------------------------
     def _single_step(self, ctx: AuditContext, curves: dict[str, list[float]]) -> Check:
-        tol = float(self.params["tolerance"])
+        tol = self.params["tolerance"]
         gaps = [f - q for f, q in zip(curves["FGSM"], curves["PGD"])]  # > 0: PGD stronger
         worst = min(gaps)
         ev = {"eps": ctx.eps, "fgsm": curves["FGSM"], "pgd": curves["PGD"]}
@@ -237,7 +237,7 @@ class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="e
         )
 
     def _monotone(self, ctx: AuditContext, curves: dict[str, list[float]]) -> Check:
-        tol = float(self.params["tolerance"]) / 2
+        tol = self.params["tolerance"] / 2
         w = curves["worst case"]
         rises = [(ctx.eps[i + 1], w[i + 1] - w[i]) for i in range(len(w) - 1) if w[i + 1] - w[i] > tol]
         title = "Robust accuracy does not rise as eps grows"
@@ -261,7 +261,7 @@ class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="e
         d = ctx.x[0].numel()
         big = 0.5 * (hi - lo) * (1.0 if ctx.norm == "linf" else math.sqrt(d))
         m = min(ctx.x.shape[0], 200)
-        atk = PGD(steps=int(self.params["pgd_steps"]), **self._common(ctx, "pgd-unbounded", big))
+        atk = PGD(steps=self.params["pgd_steps"], **self._common(ctx, "pgd-unbounded", big))
         r = ctx.run_attack(atk, model, ctx.x[:m], ctx.y[:m], probe=self.name)
         chance = 1.0 / ctx.model.n_classes
         ev = {"eps": big, "robust_accuracy": r.robust_accuracy, "chance": chance, "inputs": m}
@@ -291,20 +291,20 @@ class WhiteBoxProbe(Probe, name="whitebox", title="White-box evasion", threat="e
         """Is the reported number converged? Stronger PGD (twice the steps; more restarts) on the inputs the
         worst case left robust, at the eps where it is nearest half the clean accuracy: the share of all
         inputs it newly breaks must stay under the tolerance."""
-        p, tol = self.params, float(self.params["tolerance"])
+        p, tol = self.params, self.params["tolerance"]
         n = ctx.x.shape[0]
         eps = min(ctx.eps, key=lambda e: abs(float(worst[e].float().mean()) - clean_acc / 2))
         robust = worst[eps]
         base = float(robust.float().mean())
         idx = torch.nonzero(robust).flatten()
         longer = PGD(
-            steps=int(p["pgd_steps"]) * int(p["convergence_factor"]),
-            restarts=int(p["pgd_restarts"]),
+            steps=p["pgd_steps"] * p["convergence_factor"],
+            restarts=p["pgd_restarts"],
             **self._common(ctx, "pgd-longer", eps),
         )
         more = PGD(
-            steps=int(p["pgd_steps"]),
-            restarts=int(p["pgd_restarts"]) + int(p["extra_restarts"]),
+            steps=p["pgd_steps"],
+            restarts=p["pgd_restarts"] + p["extra_restarts"],
             **self._common(ctx, "pgd-restarts", eps),
         )
         out = []
